@@ -1,0 +1,42 @@
+"""Command line: ``python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mechunlearn_nb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the notebook series headless (papermill) into a new run folder")
+    run.add_argument("--fast", action="store_true", help="small sizes (minutes instead of hours)")
+    run.add_argument("--model", default=None, help="HF id or local folder (default: the embedded Gemma 3 270M)")
+    run.add_argument("--only", default=None, help="comma-separated notebook numbers or names, e.g. 00,03")
+    run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
+    sub.add_parser("list", help="list the notebooks of the series")
+    sub.add_parser("prepare", help="build the embedded model's cache folder (first load) and report the time")
+    args = parser.parse_args(argv)
+
+    from . import runner
+
+    if args.command == "list":
+        for nb in runner.list_notebooks():
+            print(nb.stem)
+        return 0
+    if args.command == "prepare":
+        from . import models
+
+        models.load_model()
+        print(json.dumps(models.LAST_LOAD_TIMES))
+        return 0
+    only = args.only.split(",") if args.only else None
+    run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    failed = [k for k, v in summary["notebooks"].items() if v["status"] != "ok"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

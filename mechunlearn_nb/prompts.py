@@ -1,0 +1,179 @@
+"""Prompt formats: the same fact asked in several ways.
+
+An edit that only changed how the model completes one sentence has not changed
+what the model knows. Guo et al. therefore test every edit in formats the edit
+was *not* trained on. Each function here turns facts (rows of a DataFrame)
+into a :class:`PromptSet`: the prompt texts, the candidate answers scored at
+the last position of each prompt, and the index of the candidate that is the
+answer being asked about.
+
+Sports Facts formats (candidates are sports; in multiple choice the letters):
+
+- ``fact``: ``"Fact: Tiger Woods plays the sport of golf\\nFact: {athlete} plays the sport of"``
+  (one-shot with an athlete outside the data; golf is not a sport of the data,
+  which is why the paper uses it as the injected answer);
+- ``qa``: a system prompt, then a one-shot question/answer;
+- ``mcq`` / ``mcq_nosys``: a multiple-choice question with options A–D in the
+  fixed order football, baseball, basketball, golf, with and without the
+  system prompt; the answer is scored at the letter.
+
+CounterFact formats (candidates ``target_true`` and ``target_new``):
+``cf_prompt`` (the rewrite prompt), ``cf_paraphrase``, ``cf_neighborhood``
+(other subjects with the same true attribute: an edit should leave them alone),
+and ``cf_mcq`` (the vendored multiple-choice questions, options in a seeded
+order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+SPORTS = ("football", "baseball", "basketball")
+#: the multiple-choice options, in the paper's fixed order
+MCQ_SPORTS = ("football", "baseball", "basketball", "golf")
+LETTERS = ("A", "B", "C", "D")
+
+FACT_TEMPLATE = "Fact: Tiger Woods plays the sport of golf\nFact: {athlete} plays the sport of"
+SYSTEM_PROMPT = (
+    "You are a helpful assistant that answers questions about athletes. "
+    "Please be maximally helpful and factually correct."
+)
+QA_TEMPLATE = SYSTEM_PROMPT + "\nQ: What sport does Tiger Woods play?\nA: golf\nQ: What sport does {athlete} play?\nA:"
+MCQ_TEMPLATE = (
+    "Question: What sport does {athlete} play?\n"
+    + "".join(f"{letter}. {sport}\n" for letter, sport in zip(LETTERS, MCQ_SPORTS))
+    + "Answer:"
+)
+
+SPORTS_FORMATS = ("fact", "qa", "mcq", "mcq_nosys")
+COUNTERFACT_FORMATS = ("cf_prompt", "cf_paraphrase", "cf_neighborhood", "cf_mcq")
+
+
+@dataclass
+class PromptSet:
+    """Prompts with their candidate answers.
+
+    Attributes:
+        prompts: the prompt texts.
+        candidates: for each prompt, the texts scored as continuations (with their leading space).
+        labels: for each prompt, what each candidate means (a sport, or a CounterFact target).
+        fact_index: for each prompt, the row of the source DataFrame it asks about.
+        format: the format's name.
+    """
+
+    prompts: list[str]
+    candidates: list[list[str]]
+    labels: list[list[str]]
+    fact_index: list[int]
+    format: str
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def label_index(self, answers: list[str]) -> np.ndarray:
+        """Index into each prompt's candidates of ``answers[fact_index]`` (-1 where absent)."""
+        return np.array([lab.index(answers[i]) if answers[i] in lab else -1 for lab, i in zip(self.labels, self.fact_index)])
+
+
+def _check_athletes(facts: pd.DataFrame) -> list[str]:
+    if "athlete" not in facts.columns:
+        raise ValueError(f"Sports prompts need an 'athlete' column; got columns {list(facts.columns)}.")
+    if len(facts) == 0:
+        raise ValueError("No facts given: the DataFrame of athletes is empty.")
+    return facts["athlete"].astype(str).tolist()
+
+
+def sports_prompts(facts: pd.DataFrame, fmt: str = "fact", sports: tuple[str, ...] = MCQ_SPORTS) -> PromptSet:
+    """Prompts asking for each athlete's sport.
+
+    Args:
+        facts: rows with an ``athlete`` column.
+        fmt: one of ``fact``, ``qa``, ``mcq``, ``mcq_nosys``.
+        sports: the candidate sports for ``fact``/``qa`` (the three of the data, plus golf by
+            default, so that an edit to golf can be measured). Multiple choice always offers
+            the four options A–D.
+    """
+    athletes = _check_athletes(facts)
+    idx = list(range(len(athletes)))
+    if fmt in ("fact", "qa"):
+        template = FACT_TEMPLATE if fmt == "fact" else QA_TEMPLATE
+        prompts = [template.format(athlete=a) for a in athletes]
+        cands = [[f" {s}" for s in sports]] * len(prompts)
+        labels = [list(sports)] * len(prompts)
+    elif fmt in ("mcq", "mcq_nosys"):
+        prefix = SYSTEM_PROMPT + "\n" if fmt == "mcq" else ""
+        prompts = [prefix + MCQ_TEMPLATE.format(athlete=a) for a in athletes]
+        cands = [[f" {letter}" for letter in LETTERS]] * len(prompts)
+        labels = [list(MCQ_SPORTS)] * len(prompts)
+    else:
+        raise ValueError(f"Unknown sports format {fmt!r}; choose one of {SPORTS_FORMATS}.")
+    return PromptSet(prompts, [list(c) for c in cands], [list(lab) for lab in labels], idx, fmt)
+
+
+def _check_cf(facts: pd.DataFrame, need: tuple[str, ...]) -> None:
+    missing = [c for c in need if c not in facts.columns]
+    if missing:
+        raise ValueError(f"CounterFact prompts need column(s) {missing}. Fix: use data.load_counterfact"
+                         f"(with_prompts=True) for paraphrase/neighborhood prompts.")
+    if len(facts) == 0:
+        raise ValueError("No facts given: the CounterFact DataFrame is empty.")
+
+
+def counterfact_prompts(facts: pd.DataFrame, fmt: str = "cf_prompt", mcq: pd.DataFrame | None = None, seed: int = 0) -> PromptSet:
+    """Prompts for CounterFact facts; candidates are ``[target_true, target_new]`` (MCQ: letters).
+
+    Args:
+        facts: rows of ``data.load_counterfact`` (``with_prompts=True`` for paraphrase / neighborhood).
+        fmt: one of ``cf_prompt``, ``cf_paraphrase``, ``cf_neighborhood``, ``cf_mcq``.
+        mcq: the multiple-choice table (``data.load_counterfact_mcq()``), for ``cf_mcq``.
+        seed: the option order of multiple-choice questions.
+    """
+    _check_cf(facts, ("prompt", "subject", "target_true", "target_new"))
+    prompts, cands, labels, idx = [], [], [], []
+    rows = facts.reset_index(drop=True)
+    if fmt == "cf_mcq":
+        if mcq is None:
+            from .data import load_counterfact_mcq
+
+            mcq = load_counterfact_mcq()
+        by_case = mcq.drop_duplicates("prompt_id").set_index("prompt_id")
+        rng = np.random.default_rng(seed)
+        for i, r in rows.iterrows():
+            if r["case_id"] not in by_case.index:
+                continue
+            q = by_case.loc[r["case_id"]]
+            options = [q["target_true"], q["false_1"], q["false_2"], q["false_3"]]
+            # the edit's new target becomes one of the options, so an edit can be scored in MCQ too
+            if r["target_new"] not in options:
+                options[3] = r["target_new"]
+            order = rng.permutation(4)
+            options = [options[j] for j in order]
+            option_labels = ["target_true" if o == q["target_true"] else "target_new" if o == r["target_new"] else "other"
+                             for o in options]
+            text = f"Question: {q['question']}\n" + "".join(f"{L}. {o}\n" for L, o in zip(LETTERS, options)) + "Answer:"
+            prompts.append(text)
+            cands.append([f" {L}" for L in LETTERS])
+            labels.append(option_labels)
+            idx.append(i)
+        if not prompts:
+            raise ValueError("None of these CounterFact facts has a multiple-choice question in counterfact_mcq.csv.")
+        return PromptSet(prompts, cands, labels, idx, fmt)
+    if fmt == "cf_prompt":
+        texts = [[r["prompt"].format(r["subject"])] for _, r in rows.iterrows()]
+    elif fmt in ("cf_paraphrase", "cf_neighborhood"):
+        key = "paraphrase_prompts" if fmt == "cf_paraphrase" else "neighborhood_prompts"
+        _check_cf(rows, (key,))
+        texts = [list(r[key]) for _, r in rows.iterrows()]
+    else:
+        raise ValueError(f"Unknown CounterFact format {fmt!r}; choose one of {COUNTERFACT_FORMATS}.")
+    for i, (r, ts) in enumerate(zip(rows.itertuples(), texts)):
+        for t in ts:
+            prompts.append(t)
+            cands.append([f" {r.target_true}", f" {r.target_new}"])
+            labels.append(["target_true", "target_new"])
+            idx.append(i)
+    return PromptSet(prompts, cands, labels, idx, fmt)

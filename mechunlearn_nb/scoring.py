@@ -1,0 +1,257 @@
+"""Batched answer probabilities at the last position.
+
+Every measurement in the series reduces to one question: *given this prompt,
+how much probability does the model put on each candidate answer as the next
+token?* This module answers it for many prompts at once.
+
+How it stays right and fast:
+
+- **Right padding.** Prompts of different lengths are padded on the right, so
+  every real token keeps its position and, the attention being causal, never
+  sees a pad. The last real token of each prompt is gathered before the
+  unembedding, so a batch gives the numbers of one-at-a-time scoring (the tests
+  check this to 1e-4).
+- **Unembed only what is needed.** The bridge's own forward computes logits
+  for the whole 262k vocabulary at every position; here the transformer body
+  runs through the bridge's modules (hooks still fire) and only the gathered
+  last positions go through the unembedding.
+- **Length-sorted batches**, so little compute is spent on padding.
+
+Multi-token answers. ``mode="first"`` (the default, and what the paper does
+for Sports Facts) scores the *first token* of each candidate: candidates whose
+first tokens collide are rejected, since they could not be told apart.
+``mode="full"`` scores the whole continuation, the sum of its tokens'
+log-probabilities (teacher-forced), at the cost of one extra forward pass per
+candidate; use it for CounterFact targets that span several tokens.
+
+Probabilities are returned raw (softmax over the vocabulary) and normalised
+over the candidates (the paper's "normalised probability").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
+
+from .models import hf_model
+
+
+class MultiTokenAnswerError(ValueError):
+    """An answer spans several tokens where exactly one is needed."""
+
+
+def tokenizer_of(model):
+    return model.tokenizer
+
+
+def encode_prompts(model, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt, with the model's BOS token."""
+    if len(prompts) == 0:
+        raise ValueError("No prompts to score: the prompt list is empty.")
+    return model.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+
+
+def answer_tokens(model, answer: str) -> list[int]:
+    """Token ids of an answer as a continuation (no BOS). Keep its leading space: ``" golf"``."""
+    ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"Answer {answer!r} encodes to no token.")
+    return ids
+
+
+def single_token_id(model, answer: str) -> int:
+    """The one token of ``answer``; raises :class:`MultiTokenAnswerError` if it has several."""
+    ids = answer_tokens(model, answer)
+    if len(ids) != 1:
+        pieces = model.tokenizer.convert_ids_to_tokens(ids)
+        raise MultiTokenAnswerError(
+            f"Answer {answer!r} is {len(ids)} tokens {pieces} but one token is needed here. "
+            "Fix: pick an answer that is a single token for this tokenizer (check with "
+            "scoring.answer_tokens), keep its leading space (' golf', not 'golf'), or score with mode='full'."
+        )
+    return ids[0]
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch"]]:
+    """Right-pad token lists: ``(input_ids, attention_mask, last_index)``."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    width = int(lengths.max())
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    return ids, mask, lengths - 1
+
+
+def device_of(model) -> torch.device:
+    return next(hf_model(model).parameters()).device
+
+
+def hidden_states(model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+                  inputs_embeds: Float[torch.Tensor, "batch pos d_model"] | None = None) -> Float[torch.Tensor, "batch pos d_model"]:
+    """Final (normed) residual stream at every position, through the bridge's hooked modules."""
+    hf = hf_model(model)
+    dev = device_of(model)
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(dev)
+    if inputs_embeds is not None:
+        out = hf.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+    else:
+        out = hf.model(input_ids=input_ids.to(dev), attention_mask=attention_mask)
+    return out.last_hidden_state
+
+
+def unembed(model, resid: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... vocab"]:
+    """Logits of final-normed residual vectors (with the model's logit soft-capping, if any)."""
+    hf = hf_model(model)
+    logits = hf.lm_head(resid)
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def logits_at(model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
+              positions: Int[torch.Tensor, "batch"]) -> Float[torch.Tensor, "batch vocab"]:
+    """Logits at one position per row (the last real token, usually): unembeds only those."""
+    h = hidden_states(model, input_ids, attention_mask)
+    rows = torch.arange(h.shape[0], device=h.device)
+    return unembed(model, h[rows, positions.to(h.device)])
+
+
+def _batches(order: np.ndarray, batch_size: int):
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def _first_token_logprobs(model, prompt_ids, cand_ids, batch_size, progress, desc):
+    n = len(prompt_ids)
+    out = [None] * n
+    order = np.argsort([len(p) for p in prompt_ids], kind="stable")
+    pad = model.tokenizer.pad_token_id or 0
+    for batch in tqdm(list(_batches(order, batch_size)), desc=desc, disable=not progress, leave=False):
+        ids, mask, last = pad_right([prompt_ids[i] for i in batch], pad)
+        logp = torch.log_softmax(logits_at(model, ids, mask, last).float(), dim=-1).cpu()
+        for row, i in enumerate(batch):
+            out[i] = logp[row, [c[0] for c in cand_ids[i]]].numpy()
+    return out
+
+
+@torch.no_grad()
+def _full_logprobs(model, prompt_ids, cand_ids, batch_size, progress, desc):
+    # one sequence per (prompt, candidate): prompt + candidate tokens, teacher-forced
+    seqs, spans, owner = [], [], []
+    for i, (p, cands) in enumerate(zip(prompt_ids, cand_ids)):
+        for j, c in enumerate(cands):
+            seqs.append(list(p) + list(c))
+            spans.append((len(p), len(c)))
+            owner.append((i, j))
+    totals = np.zeros(len(seqs))
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    pad = model.tokenizer.pad_token_id or 0
+    for batch in tqdm(list(_batches(order, batch_size)), desc=desc, disable=not progress, leave=False):
+        ids, mask, _ = pad_right([seqs[i] for i in batch], pad)
+        h = hidden_states(model, ids, mask)
+        for row, i in enumerate(batch):
+            start, length = spans[i]
+            # logits at positions start-1 .. start+length-2 predict the candidate's tokens
+            logp = torch.log_softmax(unembed(model, h[row, start - 1 : start - 1 + length]).float(), dim=-1)
+            target = torch.tensor(seqs[i][start : start + length], device=logp.device)
+            totals[i] = logp.gather(1, target[:, None]).sum().item()
+    out = [np.zeros(len(c)) for c in cand_ids]
+    for (i, j), v in zip(owner, totals):
+        out[i][j] = v
+    return out
+
+
+def candidate_logprobs(model, prompts: Sequence[str], candidates: Sequence[Sequence[str]] | Sequence[str],
+                       batch_size: int = 32, mode: str = "first", progress: bool = True) -> list[np.ndarray]:
+    """Log-probability of each candidate after each prompt.
+
+    Args:
+        prompts: prompt texts (the model's BOS is added).
+        candidates: one list of candidate continuations for all prompts, or one list per prompt.
+            Keep leading spaces (``" golf"``).
+        batch_size: prompts per forward pass.
+        mode: ``"first"`` scores each candidate's first token; ``"full"`` its whole continuation.
+        progress: show a progress bar.
+
+    Returns:
+        For each prompt, an array of log-probabilities, one per candidate.
+    """
+    prompts = list(prompts)
+    if candidates and isinstance(candidates[0], str):
+        candidates = [list(candidates)] * len(prompts)
+    if len(candidates) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists.")
+    if mode not in ("first", "full"):
+        raise ValueError(f"Unknown scoring mode {mode!r}; choose 'first' or 'full'.")
+    prompt_ids = encode_prompts(model, prompts)
+    cache: dict[str, list[int]] = {}
+    cand_ids = [[cache.setdefault(c, answer_tokens(model, c)) for c in cands] for cands in candidates]
+    if mode == "first":
+        for cands, ids in zip(candidates, cand_ids):
+            firsts = [i[0] for i in ids]
+            if len(set(firsts)) != len(firsts):
+                dup = [c for c, f in zip(cands, firsts) if firsts.count(f) > 1]
+                raise MultiTokenAnswerError(
+                    f"Candidates {dup} share their first token, so first-token scoring cannot tell them apart. "
+                    "Fix: score with mode='full'.")
+        return _first_token_logprobs(model, prompt_ids, cand_ids, batch_size, progress, "scoring")
+    return _full_logprobs(model, prompt_ids, cand_ids, batch_size, progress, "scoring (full answers)")
+
+
+def score(model, prompts: Sequence[str], candidates: Sequence[Sequence[str]] | Sequence[str],
+          answers: Sequence[int] | None = None, batch_size: int = 32, mode: str = "first",
+          progress: bool = True) -> pd.DataFrame:
+    """Score prompts: one row per prompt.
+
+    Columns: ``prompt``, ``probs`` (raw probability of each candidate), ``probs_norm``
+    (normalised over the candidates), ``predicted`` (index of the most probable candidate)
+    and, when ``answers`` (index of the answer among each prompt's candidates, -1 for none)
+    is given, ``p_answer``, ``p_answer_norm`` and ``correct``.
+    """
+    logps = candidate_logprobs(model, prompts, candidates, batch_size=batch_size, mode=mode, progress=progress)
+    probs = [np.exp(lp) for lp in logps]
+    norm = [np.exp(lp - np.logaddexp.reduce(lp)) for lp in logps]
+    df = pd.DataFrame({"prompt": list(prompts), "probs": probs, "probs_norm": norm,
+                       "predicted": [int(np.argmax(lp)) for lp in logps]})
+    if answers is not None:
+        answers = np.asarray(answers)
+        if len(answers) != len(df):
+            raise ValueError(f"{len(df)} prompts but {len(answers)} answers.")
+        ok = answers >= 0
+        df["p_answer"] = [p[a] if a >= 0 else np.nan for p, a in zip(probs, answers)]
+        df["p_answer_norm"] = [p[a] if a >= 0 else np.nan for p, a in zip(norm, answers)]
+        df["correct"] = np.where(ok, df["predicted"].to_numpy() == answers, False)
+    return df
+
+
+def score_set(model, prompt_set, answers: Sequence[str] | None = None, **kwargs) -> pd.DataFrame:
+    """Score a :class:`~mechunlearn_nb.prompts.PromptSet`.
+
+    Args:
+        answers: for each *fact* (row of the source DataFrame) the label asked about
+            (e.g. the athlete's sport, or ``"target_true"``).
+
+    Returns:
+        :func:`score`'s table plus ``format``, ``fact_index`` and ``labels``.
+    """
+    idx = prompt_set.label_index(list(answers)) if answers is not None else None
+    df = score(model, prompt_set.prompts, prompt_set.candidates, answers=idx, **kwargs)
+    df.insert(0, "format", prompt_set.format)
+    df.insert(1, "fact_index", prompt_set.fact_index)
+    df["labels"] = prompt_set.labels
+    return df
+
+
+def label_probs(scores: pd.DataFrame, label: str, normalised: bool = True) -> np.ndarray:
+    """Probability of the candidate carrying ``label`` in each row of :func:`score_set` (NaN if absent)."""
+    col = "probs_norm" if normalised else "probs"
+    return np.array([p[lab.index(label)] if label in lab else np.nan for p, lab in zip(scores[col], scores["labels"])])

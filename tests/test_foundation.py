@@ -1,0 +1,224 @@
+"""Models, data, prompts and scoring: unit tests on a tiny model, plus checks on the real one."""
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mechunlearn_nb import data, expected, models, prompts, scoring, tasks
+from mechunlearn_nb.io import save_json
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def test_sports_data_shape():
+    df = data.load_sports()
+    assert len(df) == 1559
+    assert df["sport"].value_counts().to_dict() == {"football": 583, "basketball": 490, "baseball": 486}
+
+
+def test_counterfact_data_shapes():
+    cf = data.load_counterfact()
+    assert len(cf) == 21919 and cf["case_id"].is_unique
+    sub = data.load_counterfact(with_prompts=True)
+    assert len(sub) == 2715
+    assert all(len(p) == 2 for p in sub["paraphrase_prompts"].head(50))
+    mcq = data.load_counterfact_mcq()
+    assert len(mcq) == 6833
+    mmlu = data.load_mmlu(["abstract_algebra"])
+    assert set(mmlu["answer"]) <= {0, 1, 2, 3} and len(mmlu) == 100
+
+
+def test_general_text_exclusion():
+    paras = data.load_general_text()
+    assert len(paras) > 500
+    kept = data.load_general_text(exclude=["the"])
+    assert len(kept) < len(paras)
+
+
+def test_data_errors_name_file_and_problem(tmp_path, monkeypatch):
+    bad = tmp_path / "sports_facts.csv"
+    bad.write_text("athlete,sport\nA Person,cricket\n")
+    with pytest.raises(data.DataError, match=r"sports_facts.csv.*unknown sport.*cricket"):
+        data.load_sports(bad)
+    bad.write_text("name,sport\nA Person,golf\n")
+    with pytest.raises(data.DataError, match=r"missing column.*athlete"):
+        data.load_sports(bad)
+    monkeypatch.setenv("MECHUNLEARN_DATA", str(tmp_path))
+    with pytest.raises(data.DataError, match=r"counterfact_mcq.csv: file missing"):
+        data.load_counterfact_mcq()
+    with gzip.open(tmp_path / "counterfact.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"case_id": 1, "requested_rewrite": {"prompt": "no slot", "subject": "x", "relation_id": "P1",
+                                                               "target_true": {"str": "a"}, "target_new": {"str": "b"}}}) + "\n")
+    with pytest.raises(data.DataError, match=r"has no '\{\}'"):
+        data.load_counterfact()
+    monkeypatch.setenv("MECHUNLEARN_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(data.DataError, match="MECHUNLEARN_DATA"):
+        data.load_sports()
+
+
+# --- prompts ----------------------------------------------------------------------------------
+
+def test_sports_prompt_formats():
+    facts = pd.DataFrame({"athlete": ["LeBron James"], "sport": ["basketball"]})
+    fact = prompts.sports_prompts(facts, "fact")
+    assert fact.prompts[0] == "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of"
+    assert fact.candidates[0] == [" football", " baseball", " basketball", " golf"]
+    mcq = prompts.sports_prompts(facts, "mcq")
+    assert mcq.prompts[0].startswith(prompts.SYSTEM_PROMPT) and mcq.prompts[0].endswith("D. golf\nAnswer:")
+    assert mcq.candidates[0] == [" A", " B", " C", " D"] and mcq.label_index(["basketball"]).tolist() == [2]
+    assert not prompts.sports_prompts(facts, "mcq_nosys").prompts[0].startswith(prompts.SYSTEM_PROMPT)
+    assert "Q: What sport does LeBron James play?\nA:" in prompts.sports_prompts(facts, "qa").prompts[0]
+    with pytest.raises(ValueError, match="Unknown sports format"):
+        prompts.sports_prompts(facts, "haiku")
+    with pytest.raises(ValueError, match="empty"):
+        prompts.sports_prompts(facts.iloc[:0], "fact")
+
+
+def test_counterfact_prompt_formats():
+    cf = data.load_counterfact(with_prompts=True).head(3)
+    p = prompts.counterfact_prompts(cf, "cf_prompt")
+    assert p.prompts[0] == "The mother tongue of Danielle Darrieux is"
+    assert p.candidates[0] == [" French", " English"]
+    para = prompts.counterfact_prompts(cf, "cf_paraphrase")
+    assert len(para) == 6 and para.fact_index == [0, 0, 1, 1, 2, 2]
+    neigh = prompts.counterfact_prompts(cf, "cf_neighborhood")
+    assert len(neigh) == 30
+    mcq = prompts.counterfact_prompts(cf, "cf_mcq")
+    assert mcq.prompts[0].startswith("Question: What is the mother tongue of Danielle Darrieux?")
+    assert all(lab.count("target_true") == 1 for lab in mcq.labels)
+    with pytest.raises(ValueError, match="with_prompts=True"):
+        prompts.counterfact_prompts(data.load_counterfact().head(2), "cf_paraphrase")
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def test_component_names():
+    assert models.Component.parse("m3") == models.Component(3, "mlp")
+    assert models.Component.parse("a5.h2") == models.Component(5, "head", 2)
+    with pytest.raises(ValueError, match="Unknown component name 'x7'"):
+        models.Component.parse("x7")
+
+
+def test_components_and_counts(tiny):
+    comps = models.components(tiny, heads=True)
+    assert set(comps["kind"]) == {"attn", "mlp", "head"}
+    mlp0 = comps[(comps.kind == "mlp") & (comps.layer == 0)].iloc[0]
+    params = models.named_parameters(tiny)
+    assert mlp0.n_params == sum(params[n].numel() for n in mlp0.weights) == 3 * 64 * 128
+    with pytest.raises(ValueError, match="layer 9 does not exist"):
+        models.weight_names(tiny, "m9")
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        models.load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.load_model("./no/such/folder")
+
+
+def test_loader_unknown_hub_id_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"Could not load model 'nobody/no-such-model'.*Fix:"):
+        models.load_model("nobody/no-such-model")
+
+
+def test_loaded_model_is_frozen(tiny):
+    assert models.n_params(tiny, trainable_only=True) == 0
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+def test_batched_scoring_equals_one_at_a_time(tiny):
+    facts = data.load_sports().head(7)
+    ps = prompts.sports_prompts(facts, "qa")
+    ps.prompts[3] = ps.prompts[3] + " and a much longer tail to force padding in the batch"
+    batch = scoring.score(tiny, ps.prompts, ps.candidates, batch_size=4, progress=False)
+    for i, (p, c) in enumerate(zip(ps.prompts, ps.candidates)):
+        one = scoring.score(tiny, [p], [c], progress=False)
+        np.testing.assert_allclose(batch["probs"][i], one["probs"][0], atol=1e-4, rtol=0)
+    for norm in batch["probs_norm"]:
+        assert norm.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_scoring_matches_bridge_forward(tiny):
+    text = "Fact: LeBron James plays the sport of"
+    logits = tiny(tiny.to_tokens(text))[0, -1]
+    ref = torch.log_softmax(logits, -1)[scoring.single_token_id(tiny, " golf")].item()
+    got = scoring.candidate_logprobs(tiny, [text], [" golf"], progress=False)[0][0]
+    assert got == pytest.approx(ref, abs=1e-4)
+
+
+def test_full_mode_sums_token_logprobs(tiny):
+    text = "The capital of France is"
+    answer = " Parisville Town"
+    ids = scoring.answer_tokens(tiny, answer)
+    assert len(ids) > 1
+    toks = tiny.to_tokens(text + answer)
+    logp = torch.log_softmax(tiny(toks)[0], -1)
+    n = toks.shape[1]
+    ref = sum(logp[n - len(ids) - 1 + k, ids[k]].item() for k in range(len(ids)))
+    got = scoring.candidate_logprobs(tiny, [text], [answer], mode="full", progress=False)[0][0]
+    assert got == pytest.approx(ref, abs=1e-3)
+
+
+def test_multi_token_answer_errors(tiny):
+    with pytest.raises(scoring.MultiTokenAnswerError, match="one token is needed"):
+        scoring.single_token_id(tiny, " Parisville Town")
+    assert scoring.single_token_id(tiny, " golf") == scoring.answer_tokens(tiny, " golf")[0]
+    with pytest.raises(scoring.MultiTokenAnswerError, match="mode='full'"):
+        scoring.candidate_logprobs(tiny, ["x"], [" Parisville", " Parisville Town"], progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        scoring.score(tiny, [], [" a"], progress=False)
+
+
+def test_known_facts_threshold_and_cache(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHUNLEARN_CACHE", str(tmp_path))
+    monkeypatch.setattr(data, "load_sports", lambda: pd.read_csv(data.data_dir() / "sports_facts.csv").head(12))
+    known = tasks.known_facts(tiny, "sports", threshold=0.0, progress=False)
+    assert len(known) == 12 and (known["p_true_norm"] >= 0).all()
+    assert len(list((tmp_path / "known_facts").glob("*.json"))) == 1
+    strict = tasks.known_facts(tiny, "sports", threshold=0.9, progress=False)  # from the cache
+    assert (strict["p_true_norm"] >= 0.9).all() and len(strict) <= 12
+    with pytest.raises(ValueError, match="threshold"):
+        tasks.known_facts(tiny, threshold=2)
+
+
+def test_save_json_is_atomic(tmp_path):
+    path = save_json({"a": np.float32(1.5), "b": np.arange(2)}, tmp_path / "m.json")
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": [0, 1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_expected_check():
+    ok = expected.check("00_quickstart", {"n_scored": 200, "accuracy": 0.6, "frac_known": 0.4,
+                                          "acc_qa_known": 0.9, "load_seconds": 5})
+    assert ok["ok"].all()
+    bad = expected.check("00_quickstart", {"n_scored": 10})
+    assert not bad["ok"].any()
+    with pytest.raises(KeyError, match="expected.py"):
+        expected.check("99_nothing", {})
+
+
+# --- the real embedded model --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_embedded_model_knows_its_sports(gemma):
+    """The ballpark of DESIGN.md: ~600 of 1,559 athletes known, ~180 basketball players, accuracy ~0.58."""
+    known = tasks.known_facts(gemma, "sports")
+    assert known.attrs["n_scored"] == 1559
+    assert 540 <= len(known) <= 680
+    assert 150 <= (known["sport"] == "basketball").sum() <= 215
+    scores = tasks.score_facts(gemma, "sports", facts=data.load_sports().head(300), progress=False)
+    assert 0.5 <= scores["correct"].mean() <= 0.7
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_from_cache_quickly(gemma):
+    models.load_model()
+    assert models.LAST_LOAD_TIMES["total_s"] < 60  # a cached load; the first build takes about a minute
+    assert models.embedded_model_dir().exists()
+    assert not list(models.embedded_model_dir().parent.glob(".*partial*"))
