@@ -1,0 +1,98 @@
+"""One HTML page for a run of the series.
+
+:func:`write_report` reads a run folder written by ``runner.run_series`` — its
+``summary.json``, every notebook's output folder (``metrics.json``, PNG
+figures, CSV tables) and the executed notebooks — and writes ``report.html``
+beside them: the notebooks in order, each with its status and duration, its
+metrics checked against ``expected.py``, its figures and tables, and links to
+the executed notebook (as ``.ipynb`` and as rendered HTML).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444} h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3} .ok{color:#186a3b} .bad{color:#a93226;font-weight:bold} img{max-width:100%;margin:.5em 0}
+.meta{color:#666;font-size:.9em}
+"""
+
+
+def _scalar_metrics(metrics: dict) -> pd.DataFrame:
+    rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None]
+    rows += [(k, json.dumps(v)[:200]) for k, v in metrics.items() if isinstance(v, (list, dict))]
+    return pd.DataFrame(rows, columns=["metric", "value"])
+
+
+def _table(df: pd.DataFrame, max_rows: int = 60) -> str:
+    return df.head(max_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, escape=True)
+
+
+def _render_notebook_html(ipynb: Path) -> Path | None:
+    try:
+        import nbformat
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
+    except Exception:  # nbconvert missing or a notebook it cannot render: the .ipynb link remains
+        return None
+    out = ipynb.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
+    """Write ``<run_dir>/report.html`` and return its path."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    parts = [f"<h1>mechunlearn_nb run {html.escape(run_dir.name)}</h1>",
+             f"<p class='meta'>model: {html.escape(str(summary.get('model')))} · size: {summary.get('size')} · "
+             f"started {summary.get('started')} · finished {summary.get('finished', '(running)')}</p>"]
+    overview = [dict(notebook=name, status=e.get("status"), seconds=e.get("seconds"),
+                     reproduced={True: "yes", False: "no"}.get(e.get("reproduced"), "–"))
+                for name, e in summary["notebooks"].items()]
+    parts += ["<h2>Overview</h2>", _table(pd.DataFrame(overview))]
+    for name, entry in summary["notebooks"].items():
+        folder = run_dir / name
+        ipynb = run_dir / f"{name}.ipynb"
+        links = [f"<a href='{html.escape(ipynb.name)}'>executed notebook (.ipynb)</a>"] if ipynb.exists() else []
+        if render_notebooks and ipynb.exists():
+            rendered = _render_notebook_html(ipynb)
+            if rendered is not None:
+                links.append(f"<a href='{html.escape(rendered.name)}'>rendered (HTML)</a>")
+        status = entry.get("status")
+        cls = "ok" if status == "ok" else "bad"
+        parts.append(f"<h2 id='{html.escape(name)}'>{html.escape(name)}</h2>")
+        parts.append(f"<p><span class='{cls}'>{html.escape(str(status))}</span> · {entry.get('seconds')} s · {' · '.join(links)}</p>")
+        if entry.get("error"):
+            parts.append(f"<pre class='bad'>{html.escape(entry['error'][:3000])}</pre>")
+        checks = pd.DataFrame(entry.get("checks") or [])
+        if len(checks):
+            parts += ["<h3>Expected values</h3>", _table(checks)]
+        metrics = entry.get("metrics") or {}
+        if metrics:
+            parts += ["<h3>Metrics</h3>", _table(_scalar_metrics(metrics))]
+        if folder.is_dir():
+            for csv in sorted(folder.glob("*.csv")):
+                try:
+                    parts += [f"<h3>{html.escape(csv.stem)}</h3>", _table(pd.read_csv(csv))]
+                except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+                    continue
+            for png in sorted(folder.glob("*.png")):
+                rel = png.relative_to(run_dir).as_posix()
+                parts.append(f"<figure><img src='{html.escape(rel)}' alt='{html.escape(png.stem)}'>"
+                             f"<figcaption class='meta'>{html.escape(png.stem)}</figcaption></figure>")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>mechunlearn_nb run {html.escape(run_dir.name)}</title>" \
+           f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+    out = run_dir / "report.html"
+    tmp = out.with_name(".report.html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
