@@ -1,0 +1,493 @@
+"""Per-layer linear probes: where in the residual stream is the attribute?
+
+A *probe* is a small classifier trained on a model's internal activations. If a
+logistic regression can read an athlete's sport off the residual stream at
+some layer and token, the information is there, linearly, at that point —
+whether or not the model goes on to say it. Two places matter for fact recall
+(Geva et al. 2023; Guo et al. 2024):
+
+- the **last subject token** (``" James"`` in ``"... LeBron James plays the
+  sport of"``): early MLPs *look up* the attribute there, so a probe at this
+  token becomes accurate after the layers that do the look-up — the
+  fact-lookup (FLU) MLPs;
+- the **final token** (``" of"``): attention heads later *extract* the
+  attribute from the subject and move it here, where it is turned into the
+  answer; a probe at this token only becomes accurate after extraction.
+
+The difference between the two curves is the story of the fact's recall, and
+it is one of the three kinds of evidence :func:`localization.fact_lookup` uses.
+Probes are also an attack on an edit: train them on facts the edit did not
+touch, apply them to edited facts, and see whether the *true* attribute is
+still readable inside the model (:func:`apply_probes`).
+
+Conventions. ``residuals`` returns, for each prompt, the residual stream at
+``n_layers + 1`` points: index ``0`` is the input of block 0 (the scaled token
+embedding) and index ``i`` is the output of block ``i - 1`` (``resid_post``),
+so index ``i`` is "the residual stream after ``i`` blocks" and the last index
+is the final residual stream before the final norm. The probe tables use the
+same index in their ``layer`` column. Activations are read with hooks on the
+bridge's modules during a right-padded batched forward pass of the transformer
+body (no unembedding), and only the requested positions are kept.
+
+Probes are scikit-learn pipelines (standardise, then multinomial logistic
+regression), one per layer, trained on a seeded, stratified half of the facts
+and tested on the other half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from .models import hf_model
+from .prompts import FACT_TEMPLATE
+from .scoring import device_of, encode_prompts, pad_right
+
+#: position kinds of a fact prompt, as used by the probe tables
+PROBE_POSITIONS = ("last_subject", "final")
+
+
+class SubjectNotFoundError(ValueError):
+    """The subject's tokens could not be located in the prompt."""
+
+
+# ---------------------------------------------------------------------------
+# Where the subject is
+# ---------------------------------------------------------------------------
+
+
+def _find_sublist(haystack: Sequence[int], needle: Sequence[int]) -> int:
+    """Start of the last occurrence of ``needle`` in ``haystack`` (-1 if absent)."""
+    n = len(needle)
+    for start in range(len(haystack) - n, -1, -1):
+        if list(haystack[start : start + n]) == list(needle):
+            return start
+    return -1
+
+
+def subject_span(model, prompt: str, subject: str) -> tuple[int, int]:
+    """Token indices ``(first, last)`` (inclusive) of the subject in the prompt's tokens (BOS included).
+
+    The subject is tokenized with its leading space (``" LeBron James"``) and looked up as a
+    run of tokens in the prompt; the last occurrence wins (the one-shot example comes first).
+    When the tokenizer merges the subject with its neighbours differently in context, the
+    span falls back to the tokens whose characters overlap the subject's characters.
+
+    Raises:
+        SubjectNotFoundError: the subject is not in the prompt text, or no token covers it.
+    """
+    tok = model.tokenizer
+    ids = tok(prompt, add_special_tokens=True)["input_ids"]
+    for text in (" " + subject.strip(), subject.strip()):
+        sub = tok(text, add_special_tokens=False)["input_ids"]
+        start = _find_sublist(ids, sub) if sub else -1
+        if start >= 0:
+            return start, start + len(sub) - 1
+    char_start = prompt.rfind(subject.strip())
+    if char_start < 0 or not subject.strip():
+        raise SubjectNotFoundError(
+            f"Subject {subject!r} does not occur in the prompt {prompt!r}. "
+            "Fix: pass the subject exactly as it is written in the prompt (same spelling and case)."
+        )
+    char_end = char_start + len(subject.strip())
+    try:
+        offsets = tok(prompt, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, TypeError, ValueError) as err:
+        raise SubjectNotFoundError(
+            f"Subject {subject!r} is in the prompt but its tokens differ in context and this tokenizer "
+            "gives no character offsets to match them. Fix: use a fast tokenizer, or pass positions yourself."
+        ) from err
+    covered = [i for i, (a, b) in enumerate(offsets) if b > a and a < char_end and b > char_start]
+    if not covered:
+        raise SubjectNotFoundError(f"No token of the prompt {prompt!r} covers the subject {subject!r}.")
+    return covered[0], covered[-1]
+
+
+def fact_positions(model, prompts: Sequence[str], subjects: Sequence[str]) -> pd.DataFrame:
+    """Token positions of each prompt: ``first_subject``, ``last_subject``, ``final`` (and ``n_tokens``).
+
+    Args:
+        prompts: the prompts (BOS is counted as position 0).
+        subjects: the subject of each prompt, as written in it.
+
+    Returns:
+        One row per prompt, integer columns ``first_subject, last_subject, final, n_tokens``.
+    """
+    if len(prompts) != len(subjects):
+        raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects: give one subject per prompt.")
+    lengths = [len(ids) for ids in encode_prompts(model, list(prompts))]
+    rows = []
+    for prompt, subject, n in zip(prompts, subjects, lengths):
+        first, last = subject_span(model, prompt, subject)
+        rows.append(dict(first_subject=first, last_subject=last, final=n - 1, n_tokens=n))
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------
+# Reading the residual stream
+# ---------------------------------------------------------------------------
+
+
+def residual_hook_names(model) -> list[str]:
+    """The ``n_layers + 1`` hook points read by :func:`residuals`, in order."""
+    n_layers = model.cfg.n_layers
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+
+
+@torch.no_grad()
+def residuals(model, prompts: Sequence[str], positions: Sequence[int] | Mapping[str, Sequence[int]],
+              batch_size: int = 32, progress: bool = True
+              ) -> Float[torch.Tensor, "n layers_plus_1 d_model"] | dict[str, Float[torch.Tensor, "n layers_plus_1 d_model"]]:
+    """The residual stream of every prompt at chosen token positions, after every block.
+
+    One right-padded, length-sorted, batched forward pass of the transformer body per batch
+    (no unembedding); hooks keep only the requested positions, so memory stays at
+    ``n × (n_layers + 1) × d_model`` per position set.
+
+    Args:
+        prompts: prompt texts (the model's BOS is added).
+        positions: one token index per prompt (negative indices count from each prompt's own
+            end: ``-1`` is its final token), or a mapping ``name -> indices`` to read several
+            positions in the same pass (e.g. ``{"last_subject": ..., "final": ...}``).
+        batch_size: prompts per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        Float32 CPU tensor ``[n, n_layers + 1, d_model]`` (index 0: block 0's input; index i: block
+        i-1's output), or a dict of them when ``positions`` is a mapping.
+    """
+    prompts = list(prompts)
+    named = isinstance(positions, Mapping)
+    pos_sets = {k: np.asarray(v, dtype=np.int64) for k, v in (positions.items() if named else [("_", positions)])}
+    if not pos_sets:
+        raise ValueError("No positions given. Fix: pass one index per prompt, or a mapping name -> indices.")
+    ids = encode_prompts(model, prompts)
+    lengths = np.array([len(i) for i in ids])
+    for name, pos in pos_sets.items():
+        if pos.shape != (len(prompts),):
+            raise ValueError(f"positions{'' if not named else f'[{name!r}]'} has shape {pos.shape}; "
+                             f"need one index per prompt ({len(prompts)}).")
+        bad = (pos >= lengths) | (pos < -lengths)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise IndexError(f"Position {pos[i]} is outside prompt {i} ({lengths[i]} tokens): {prompts[i]!r}.")
+    # absolute positions, one column per position set
+    absolute = np.stack([np.where(p < 0, lengths + p, p) for p in pos_sets.values()], axis=1)  # [n, k]
+
+    hooks_names = residual_hook_names(model)
+    n_points, d_model = len(hooks_names), model.cfg.d_model
+    out = torch.zeros(len(prompts), absolute.shape[1], n_points, d_model, dtype=torch.float32)
+    dev = device_of(model)
+    hf = hf_model(model)
+    pad = model.tokenizer.pad_token_id or 0
+    order = np.argsort(lengths, kind="stable")
+    current: dict = {}
+
+    def make_hook(index: int):
+        def hook(x, hook):  # x: [batch, pos, d_model]
+            current["buf"][:, :, index] = x[current["rows"], current["cols"]].float().cpu()
+        return hook
+
+    fwd_hooks = [(name, make_hook(i)) for i, name in enumerate(hooks_names)]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    with model.hooks(fwd_hooks=fwd_hooks):
+        for batch in tqdm(batches, desc="residuals", disable=not progress, leave=False):
+            input_ids, mask, _ = pad_right([ids[i] for i in batch], pad)
+            cols = torch.as_tensor(absolute[batch], device=dev)  # [b, k]
+            current.update(rows=torch.arange(len(batch), device=dev)[:, None].expand_as(cols), cols=cols,
+                           buf=torch.zeros(len(batch), absolute.shape[1], n_points, d_model))
+            hf.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev))
+            out[torch.as_tensor(batch)] = current["buf"]
+    result = {name: out[:, j].contiguous() for j, name in enumerate(pos_sets)}
+    return result if named else result["_"]
+
+
+def fact_residuals(model, facts: pd.DataFrame, template: str = FACT_TEMPLATE, positions: Sequence[str] = PROBE_POSITIONS,
+                   batch_size: int = 32, progress: bool = True) -> dict[str, Float[torch.Tensor, "n layers_plus_1 d_model"]]:
+    """:func:`residuals` of each athlete's fact prompt at named positions.
+
+    Args:
+        facts: rows with an ``athlete`` column.
+        template: the prompt, with ``{athlete}``.
+        positions: names among ``first_subject``, ``last_subject``, ``final``.
+    """
+    if "athlete" not in facts.columns or len(facts) == 0:
+        raise ValueError("fact_residuals needs a non-empty DataFrame with an 'athlete' column.")
+    unknown = [p for p in positions if p not in ("first_subject", "last_subject", "final")]
+    if unknown:
+        raise ValueError(f"Unknown position(s) {unknown}; choose among 'first_subject', 'last_subject', 'final'.")
+    athletes = facts["athlete"].astype(str).tolist()
+    prompts = [template.format(athlete=a) for a in athletes]
+    pos = fact_positions(model, prompts, athletes)
+    return residuals(model, prompts, {p: pos[p].to_numpy() for p in positions}, batch_size=batch_size, progress=progress)
+
+
+# ---------------------------------------------------------------------------
+# Probes
+# ---------------------------------------------------------------------------
+
+
+def split_indices(labels: Sequence, test_size: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, stratified split of ``range(len(labels))``: ``(train, test)`` index arrays."""
+    labels = np.asarray(labels)
+    counts = pd.Series(labels).value_counts()
+    if len(counts) < 2:
+        raise ValueError(f"Probes need at least two classes; all {len(labels)} labels are {counts.index[0]!r}.")
+    if counts.min() < 2:
+        raise ValueError(f"Class {counts.idxmin()!r} has a single example: a stratified split needs two per class.")
+    idx = np.arange(len(labels))
+    train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(test)
+
+
+def _as_numpy(X) -> np.ndarray:
+    return X.detach().float().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X, dtype=np.float32)
+
+
+def train_probes(X: Float[torch.Tensor, "n layers d_model"], y: Sequence, C: float = 0.1, max_iter: int = 2000,
+                 seed: int = 0, progress: bool = False) -> list[Pipeline]:
+    """Fit one probe (standardise + logistic regression) per layer.
+
+    Args:
+        X: activations ``[n, layers, d_model]`` (e.g. from :func:`residuals`).
+        y: label of each row (any hashable: sport names work).
+        C: inverse L2 strength; 0.1 suits a few hundred examples of a 640-dim stream.
+        max_iter: solver iterations.
+        seed: the solver's random state.
+
+    Returns:
+        One fitted scikit-learn pipeline per layer (index as in ``X``).
+    """
+    X = _as_numpy(X)
+    y = np.asarray(y)
+    if X.ndim != 3:
+        raise ValueError(f"X must be [n, layers, d_model]; got shape {X.shape}.")
+    if len(y) != len(X):
+        raise ValueError(f"{len(X)} activation rows but {len(y)} labels.")
+    if len(np.unique(y)) < 2:
+        raise ValueError("Probes need at least two classes in the training labels.")
+    probes = []
+    for layer in tqdm(range(X.shape[1]), desc="probes", disable=not progress, leave=False):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+        probes.append(clf.fit(X[:, layer], y))
+    return probes
+
+
+def _check_layers(probes: list[Pipeline], X: np.ndarray) -> None:
+    if X.ndim != 3 or X.shape[1] != len(probes):
+        raise ValueError(f"X has shape {X.shape} but there are {len(probes)} probes: need [n, {len(probes)}, d_model] "
+                         "(the same layers the probes were trained on).")
+
+
+def apply_probes(probes: list[Pipeline], X: Float[torch.Tensor, "n layers d_model"]) -> np.ndarray:
+    """Each layer's probe's prediction for each row: array ``[n, layers]`` of labels."""
+    X = _as_numpy(X)
+    _check_layers(probes, X)
+    return np.stack([p.predict(X[:, layer]) for layer, p in enumerate(probes)], axis=1)
+
+
+def probe_probabilities(probes: list[Pipeline], X: Float[torch.Tensor, "n layers d_model"],
+                        labels: Sequence) -> np.ndarray:
+    """Each layer's probe probability of a given label per row: array ``[n, layers]``.
+
+    Args:
+        labels: the label whose probability to read, one per row (e.g. each athlete's true sport).
+    """
+    X = _as_numpy(X)
+    _check_layers(probes, X)
+    labels = np.asarray(labels)
+    if len(labels) != len(X):
+        raise ValueError(f"{len(X)} rows but {len(labels)} labels.")
+    out = np.zeros((len(X), len(probes)))
+    for layer, p in enumerate(probes):
+        classes = list(p.classes_)
+        missing = set(labels) - set(classes)
+        if missing:
+            raise ValueError(f"Label(s) {sorted(missing)} unknown to the probes (classes {classes}).")
+        proba = p.predict_proba(X[:, layer])
+        out[:, layer] = proba[np.arange(len(X)), [classes.index(lab) for lab in labels]]
+    return out
+
+
+def probe_accuracy(probes: list[Pipeline], X: Float[torch.Tensor, "n layers d_model"], y: Sequence,
+                   **columns) -> pd.DataFrame:
+    """Accuracy of each layer's probe on ``(X, y)``: tidy rows ``layer, accuracy, n`` plus constant ``columns``.
+
+    Example: ``probe_accuracy(probes, X_test, y_test, position="final", split="test")``.
+    """
+    y = np.asarray(y)
+    pred = apply_probes(probes, X)
+    if len(y) != len(pred):
+        raise ValueError(f"{len(pred)} rows but {len(y)} labels.")
+    df = pd.DataFrame({"layer": np.arange(pred.shape[1]), "accuracy": (pred == y[:, None]).mean(axis=0), "n": len(y)})
+    for k, v in columns.items():
+        df.insert(0, k, v)
+    return df
+
+
+@dataclass
+class LayerProbes:
+    """Probes per layer and position, with their data.
+
+    Attributes:
+        accuracy: tidy ``layer, position, split, accuracy, n`` (``layer``: residual after that many blocks).
+        probes: position -> one fitted probe per layer.
+        X: position -> activations ``[n, n_layers + 1, d_model]`` of all facts.
+        facts: the facts (one row per activation row), with a ``split`` column.
+        label_column: the column of ``facts`` that was probed.
+    """
+
+    accuracy: pd.DataFrame
+    probes: dict[str, list[Pipeline]]
+    X: dict[str, torch.Tensor]
+    facts: pd.DataFrame
+    label_column: str = "sport"
+    meta: dict = field(default_factory=dict)
+
+    def best(self, split: str = "test") -> pd.DataFrame:
+        """Per position, the layer with the highest accuracy (first one on ties)."""
+        acc = self.accuracy[self.accuracy["split"] == split]
+        return acc.loc[acc.groupby("position", sort=False)["accuracy"].idxmax()].reset_index(drop=True)
+
+    def true_label_probabilities(self, position: str = "last_subject") -> pd.DataFrame:
+        """Tidy ``athlete, split, layer, p_true``: each layer's probe probability of the fact's true label."""
+        p = probe_probabilities(self.probes[position], self.X[position], self.facts[self.label_column])
+        df = pd.DataFrame(p, columns=range(p.shape[1]))
+        df["athlete"] = self.facts["athlete"].to_numpy()
+        df["split"] = self.facts["split"].to_numpy()
+        return df.melt(id_vars=["athlete", "split"], var_name="layer", value_name="p_true").assign(position=position)
+
+
+def layer_probes(model, facts: pd.DataFrame, label_column: str = "sport", template: str = FACT_TEMPLATE,
+                 positions: Sequence[str] = PROBE_POSITIONS, test_size: float = 0.5, seed: int = 0,
+                 C: float = 0.1, batch_size: int = 32, progress: bool = True) -> LayerProbes:
+    """Train and test a probe at every layer and position on a seeded, stratified split of ``facts``.
+
+    Args:
+        facts: rows with ``athlete`` and ``label_column`` (typically the facts the model knows).
+        label_column: what the probes predict.
+        template: the prompt, with ``{athlete}``.
+        positions: among ``first_subject``, ``last_subject``, ``final``.
+        test_size: fraction held out for testing (0.5: train on one half, test on the other).
+        seed: split and solver seed.
+        C: the probes' inverse regularisation strength.
+
+    Returns:
+        :class:`LayerProbes`; its ``accuracy`` table has a ``train`` and a ``test`` row per
+        layer and position, and the majority-class rate of the test half in ``meta["majority"]``.
+    """
+    if label_column not in facts.columns:
+        raise ValueError(f"facts has no column {label_column!r} (columns: {list(facts.columns)}).")
+    facts = facts.reset_index(drop=True)
+    y = facts[label_column].to_numpy()
+    train, test = split_indices(y, test_size=test_size, seed=seed)
+    X = fact_residuals(model, facts, template=template, positions=positions, batch_size=batch_size, progress=progress)
+    tables, probes = [], {}
+    for pos in positions:
+        probes[pos] = train_probes(X[pos][train], y[train], C=C, seed=seed)
+        for split, idx in (("train", train), ("test", test)):
+            tables.append(probe_accuracy(probes[pos], X[pos][idx], y[idx], position=pos, split=split))
+    acc = pd.concat(tables, ignore_index=True)[["layer", "position", "split", "accuracy", "n"]]
+    split_col = np.where(np.isin(np.arange(len(facts)), test), "test", "train")
+    majority = float(pd.Series(y[test]).value_counts(normalize=True).iloc[0])
+    return LayerProbes(acc, probes, X, facts.assign(split=split_col), label_column,
+                       meta=dict(majority=majority, seed=seed, C=C, test_size=test_size, n=len(facts)))
+
+
+# ---------------------------------------------------------------------------
+# Figures and explorer
+# ---------------------------------------------------------------------------
+
+
+def plot_probe_accuracy(accuracy: pd.DataFrame, majority: float | None = None, split: str = "test", ax=None,
+                        title: str = "Linear probes for the sport, layer by layer"):
+    """Seaborn line plot of probe accuracy against layer, one line per position.
+
+    Args:
+        accuracy: :attr:`LayerProbes.accuracy` (``layer, position, split, accuracy``).
+        majority: draw the majority-class rate (chance for a constant guess) as a dashed line.
+        split: which split to draw.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    data = accuracy[accuracy["split"] == split]
+    if data.empty:
+        raise ValueError(f"No {split!r} rows in the accuracy table (splits: {sorted(accuracy['split'].unique())}).")
+    sns.lineplot(data=data, x="layer", y="accuracy", hue="position", style="position", markers=True, dashes=False, ax=ax)
+    if majority is not None:
+        ax.axhline(majority, color="grey", ls="--", lw=1, label="majority class")
+        ax.legend()
+    ax.set(ylim=(0, 1.02), xlabel="residual stream after this many blocks (0: embeddings)",
+           ylabel=f"{split} accuracy", title=title)
+    return ax
+
+
+def plot_fact_lookup(evidence: pd.DataFrame, ax=None, title: str = "Fact-lookup evidence, block by block"):
+    """The three kinds of evidence of :func:`localization.fact_lookup_evidence` on one axis, FLU shaded.
+
+    Lines: the subject probe's rise (share of its gain reached after the block), the MLP's
+    subject-position effect and the strongest head's final-position effect (both relative to
+    their maximum); the chosen blocks are shaded.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6))
+    cols = {"probe_rise": "subject probe: share of its gain", "final_rise": "final-token probe: share of its gain",
+            "mlp_rel": "MLP effect at the subject (rel.)", "head_rel": "best head at the final token (rel.)"}
+    long = evidence.melt(id_vars="layer", value_vars=[c for c in cols if c in evidence], var_name="evidence", value_name="value")
+    long["evidence"] = long["evidence"].map(cols)
+    long = long.dropna(subset=["value"])
+    sns.lineplot(data=long, x="layer", y="value", hue="evidence", style="evidence", markers=True, dashes=False, ax=ax)
+    chosen = evidence.loc[evidence["selected"], "layer"]
+    if len(chosen):
+        ax.axvspan(chosen.min() - 0.5, chosen.max() + 0.5, color="tab:green", alpha=0.12, label="FLU")
+    dec = evidence.attrs.get("decision", {})
+    if dec.get("extraction") is not None:
+        ax.axvline(dec["extraction"], color="tab:red", ls=":", lw=1.2, label="extraction")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set(xlabel="block", ylabel="share of maximum", title=title, xticks=list(evidence["layer"]))
+    return ax
+
+
+def probe_explorer(lp: LayerProbes, default: str | None = None):
+    """Pick an athlete: each layer's probe probability of its true sport, at both positions."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from IPython.display import display
+
+    probs = pd.concat([lp.true_label_probabilities(p) for p in lp.probes], ignore_index=True)
+    athletes = sorted(lp.facts["athlete"])
+    pick = widgets.Dropdown(options=athletes, value=default if default in athletes else athletes[0], description="Athlete:")
+    out = widgets.Output()
+
+    def show(*_):
+        out.clear_output(wait=True)
+        with out:
+            rows = probs[probs["athlete"] == pick.value]
+            fact = lp.facts[lp.facts["athlete"] == pick.value].iloc[0]
+            _, ax = plt.subplots(figsize=(7, 3))
+            sns.lineplot(data=rows, x="layer", y="p_true", hue="position", markers=True, style="position", dashes=False, ax=ax)
+            ax.set(ylim=(0, 1.02), ylabel=f"probe p({fact[lp.label_column]})",
+                   title=f"{pick.value} ({fact[lp.label_column]}; {fact['split']} half)",
+                   xlabel="residual stream after this many blocks")
+            plt.show()
+
+    pick.observe(show, names="value")
+    show()
+    return widgets.VBox([pick, out])
