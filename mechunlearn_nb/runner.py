@@ -66,9 +66,9 @@ def run_notebook(notebook: Path, run_dir: Path, parameters: dict, kernel: str = 
 
 
 def run_series(root: str | Path = "runs", fast: bool = False, model: str | None = None, only: list[str] | None = None,
-               kernel: str = "python3", report: bool = True) -> Path:
+               kernel: str = "python3", report: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
     """Run the series; returns the run folder."""
-    books = list_notebooks(only)
+    books = list_notebooks(only, notebook_dir)
     run_dir = new_run_dir(root)
     size = "fast" if fast else "full"
     summary = {"started": datetime.now().isoformat(timespec="seconds"), "model": model or "gemma-3-270m",
@@ -95,12 +95,8 @@ def run_series(root: str | Path = "runs", fast: bool = False, model: str | None 
     summary["finished"] = datetime.now().isoformat(timespec="seconds")
     save_json(summary, run_dir / "summary.json")
     if report:
-        try:
-            from .report import write_report
-        except ImportError:
-            pass
-        else:
-            path = write_report(run_dir)
-            print(f"report: {path.resolve()}")
+        from .report import write_report
+
+        print(f"report: {write_report(run_dir).resolve()}")
     print(f"run folder: {run_dir.resolve()}")
     return run_dir

@@ -1,0 +1,56 @@
+"""The series runner, the CLI and the HTML report, on a two-notebook series that needs no model."""
+
+import json
+
+import pytest
+
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+from mechunlearn_nb import __main__ as cli
+from mechunlearn_nb import runner
+
+
+def _notebook(path, body):
+    nb = new_notebook()
+    params = new_code_cell("FAST = False\nOUTPUT_DIR = 'out'\nMODEL_NAME = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture()
+def series(tmp_path):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "00_ok.ipynb", "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+              "from mechunlearn_nb import io\nout = io.output_dir(OUTPUT_DIR)\nplt.plot([0, 1]); plt.savefig(out / 'line.png')\n"
+              "io.write_metrics(out, {'fast': FAST, 'value': 3})")
+    _notebook(books / "01_broken.ipynb", "raise RuntimeError('boom')")
+    return books
+
+
+def test_list_notebooks_filters_and_rejects_unknown(series):
+    assert [p.stem for p in runner.list_notebooks(["01"], series)] == ["01_broken"]
+    with pytest.raises(ValueError, match="Unknown notebook"):
+        runner.list_notebooks(["07"], series)
+
+
+def test_run_series_writes_a_new_folder_and_report(series, tmp_path):
+    first = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=series)
+    second = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=series, only=["00"])
+    assert first != second and first.exists() and second.exists()
+    summary = json.loads((first / "summary.json").read_text())
+    assert summary["notebooks"]["00_ok"]["status"] == "ok"
+    assert summary["notebooks"]["00_ok"]["metrics"] == {"fast": True, "value": 3}
+    assert summary["notebooks"]["01_broken"]["status"] == "failed" and "boom" in summary["notebooks"]["01_broken"]["error"]
+    page = (first / "report.html").read_text()
+    assert "00_ok/line.png" in page and "01_broken" in page and "boom" in page
+    assert (first / "00_ok.ipynb").exists()
+
+
+def test_cli_list(capsys):
+    assert cli.main(["list"]) == 0
+    assert "00_quickstart" in capsys.readouterr().out
