@@ -309,3 +309,275 @@ def non_localized(model, name: str = "non-localized") -> Localization:
 
 def _layers_of(model):
     return _hf_model(model).model.layers
+
+
+# ---------------------------------------------------------------------------
+# Fact lookup (FLU): the MLPs that look the attribute up at the subject
+# ---------------------------------------------------------------------------
+#
+# Guo et al. picked the fact-lookup MLPs of Gemma-7B (layers 2-7) and Gemma-2-9B
+# (2-6) by hand, from path patching and probes. :func:`fact_lookup` makes that
+# choice a rule that runs on any model, from three kinds of evidence per block
+# ``l`` (each a tidy table another module computes):
+#
+# (i)   probes (``probing.layer_probes(...).accuracy``): test accuracy of the
+#       probe at the last subject token on the residual stream *after* block
+#       ``l`` (probe ``layer`` ``l + 1``). ``rise[l] = (acc[l] - base) / (peak - base)``,
+#       base = accuracy on the embeddings (probe layer 0), peak = best layer.
+#       The attribute appears at the subject once the look-up has happened.
+# (ii)  subject-position MLP effect (``tracing.causal_trace`` or
+#       ``patching.activation_patching`` / ``attribution_patching`` summaries):
+#       ``mlp[l]`` = the normalised effect (clean = 1, corrupted = 0) of
+#       restoring MLP ``l``'s output at the subject tokens, the larger of the
+#       ``first_subject`` and ``last_subject`` kinds; ``mlp_rel = mlp / max(mlp)``.
+# (iii) extraction heads (per-head patching at the final token): ``head[l]`` =
+#       the largest effect of one head of layer ``l`` at position kind
+#       ``last``; ``head_rel = head / max(head)``.
+#
+# The rule (thresholds are the fields of :class:`FactLookupRule`):
+#
+# 1. ``start`` = the first block from which ``rise >= probe_rise`` (0.2) holds at
+#    every later block: from there on the subject token carries the attribute
+#    (a spike that falls back, probe noise on a small test half, does not
+#    count). No probe table: ``start = 0``.
+# 2. ``extraction`` = the first block after ``start`` with ``head_rel >=
+#    head_threshold`` (0.5): the attribute is carried to the final token there.
+#    Without head rows, the first block after which the final-token probe
+#    reaches ``final_rise`` (0.5) of its gain stands in. ``end = extraction - 1``
+#    (the heads of block ``e`` read the residual stream written by MLPs ``< e``);
+#    with no extraction evidence at all, ``end`` is the last block.
+# 3. Candidates: blocks in ``[start, end]`` with ``mlp_rel >= mlp_threshold``
+#    (0.2) and ``mlp >= min_effect`` (0.0).
+# 4. FLU = every block from the first to the last candidate (``contiguous=True``,
+#    a range as in the paper), or the candidates only (``contiguous=False``).
+#
+# No candidate is an error that says which evidence disagreed: a model that
+# extracts before its subject probes rise, or whose subject MLPs do nothing,
+# has no fact-lookup stage by this rule, and the thresholds should be revisited
+# with the evidence table (:func:`fact_lookup_evidence`) in view.
+
+
+from dataclasses import asdict  # noqa: E402
+
+import numpy as np  # noqa: E402, F811
+
+
+@dataclass(frozen=True)
+class FactLookupRule:
+    """The thresholds of the fact-lookup rule (see the comment above :func:`fact_lookup`).
+
+    Attributes:
+        probe_rise: share of the subject probe's gain (embeddings -> best layer) that the probe reaches
+            at the start block and keeps at every later block.
+        mlp_threshold: an MLP is a candidate when its subject-position effect is at least this
+            share of the largest MLP's.
+        min_effect: and at least this absolute normalised effect.
+        head_threshold: a head extracts when its final-position effect is at least this share of
+            the largest head's.
+        final_rise: without head rows, extraction is where the final-token probe reaches this share of its gain.
+        contiguous: take the whole range from the first to the last candidate (the paper's FLU are ranges).
+        subject_kinds: position kinds of the patching table that count as subject positions.
+        extraction_kind: the position kind of the final token in the patching tables.
+        probe_position, final_position: the probe table's ``position`` values for the last subject
+            token and the final token.
+    """
+
+    probe_rise: float = 0.2
+    mlp_threshold: float = 0.2
+    min_effect: float = 0.0
+    head_threshold: float = 0.5
+    final_rise: float = 0.5
+    contiguous: bool = True
+    subject_kinds: tuple[str, ...] = ("first_subject", "last_subject")
+    extraction_kind: str = "last"
+    probe_position: str = "last_subject"
+    final_position: str = "final"
+
+    def __post_init__(self):
+        for name in ("probe_rise", "mlp_threshold", "head_threshold", "final_rise"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"FactLookupRule.{name} is a share between 0 and 1; got {v}.")
+
+    def describe(self) -> str:
+        """The rule in words, with this rule's thresholds."""
+        span = "every block from the first to the last candidate" if self.contiguous else "the candidate blocks"
+        return (
+            f"start = first block from which on the {self.probe_position} probe keeps >= {self.probe_rise:.0%} of its "
+            f"embeddings-to-best accuracy gain; extraction = first later block with a head whose {self.extraction_kind}-position "
+            f"effect is >= {self.head_threshold:.0%} of the strongest head's (fallback: the {self.final_position} probe reaching "
+            f"{self.final_rise:.0%} of its gain); end = extraction - 1; candidates = blocks in [start, end] whose MLP effect at "
+            f"{'/'.join(self.subject_kinds)} is >= {self.mlp_threshold:.0%} of the largest and >= {self.min_effect}; "
+            f"FLU = {span}."
+        )
+
+
+def _check_columns(df: pd.DataFrame, need: tuple[str, ...], what: str) -> None:
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"The {what} table lacks column(s) {missing} (it has {list(df.columns)}). Fix: pass the tidy "
+                         "table of probing.layer_probes(...).accuracy / tracing.causal_trace / patching.summarise.")
+
+
+def _relative(values: pd.Series) -> pd.Series:
+    top = values.max(skipna=True)
+    return values / top if pd.notna(top) and top > 0 else values * np.nan
+
+
+def _rise(acc: pd.Series, base: float) -> pd.Series:
+    peak = acc.max(skipna=True)
+    if not pd.notna(peak) or peak <= base:
+        return acc * 0.0
+    return (acc - base) / (peak - base)
+
+
+def fact_lookup_evidence(probe_df: pd.DataFrame | None, patching_df: pd.DataFrame, head_df: pd.DataFrame | None = None,
+                         rule: FactLookupRule | None = None, n_layers: int | None = None) -> pd.DataFrame:
+    """The evidence table of the fact-lookup rule, one row per block, with the rule's decisions.
+
+    Args:
+        probe_df: tidy probe accuracies ``layer, position, split, accuracy`` (``layer``: residual
+            after that many blocks, as in :mod:`.probing`); ``None`` to go without probes.
+        patching_df: tidy patching / tracing table ``layer, position_kind, component, head, effect``
+            (more rows per key, e.g. per fact, are averaged); needs MLP rows at subject positions.
+        head_df: per-head table of the same form (``component == "head"`` rows at the final
+            position); default: the head rows of ``patching_df``, if any.
+        rule: thresholds (default :class:`FactLookupRule`).
+        n_layers: number of blocks (default: from the tables).
+
+    Returns:
+        Columns ``layer, probe_subject, probe_rise, probe_final, final_rise, mlp_effect, mlp_rel,
+        head_effect, head_rel, top_head, after_start, before_extraction, candidate, selected``;
+        ``attrs["decision"]`` holds ``start, extraction, end, layers`` and where each came from.
+    """
+    rule = rule or FactLookupRule()
+    if patching_df is None or len(patching_df) == 0:
+        raise ValueError("No patching evidence: the patching table is empty. Fix: pass the summary of "
+                         "tracing.causal_trace or patching.activation_patching with 'mlp' rows at the subject.")
+    _check_columns(patching_df, ("layer", "position_kind", "component", "effect"), "patching")
+    mlp = patching_df[(patching_df["component"] == "mlp") & patching_df["position_kind"].isin(rule.subject_kinds)]
+    if mlp.empty:
+        raise ValueError(f"The patching table has no 'mlp' rows at position kinds {list(rule.subject_kinds)} "
+                         f"(components {sorted(patching_df['component'].unique())}, kinds "
+                         f"{sorted(patching_df['position_kind'].unique())}). Fix: patch MLPs at the subject tokens.")
+    mlp_effect = mlp.groupby(["layer", "position_kind"])["effect"].mean().groupby(level="layer").max()
+    if head_df is None and "head" in set(patching_df["component"]):
+        head_df = patching_df
+    heads = None
+    if head_df is not None:
+        _check_columns(head_df, ("layer", "position_kind", "component", "head", "effect"), "head")
+        heads = head_df[(head_df["component"] == "head") & (head_df["position_kind"] == rule.extraction_kind)]
+        if heads.empty:
+            heads = None
+    layers_seen = set(mlp_effect.index)
+    if heads is not None:
+        layers_seen |= set(heads["layer"])
+    probe_sub = probe_fin = None
+    if probe_df is not None:
+        _check_columns(probe_df, ("layer", "position", "accuracy"), "probe")
+        pdf = probe_df[probe_df["split"] == "test"] if "split" in probe_df.columns else probe_df
+        probe_sub = pdf[pdf["position"] == rule.probe_position].groupby("layer")["accuracy"].mean()
+        probe_fin = pdf[pdf["position"] == rule.final_position].groupby("layer")["accuracy"].mean()
+        if probe_sub.empty:
+            raise ValueError(f"The probe table has no test rows at position {rule.probe_position!r} "
+                             f"(positions: {sorted(probe_df['position'].unique())}). Fix: probe the last subject token.")
+        layers_seen.add(int(probe_sub.index.max()) - 1)
+    n_layers = int(n_layers if n_layers is not None else max(layers_seen) + 1)
+    ev = pd.DataFrame({"layer": np.arange(n_layers)})
+    # (i) probes: the residual after block l is probe layer l + 1
+    if probe_sub is not None:
+        ev["probe_subject"] = probe_sub.reindex(ev["layer"] + 1).to_numpy()
+        ev["probe_rise"] = _rise(ev["probe_subject"], float(probe_sub.get(0, probe_sub.min()))).to_numpy()
+        if not probe_fin.empty:
+            ev["probe_final"] = probe_fin.reindex(ev["layer"] + 1).to_numpy()
+            ev["final_rise"] = _rise(ev["probe_final"], float(probe_fin.get(0, probe_fin.min()))).to_numpy()
+        else:
+            ev["probe_final"] = ev["final_rise"] = np.nan
+    else:
+        ev["probe_subject"] = ev["probe_rise"] = ev["probe_final"] = ev["final_rise"] = np.nan
+    # (ii) subject-position MLP effect
+    ev["mlp_effect"] = mlp_effect.reindex(ev["layer"]).to_numpy()
+    ev["mlp_rel"] = _relative(ev["mlp_effect"]).to_numpy()
+    # (iii) extraction heads at the final position
+    if heads is not None:
+        per_head = heads.groupby(["layer", "head"])["effect"].mean().reset_index()
+        best = per_head.loc[per_head.groupby("layer")["effect"].idxmax()].set_index("layer")
+        ev["head_effect"] = best["effect"].reindex(ev["layer"]).to_numpy()
+        ev["top_head"] = best["head"].reindex(ev["layer"]).astype("Int64").to_numpy()
+        ev["head_rel"] = _relative(ev["head_effect"]).to_numpy()
+    else:
+        ev["head_effect"] = ev["head_rel"] = np.nan
+        ev["top_head"] = pd.array([pd.NA] * n_layers, dtype="Int64")
+
+    # 1. start
+    if probe_sub is not None:
+        # the first block from which the rise holds at every later block (a noisy early spike does not count)
+        holds = (ev["probe_rise"] >= rule.probe_rise)[::-1].cummin()[::-1]
+        rising = ev.index[holds]
+        start, start_from = (int(ev.loc[rising[0], "layer"]), "probes") if len(rising) else (None, "probes (never rise)")
+    else:
+        start, start_from = 0, "no probes: first block"
+    if start is None:
+        raise ValueError("The subject probes never gain accuracy over the embeddings, so there is no look-up to "
+                         "localise. Fix: check the probe table (are the facts known to the model?) or lower probe_rise.")
+    # 2. extraction
+    extraction, extraction_from = None, "none: up to the last block"
+    if heads is not None:
+        hit = ev[(ev["layer"] > start) & (ev["head_rel"] >= rule.head_threshold)]
+        if len(hit):
+            extraction, extraction_from = int(hit["layer"].iloc[0]), "heads"
+    elif ev["final_rise"].notna().any():
+        hit = ev[(ev["layer"] > start) & (ev["final_rise"] >= rule.final_rise)]
+        if len(hit):
+            extraction, extraction_from = int(hit["layer"].iloc[0]), "final-token probes"
+    end = (extraction - 1) if extraction is not None else n_layers - 1
+    # 3. candidates, 4. selection
+    ev["after_start"] = ev["layer"] >= start
+    ev["before_extraction"] = ev["layer"] <= end
+    ev["candidate"] = (ev["after_start"] & ev["before_extraction"] & (ev["mlp_rel"] >= rule.mlp_threshold)
+                       & (ev["mlp_effect"] >= rule.min_effect))
+    cands = ev.loc[ev["candidate"], "layer"].tolist()
+    if cands and rule.contiguous:
+        ev["selected"] = ev["layer"].between(cands[0], cands[-1])
+    else:
+        ev["selected"] = ev["candidate"]
+    ev.attrs["decision"] = dict(start=start, start_from=start_from, extraction=extraction, extraction_from=extraction_from,
+                                end=end, layers=[int(l) for l in ev.loc[ev["selected"], "layer"]],
+                                rule=rule.describe())
+    return ev
+
+
+def fact_lookup(model, probe_df: pd.DataFrame | None, patching_df: pd.DataFrame, head_df: pd.DataFrame | None = None,
+                rule: FactLookupRule | None = None, name: str = "fact lookup", **thresholds) -> Localization:
+    """The fact-lookup MLPs of a model, chosen by the rule above from probes and patching evidence.
+
+    Args:
+        model: the model the localization's weights belong to.
+        probe_df: ``probing.layer_probes(...).accuracy`` (or ``None``).
+        patching_df: a causal-tracing / patching summary with MLP rows at the subject positions.
+        head_df: per-head effects at the final position (default: the head rows of ``patching_df``).
+        rule: the thresholds; or pass them as keywords (``mlp_threshold=0.3`` ...).
+
+    Returns:
+        A :class:`Localization` of the chosen MLPs (``"m2"``, ``"m3"`` ...) whose ``meta`` holds
+        the rule (in words and as thresholds), the decision (start, extraction, end, layers) and
+        the evidence table as records.
+
+    Raises:
+        ValueError: empty evidence, or no block passes the rule (the message says why).
+    """
+    if rule is not None and thresholds:
+        raise ValueError("Pass either a FactLookupRule or threshold keywords, not both.")
+    rule = rule or FactLookupRule(**thresholds)
+    ev = fact_lookup_evidence(probe_df, patching_df, head_df, rule=rule, n_layers=model.cfg.n_layers)
+    dec = ev.attrs["decision"]
+    if not dec["layers"]:
+        raise ValueError(
+            f"No MLP passes the fact-lookup rule: the look-up starts after block {dec['start']} ({dec['start_from']}), "
+            f"extraction is at block {dec['extraction']} ({dec['extraction_from']}), and no MLP in between has a "
+            f"subject-position effect >= {rule.mlp_threshold:.0%} of the largest. Fix: look at fact_lookup_evidence(...) "
+            "and lower mlp_threshold / probe_rise, or raise head_threshold.")
+    meta = dict(method="fact lookup", thresholds=asdict(rule), **dec,
+                first_layer=dec["layers"][0], last_layer=dec["layers"][-1],
+                evidence=ev.astype(object).where(ev.notna(), None).to_dict("records"))
+    return Localization.from_components(model, [f"m{l}" for l in dec["layers"]], name=name, meta=meta)

@@ -16,6 +16,13 @@ whether or not the model goes on to say it. Two places matter for fact recall
 
 The difference between the two curves is the story of the fact's recall, and
 it is one of the three kinds of evidence :func:`localization.fact_lookup` uses.
+That rule, in short (thresholds in :class:`localization.FactLookupRule`): the
+look-up *starts* at the first block from which the subject probe keeps at
+least 20% of its gain over the embeddings; the attribute is *extracted* at the
+first later block holding a head whose final-token patching effect is at least
+half the strongest head's; the fact-lookup MLPs are the blocks from the start
+up to just before extraction whose MLP patching effect at the subject tokens is
+at least 20% of the largest (taken as one range).
 Probes are also an attack on an edit: train them on facts the edit did not
 touch, apply them to edited facts, and see whether the *true* attribute is
 still readable inside the model (:func:`apply_probes`).
