@@ -1,0 +1,189 @@
+"""Latent knowledge after an edit: is the true sport still written inside?
+
+An edit can change what the model *says* while the old fact stays readable in
+its residual stream, one linear read-out away from coming back. Guo et al.
+(2024) check this with probes: train a linear probe per layer to read the sport
+off the residual stream of athletes the edit did **not** touch (the maintain
+set), then apply it to the **edited** athletes and count, layer by layer, how
+often it reads
+
+- the **ground truth** (the sport the athlete really plays): the old fact is
+  still represented at that layer;
+- the **edit label** (the sport the edit injected): the new fact has replaced
+  it there.
+
+The read-out is taken at the final token of the fact prompt (``" of"`` in
+``"... LeBron James plays the sport of"``), where the answer is assembled; the
+last subject token can be probed too (``position="last_subject"``). Layer ``i``
+is the residual stream after ``i`` blocks (0: embeddings), as in
+:mod:`.probing`.
+
+What to expect. Before the edit the probes read the ground truth from the layer
+where extraction has happened on. An edit made in the fact-lookup MLPs changes
+the subject's representation *before* extraction, so after it the probes read
+the edit label from the same layers and the ground truth fades everywhere. An
+edit made in late layers (output tracing, attention near the output) can leave
+the ground truth readable in the middle layers and only overwrite it at the
+end — knowledge that a relearning attack can bring back.
+
+Probes are refitted on the model that is probed (the edited model for
+``"after"``, the base model for ``"before"``), so they read each model in its
+own representation; ``probes_from="base"`` keeps the base model's probes
+instead. A probe is only as good as its held-out accuracy on maintain
+athletes, which is reported per layer next to the fractions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .probing import apply_probes, fact_residuals, split_indices, train_probes
+
+COLUMNS = ["task", "localization", "seed", "stage", "position", "layer", "frac_true", "frac_edit", "maintain_acc",
+           "n_edited", "n_probe_train"]
+
+
+def _check_task(task, probe_facts: pd.DataFrame) -> None:
+    if task.dataset != "sports":
+        raise ValueError(f"Latent probes read the sport of athletes; task {task.name!r} is a {task.dataset} task. "
+                         "Fix: use a sports task (tasks.edit_athletes or tasks.forget_sport).")
+    if len(task.forget) == 0:
+        raise ValueError(f"Task {task.name!r} has no edited facts to probe.")
+    classes = set(probe_facts["sport"])
+    missing = sorted(set(task.forget["true_answer"]) - classes)
+    if missing:
+        raise ValueError(f"The probe training facts contain no athlete of sport(s) {missing}, so a probe could never read "
+                         "the edited athletes' ground truth. (A forget-one-sport task keeps no player of that sport in "
+                         "its maintain set.) Fix: use tasks.edit_athletes, or pass probe_facts that include other known "
+                         "athletes of those sports.")
+    if len(classes) < 2:
+        raise ValueError("Probes need athletes of at least two sports in the probe training facts.")
+
+
+def _stage_rows(model, task, probe_facts, train, test, position, C, seed, batch_size, progress, probes=None):
+    """Residuals of the probe facts and the edited athletes on the model as it is now; fractions per layer."""
+    y = probe_facts["sport"].to_numpy()
+    X_m = fact_residuals(model, probe_facts, positions=(position,), batch_size=batch_size, progress=progress)[position]
+    X_f = fact_residuals(model, task.forget, positions=(position,), batch_size=batch_size, progress=progress)[position]
+    if probes is None:
+        probes = train_probes(X_m[train], y[train], C=C, seed=seed)
+    pred = apply_probes(probes, X_f)
+    true = task.forget["true_answer"].to_numpy()[:, None]
+    new = task.forget["new_answer"].astype(object).to_numpy()[:, None]
+    held = apply_probes(probes, X_m[test]) == y[test][:, None]
+    table = pd.DataFrame({"layer": np.arange(pred.shape[1]), "frac_true": (pred == true).mean(0),
+                          "frac_edit": (pred == new).mean(0), "maintain_acc": held.mean(0)})
+    return table.assign(position=position, n_edited=len(true), n_probe_train=len(train)), probes
+
+
+def latent_knowledge(model, task, results: dict, *, position: str = "final", probe_facts: pd.DataFrame | None = None,
+                     probes_from: str = "edited", test_size: float = 0.25, C: float = 0.1, seed: int = 0,
+                     batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+    """Per layer, how often probes trained on maintain athletes read the edited athletes' true sport and edit label.
+
+    Args:
+        model: the base model (each edit's delta is applied while it is probed, then reverted).
+        task: a sports task (its forget set is the edited athletes, with ``true_answer`` and ``new_answer``).
+        results: ``{name: EditResult}``; the names label the rows (``localization``).
+        position: ``"final"`` (the prompt's last token) or ``"last_subject"``.
+        probe_facts: known athletes to train the probes on (default: the task's maintain sets).
+        probes_from: ``"edited"`` (refit on each edited model) or ``"base"`` (fit once on the base model).
+        test_size: share of ``probe_facts`` held out to measure the probes (``maintain_acc``).
+        C: the probes' inverse L2 strength.
+        seed: split and solver seed.
+
+    Returns:
+        Tidy ``task, localization, seed, stage, position, layer, frac_true, frac_edit, maintain_acc, n_edited,
+        n_probe_train``: stage ``"before"`` (localization ``"base"``, the unedited model) and ``"after"``
+        (one block per edit). ``frac_true + frac_edit <= 1`` at every layer (the two labels differ).
+    """
+    if probes_from not in ("edited", "base"):
+        raise ValueError(f"probes_from must be 'edited' or 'base', got {probes_from!r}.")
+    if probe_facts is None:
+        probe_facts = pd.concat([task.maintain_train, task.maintain_eval], ignore_index=True)
+    probe_facts = probe_facts[~probe_facts["athlete"].isin(set(task.forget["athlete"]))].reset_index(drop=True)
+    _check_task(task, probe_facts)
+    if (task.forget["true_answer"] == task.forget["new_answer"]).any():
+        raise ValueError("Some edited athletes' new answer equals their true answer; nothing was edited for them.")
+    train, test = split_indices(probe_facts["sport"].to_numpy(), test_size=test_size, seed=seed)
+    for res in results.values():
+        if res.delta.is_applied(model):
+            raise RuntimeError("An edit's delta is already applied to the model; latent_knowledge applies each itself. "
+                               "Fix: revert it first.")
+    args = (task, probe_facts, train, test, position, C, seed, batch_size, False)
+    frames = []
+    stages = tqdm(["base", *results], desc="latent probes", disable=not progress, leave=False)
+    base_probes = None
+    for name in stages:
+        if name == "base":
+            table, base_probes = _stage_rows(model, *args)
+            frames.append(table.assign(localization="base", stage="before"))
+            continue
+        with results[name].applied(model):
+            table, _ = _stage_rows(model, *args, probes=base_probes if probes_from == "base" else None)
+        frames.append(table.assign(localization=name, stage="after"))
+    out = pd.concat(frames, ignore_index=True).assign(task=task.name, seed=seed)
+    out.attrs.update(probes_from=probes_from, position=position, n_probe_facts=len(probe_facts))
+    return out.reindex(columns=COLUMNS)
+
+
+def long_form(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (localization, stage, layer, read-out): ``prediction`` is ``"ground truth"`` or ``"edit label"``.
+
+    The ``"before"`` rows (the base model) are repeated under each edit's name, so that every edit's
+    panel can show them as its reference.
+    """
+    names = [n for n in table["localization"].unique() if n != "base"]
+    base = table[table["stage"] == "before"]
+    parts = [table[table["stage"] == "after"]] + [base.assign(localization=n) for n in names]
+    wide = pd.concat(parts, ignore_index=True)
+    long = wide.melt(id_vars=["localization", "stage", "position", "layer"], value_vars=["frac_true", "frac_edit"],
+                     var_name="prediction", value_name="fraction")
+    long["prediction"] = long["prediction"].map({"frac_true": "ground truth", "frac_edit": "edit label"})
+    return long
+
+
+def plot_latent(table: pd.DataFrame, col_wrap: int = 3, title: str | None = None):
+    """Seaborn small multiples: per edit, the fraction of edited athletes read as ground truth / edit label per layer.
+
+    Solid lines: after the edit; dashed: the base model (before). Returns the ``sns.FacetGrid``.
+    """
+    import seaborn as sns
+
+    long = long_form(table)
+    if long.empty:
+        raise ValueError("No edits in the table to plot.")
+    g = sns.relplot(data=long, x="layer", y="fraction", hue="prediction", style="stage", col="localization",
+                    col_wrap=min(col_wrap, long["localization"].nunique()), kind="line", markers=True,
+                    style_order=["after", "before"], hue_order=["ground truth", "edit label"], height=2.6, aspect=1.25,
+                    palette=["tab:blue", "tab:red"])
+    g.set(ylim=(-0.02, 1.02))
+    g.set_axis_labels("residual stream after this many blocks", "share of edited athletes")
+    g.set_titles("{col_name}")
+    if title:
+        g.figure.suptitle(title, y=1.03)
+    return g
+
+
+def summarise(table: pd.DataFrame, last_k: int | None = None) -> pd.DataFrame:
+    """Per edit: the largest fraction of ground-truth read-outs over the layers (and at the last layer).
+
+    Args:
+        last_k: also report the mean ground-truth fraction over the last ``k`` layers.
+
+    Returns:
+        ``localization, stage, max_frac_true, final_frac_true, max_frac_edit, final_frac_edit`` (+ ``late_frac_true``).
+    """
+    rows = []
+    for (loc, stage), g in table.groupby(["localization", "stage"], sort=False):
+        g = g.sort_values("layer")
+        row = dict(localization=loc, stage=stage, max_frac_true=float(g["frac_true"].max()),
+                   final_frac_true=float(g["frac_true"].iloc[-1]), max_frac_edit=float(g["frac_edit"].max()),
+                   final_frac_edit=float(g["frac_edit"].iloc[-1]))
+        if last_k:
+            row["late_frac_true"] = float(g["frac_true"].iloc[-last_k:].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,207 @@
+"""Relearning and soft-prompt attacks, latent probes and weight masks, on the tiny model.
+
+Every attack must hand the model back exactly as it got it: same weights bit for bit, same
+module tree (LoRA adapters removed), nothing left trainable, no delta applied.
+"""
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+
+from mechunlearn_nb import attacks, data, editing, latent, masking, models, tasks
+from mechunlearn_nb.localization import Localization
+
+EDIT = dict(steps=3, lr=1e-2, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_every=0, eval_facts=8)
+QUICK = dict(batch_size=4, maintain_batch_size=4, lm_coef=0.0, eval_batch_size=16)
+
+
+class Snapshot:
+    """Weights, module tree and requires_grad flags of a model, to compare against later."""
+
+    def __init__(self, model):
+        self.model = model
+        self.weights = {n: p.detach().clone() for n, p in models.named_parameters(model).items()}
+        self.tree = attacks._module_tree(models.hf_model(model))
+        self.flags = {n: p.requires_grad for n, p in models.named_parameters(model).items()}
+
+    def assert_unchanged(self):
+        now = models.named_parameters(self.model)
+        assert set(now) == set(self.weights), "parameters were added or removed"
+        changed = [n for n, t in self.weights.items() if not torch.equal(now[n].detach(), t)]
+        assert not changed, f"weights changed: {changed[:3]}"
+        assert attacks._module_tree(models.hf_model(self.model)) == self.tree, "module tree changed (adapters left in?)"
+        assert {n: p.requires_grad for n, p in now.items()} == self.flags
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's matrices are too small for threads to pay off; on a busy machine they cost 5x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def task(tiny):
+    known = data.load_sports().head(160)  # the tiny random model knows nothing: treat these as known
+    return tasks.edit_athletes(tiny, n=8, seed=0, known=known, max_maintain=24)
+
+
+@pytest.fixture(scope="module")
+def result(tiny, task):
+    loc = Localization.from_components(tiny, ["m1", "a0.h1"], name="tiny loc")
+    return editing.edit(tiny, loc, task, editing.EditConfig(**EDIT), seed=0, progress=False)
+
+
+def test_lora_relearning_curve_and_model_bit_identical(tiny, task, result):
+    snap = Snapshot(tiny)
+    cfg = attacks.RelearnConfig(eval_steps=(0, 1, 3), rank=8, lr=2e-2, maintain_coef=0.0, **QUICK)
+    curve = attacks.relearn(tiny, result, task, cfg, seed=0, progress=False)
+    snap.assert_unchanged()
+    assert not result.delta.is_applied(tiny)
+    assert list(curve.columns) == attacks.CURVE_COLUMNS
+    assert sorted(curve["step"].unique()) == [0, 1, 3]
+    assert set(curve["half"]) == {"A (trained)", "B (held out)"}
+    assert len(curve) == 6 and curve["accuracy"].between(0, 1).all() and curve["p_true"].between(0, 1).all()
+    assert set(curve["localization"]) == {"tiny loc"} and set(curve["method"]) == {"lora"}
+    assert curve.groupby("half")["n"].first().to_dict() == {"A (trained)": 4, "B (held out)": 4}
+    a = curve[curve["half"] == "A (trained)"].set_index("step")["p_true"]
+    assert a[3] > a[0], f"training on half A's true answers did not raise their probability: {a.to_dict()}"
+
+
+def test_full_finetuning_and_base_attack_restore_weights(tiny, task, result):
+    snap = Snapshot(tiny)
+    cfg = attacks.RelearnConfig(method="full", eval_steps=(0, 2), lr=1e-3, lm_tokens=16, lm_window=16,
+                                **{**QUICK, "lm_coef": 1.0})
+    curve = attacks.relearn(tiny, result, task, cfg, seed=1, progress=False)
+    snap.assert_unchanged()
+    assert set(curve["method"]) == {"full"} and sorted(curve["step"].unique()) == [0, 2]
+    base = attacks.relearn(tiny, None, task, dataclasses.replace(cfg, method="lora", lr=None, rank=4), progress=False)
+    snap.assert_unchanged()
+    assert set(base["localization"]) == {"base (no edit)"}
+
+
+def test_attack_restores_model_after_an_error(tiny, task, result, monkeypatch):
+    snap = Snapshot(tiny)
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted mid-attack")
+
+    monkeypatch.setattr(editing, "lm_loss", broken)
+    cfg = attacks.RelearnConfig(eval_steps=(0, 2), rank=4, lm_tokens=16, lm_window=16, **{**QUICK, "lm_coef": 1.0})
+    with pytest.raises(KeyboardInterrupt):
+        attacks.relearn(tiny, result, task, cfg, progress=False)
+    snap.assert_unchanged()
+    assert not result.delta.is_applied(tiny)
+
+
+def test_lora_adapters_cover_targets_change_outputs_and_leave_cleanly(tiny):
+    snap = Snapshot(tiny)
+    from mechunlearn_nb import scoring
+
+    ids, mask, last = scoring.pad_right(scoring.encode_prompts(tiny, ["Fact: Tom Brady plays the sport of"]), 0)
+    before = attacks.last_logits(tiny, ids, mask, last)
+    targets = attacks.linear_targets(tiny, ("mlp",), layers=[1])
+    assert sorted(t.weight.split(".")[-2] for t in targets) == ["down_proj", "gate_proj", "up_proj"]
+    with attacks.lora_adapters(tiny, rank=2, target_modules=("mlp",), layers=[1]) as adapters:
+        assert len(adapters) == 2 * len(targets)
+        assert all(p.requires_grad for p in adapters.values())
+        torch.testing.assert_close(attacks.last_logits(tiny, ids, mask, last), before)  # B = 0 at init
+        with torch.no_grad():
+            for n, p in adapters.items():
+                if "lora_B" in n:
+                    p.fill_(0.05)
+        assert not torch.allclose(attacks.last_logits(tiny, ids, mask, last), before)
+    snap.assert_unchanged()
+    assert torch.equal(attacks.last_logits(tiny, ids, mask, last), before)
+
+
+def test_soft_prompt_changes_outputs_is_seeded_and_leaves_model(tiny, task, result):
+    snap = Snapshot(tiny)
+    kw = dict(n_tokens=3, steps=3, lr=0.1, batch_size=4, progress=False)
+    sp = attacks.soft_prompt_attack(tiny, result, task, seed=0, **kw)
+    snap.assert_unchanged()
+    assert sp.prefix.shape == (3, tiny.cfg.d_model)
+    assert set(sp.table["stage"]) == {"no prompt", "soft prompt"} and len(sp.table) == 4
+    assert sp.table["accuracy"].between(0, 1).all() and len(sp.history) == 3
+    again = attacks.soft_prompt_attack(tiny, result, task, seed=0, **kw)
+    assert torch.equal(sp.prefix, again.prefix)
+    pd.testing.assert_frame_equal(sp.table, again.table)
+    other = attacks.soft_prompt_attack(tiny, result, task, seed=1, **kw)
+    assert not torch.equal(sp.prefix, other.prefix)
+    from mechunlearn_nb import scoring
+
+    ids, mask, last = scoring.pad_right(scoring.encode_prompts(tiny, ["Fact: Tom Brady plays the sport of", "Hi"]), 0)
+    plain = attacks.last_logits(tiny, ids, mask, last)
+    prompted = attacks.last_logits(tiny, ids, mask, last, sp.prefix)
+    assert plain.shape == prompted.shape and not torch.allclose(plain, prompted)
+    # the prefix goes after BOS and lengthens every prompt by k, padding stays on the right
+    emb, mask2, last2 = attacks.insert_prefix(tiny, ids, mask, last, sp.prefix)
+    assert emb.shape[1] == ids.shape[1] + 3 and torch.equal(last2, last + 3)
+    torch.testing.assert_close(emb[:, 1:4], sp.prefix.expand(2, 3, -1))
+    snap.assert_unchanged()
+
+
+def test_mask_analysis_fractions_and_model_untouched(tiny, task, result):
+    snap = Snapshot(tiny)
+    mr = masking.mask_analysis(tiny, result, task, masking.MaskConfig(steps=4, batch_size=4, sparsity=5.0, lr=0.5),
+                               progress=False)
+    snap.assert_unchanged()
+    comp = mr.components
+    assert set(comp["component"]) == {"a0", "m1"}
+    assert comp["frac_kept"].between(0, 1).all() and comp["mean_mask"].between(0, 1).all()
+    assert set(mr.accuracy["variant"]) == {"no edit", "full edit", "masked edit", "soft mask"}
+    assert mr.accuracy["frac_kept"].between(0, 1).all() and 0 <= mr.frac_kept <= 1
+    kept = mr.history["kept"].to_numpy()
+    assert kept[-1] < kept[0], "the sparsity penalty did not shrink the mask"
+    masked = mr.masked_delta()
+    assert set(masked.tensors) == set(result.delta.tensors)
+    by_comp = masking.mask_analysis(tiny, result, task, masking.MaskConfig(granularity="component", steps=2, batch_size=4),
+                                    progress=False)
+    assert set(by_comp.components["frac_kept"]) <= {0.0, 1.0}
+    snap.assert_unchanged()
+    with pytest.raises(ValueError, match="granularity"):
+        masking.MaskConfig(granularity="neuron")
+    with result.applied(tiny), pytest.raises(RuntimeError, match="revert"):
+        masking.mask_analysis(tiny, result, task, progress=False)
+
+
+def test_latent_probe_fractions(tiny, task, result):
+    snap = Snapshot(tiny)
+    table = latent.latent_knowledge(tiny, task, {"tiny loc": result}, progress=False)
+    snap.assert_unchanged()
+    assert list(table.columns) == latent.COLUMNS
+    assert set(table["stage"]) == {"before", "after"} and set(table["localization"]) == {"base", "tiny loc"}
+    n_layers = tiny.cfg.n_layers + 1
+    assert len(table) == 2 * n_layers
+    assert ((table["frac_true"] + table["frac_edit"]) <= 1 + 1e-9).all()
+    assert table[["frac_true", "frac_edit", "maintain_acc"]].stack().between(0, 1).all()
+    long = latent.long_form(table)
+    assert set(long["prediction"]) == {"ground truth", "edit label"} and set(long["localization"]) == {"tiny loc"}
+
+
+def test_errors_name_problem_and_fix(tiny, task, result):
+    one = dataclasses.replace(task, forget=task.forget.head(1))
+    with pytest.raises(ValueError, match="too small to split"):
+        attacks.split_forget(one)
+    with pytest.raises(ValueError, match="too small to split"):
+        attacks.relearn(tiny, result, one, attacks.RelearnConfig(eval_steps=(0, 1), **QUICK), progress=False)
+    with pytest.raises(ValueError, match="Unknown target module 'qkv'"):
+        attacks.RelearnConfig(target_modules=("qkv",))
+    with pytest.raises(ValueError, match="Unknown target module"):
+        attacks.linear_targets(tiny, ["attention"])
+    with pytest.raises(ValueError, match="No linear layer"):
+        attacks.linear_targets(tiny, ("mlp",), layers=[7])
+    with pytest.raises(ValueError, match="method"):
+        attacks.RelearnConfig(method="qlora")
+    with pytest.raises(ValueError, match="eval step"):
+        attacks.RelearnConfig(steps=3, eval_steps=(0, 5))
+    forget_bb = tasks.forget_sport(tiny, "basketball", "golf", known=data.load_sports().head(160), max_maintain=16)
+    with pytest.raises(ValueError, match="no athlete of sport"):
+        latent.latent_knowledge(tiny, forget_bb, {}, progress=False)
+    with result.applied(tiny), pytest.raises(RuntimeError, match="revert"):
+        attacks.relearn(tiny, result, task, attacks.RelearnConfig(eval_steps=(0,), **QUICK), progress=False)
+    assert not result.delta.is_applied(tiny)
