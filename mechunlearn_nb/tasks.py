@@ -11,6 +11,7 @@ one).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ import torch
 
 from . import data as _data
 from .models import cache_dir, hf_model, model_name
-from .prompts import SPORTS, counterfact_prompts, sports_prompts
+from .prompts import COUNTERFACT_FORMATS, SPORTS, SPORTS_FORMATS, PromptSet, counterfact_prompts, sports_prompts
 from .scoring import score_set
 
 
@@ -108,3 +109,230 @@ def knowledge_summary(scores: pd.DataFrame, threshold: float = 0.5, by: str = "s
         "accuracy": g["correct"].mean(),
         "mean_p_true_norm": g["p_true_norm"].mean(),
     }).reset_index()
+
+
+# ---------------------------------------------------------------------------
+# Editing tasks: what to forget or change, and what to keep
+# ---------------------------------------------------------------------------
+#
+# A task names the facts an edit works on (the *forget* set: each with its true
+# answer and, for an edit, the new answer) and the known facts it must leave
+# alone (the *maintain* set), split into a part the edit trains on and a
+# held-out part that only the evaluation sees. Every builder starts from
+# :func:`known_facts`: the paper only edits facts the model knows.
+
+_NEW_SPORTS = ("golf", "football", "baseball", "basketball")
+
+
+@dataclass
+class Task:
+    """An editing or unlearning task.
+
+    Attributes:
+        name: e.g. ``"forget basketball"``, ``"edit 16 athletes"``.
+        dataset: ``"sports"`` or ``"counterfact"``: which prompt formats apply.
+        forget: the facts to forget / edit: the dataset's columns (``athlete, sport`` or
+            CounterFact's ``prompt, subject, target_true, target_new ...``) plus ``true_answer`` and
+            ``new_answer`` (the text of the answer, without the leading space).
+        maintain_train: known facts the edit trains to keep (with ``true_answer``).
+        maintain_eval: held-out known facts, for evaluation only.
+        meta: how it was built (seed, sizes, what was filtered out and why).
+    """
+
+    name: str
+    dataset: str
+    forget: pd.DataFrame
+    maintain_train: pd.DataFrame
+    maintain_eval: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.dataset not in ("sports", "counterfact"):
+            raise ValueError(f"Task {self.name!r}: unknown dataset {self.dataset!r}; choose 'sports' or 'counterfact'.")
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The prompt formats this task is evaluated in."""
+        return SPORTS_FORMATS if self.dataset == "sports" else COUNTERFACT_FORMATS
+
+    @property
+    def train_format(self) -> str:
+        """The format the edit trains on: the fact prompt (sports) or the rewrite prompt (CounterFact)."""
+        return "fact" if self.dataset == "sports" else "cf_prompt"
+
+    @property
+    def subjects(self) -> list[str]:
+        """The athletes / subjects the edit is about (to keep them out of the general text)."""
+        col = "athlete" if self.dataset == "sports" else "subject"
+        return self.forget[col].astype(str).tolist()
+
+    def facts(self, which: str = "forget") -> pd.DataFrame:
+        """One of ``"forget"``, ``"maintain_train"``, ``"maintain_eval"``."""
+        sets = {"forget": self.forget, "maintain_train": self.maintain_train, "maintain_eval": self.maintain_eval}
+        if which not in sets:
+            raise ValueError(f"Unknown fact set {which!r}; choose one of {list(sets)}.")
+        return sets[which]
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """Sports scored in the fact and QA formats: the data's three, plus any new answer outside them (golf).
+
+        Multiple choice always offers its four options A–D; CounterFact prompts offer each fact's
+        true and new target.
+        """
+        if self.dataset != "sports":
+            return ("target_true", "target_new")
+        extra = sorted(set(self.forget["new_answer"].dropna().astype(str)) - set(SPORTS)) if "new_answer" in self.forget else []
+        return tuple(SPORTS) + tuple(extra)
+
+    def prompt_set(self, which: str = "forget", fmt: str | None = None) -> PromptSet:
+        """Prompts for a fact set in one format, with candidates :attr:`candidates` (letters in MCQ)."""
+        facts = self.facts(which).reset_index(drop=True)
+        fmt = fmt or self.train_format
+        if self.dataset == "sports":
+            return sports_prompts(facts, fmt, sports=self.candidates)
+        return counterfact_prompts(facts, fmt)
+
+    def answer_labels(self, which: str = "forget") -> tuple[list[str], list[str | None]]:
+        """Per fact, the candidate label of the true and of the new answer (``None`` where there is none)."""
+        facts = self.facts(which)
+        if self.dataset == "counterfact":
+            new = ["target_new" if which == "forget" else None] * len(facts)
+            return ["target_true"] * len(facts), new
+        new_col = facts["new_answer"] if "new_answer" in facts else pd.Series([None] * len(facts))
+        return facts["true_answer"].tolist(), [None if pd.isna(v) else str(v) for v in new_col]
+
+    def summary(self) -> pd.DataFrame:
+        """Sizes of the fact sets."""
+        return pd.DataFrame([dict(task=self.name, set=w, n=len(self.facts(w)))
+                             for w in ("forget", "maintain_train", "maintain_eval")])
+
+    def __repr__(self) -> str:
+        return (f"Task({self.name!r}, {self.dataset}: {len(self.forget)} to edit, "
+                f"{len(self.maintain_train)}+{len(self.maintain_eval)} to maintain)")
+
+
+def _split_maintain(rest: pd.DataFrame, seed: int, train_frac: float, max_train: int | None,
+                    max_eval: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if not 0.0 < train_frac < 1.0:
+        raise ValueError(f"train_frac must be strictly between 0 and 1, got {train_frac}.")
+    shuffled = rest.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    cut = int(round(len(shuffled) * train_frac))
+    train, held = shuffled.iloc[:cut], shuffled.iloc[cut:]
+    if max_train is not None:
+        train = train.iloc[:max_train]
+    if max_eval is not None:
+        held = held.iloc[:max_eval]
+    if len(train) == 0 or len(held) == 0:
+        raise ValueError(f"Too few other known facts ({len(rest)}) to split into maintain train/eval sets. "
+                         "Fix: lower the known-fact threshold or edit fewer facts.")
+    return train.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def forget_sport(model, sport: str = "basketball", new: str = "golf", seed: int = 0, train_frac: float = 0.5,
+                 max_forget: int | None = None, max_maintain: int | None = None, known: pd.DataFrame | None = None) -> Task:
+    """Every known player of one sport now plays another (the paper's "forget basketball" task).
+
+    Args:
+        sport: the sport whose known players are edited (``football``, ``baseball``, ``basketball``).
+        new: the injected sport: ``golf`` (the paper's choice: no athlete of the data plays it),
+            or one of the other two sports of the data.
+        seed: the maintain train/eval split (and the subsample, if ``max_forget`` is set).
+        train_frac: share of the other known facts the edit trains on; the rest is held out.
+        max_forget: keep at most this many of the sport's players (seeded sample) — for quick runs.
+        max_maintain: cap each maintain split at this many facts.
+        known: the known facts (default: :func:`known_facts` of the model, cached on disk).
+
+    Returns:
+        A :class:`Task` on the ``sports`` dataset.
+    """
+    if sport not in SPORTS:
+        raise ValueError(f"Unknown sport {sport!r}; the data's sports are {list(SPORTS)}.")
+    if new not in _NEW_SPORTS or new == sport:
+        raise ValueError(f"New sport {new!r} must differ from {sport!r} and be one of {list(_NEW_SPORTS)}.")
+    known = known_facts(model, "sports") if known is None else known
+    forget = known[known["sport"] == sport]
+    if len(forget) == 0:
+        raise ValueError(f"The model knows no {sport} player (threshold {known.attrs.get('threshold', 0.5)}): "
+                         "nothing to forget. Fix: pick another sport or lower the known_facts threshold.")
+    if max_forget is not None:
+        forget = forget.sample(min(max_forget, len(forget)), random_state=seed)
+    forget = forget.assign(true_answer=forget["sport"], new_answer=new).reset_index(drop=True)
+    train, held = _split_maintain(known[known["sport"] != sport], seed, train_frac, max_maintain, max_maintain)
+    train, held = (d.assign(true_answer=d["sport"]) for d in (train, held))
+    return Task(f"forget {sport}", "sports", forget, train, held,
+                dict(sport=sport, new=new, seed=seed, n_known_of_sport=int((known["sport"] == sport).sum())))
+
+
+def edit_athletes(model, n: int = 16, seed: int = 0, athletes: list[str] | None = None, train_frac: float = 0.5,
+                  max_maintain: int | None = None, known: pd.DataFrame | None = None) -> Task:
+    """``n`` known athletes each moved to a random other sport of the data.
+
+    Args:
+        n: how many athletes (the paper uses 16 and 64); ignored when ``athletes`` is given.
+        seed: which athletes, their new sports, and the maintain split.
+        athletes: edit exactly these (each must be in the data and known to the model).
+        train_frac: share of the other known facts the edit trains on.
+        max_maintain: cap each maintain split at this many facts.
+        known: the known facts (default: :func:`known_facts`).
+    """
+    known = known_facts(model, "sports") if known is None else known
+    rng = np.random.default_rng(seed)
+    if athletes is not None:
+        athletes = [a.strip() for a in athletes]
+        everyone = set(_data.load_sports()["athlete"])
+        absent = [a for a in athletes if a not in everyone]
+        if absent:
+            raise ValueError(f"Athlete(s) {absent} are not in the Sports Facts data. Fix: check the spelling "
+                             "against data.load_sports()['athlete'].")
+        unknown = [a for a in athletes if a not in set(known["athlete"])]
+        if unknown:
+            raise ValueError(f"The model does not know athlete(s) {unknown} (normalised probability of their sport "
+                             "below the threshold), so there is nothing to edit. Fix: pick known athletes "
+                             "(tasks.known_facts(model)).")
+        chosen = known.set_index("athlete").loc[athletes].reset_index()
+    else:
+        if not 0 < n <= len(known) - 2:
+            raise ValueError(f"Cannot edit {n} athletes: the model knows {len(known)} (and some must remain to maintain). "
+                             f"Fix: choose 1 <= n <= {len(known) - 2}.")
+        chosen = known.iloc[np.sort(rng.choice(len(known), size=n, replace=False))].reset_index(drop=True)
+    if len(chosen) == 0:
+        raise ValueError("No athlete to edit. Fix: pass n >= 1 or a non-empty list of athletes.")
+    new = [str(rng.choice([s for s in SPORTS if s != sport])) for sport in chosen["sport"]]
+    forget = chosen.assign(true_answer=chosen["sport"], new_answer=new)
+    rest = known[~known["athlete"].isin(set(forget["athlete"]))]
+    train, held = _split_maintain(rest, seed, train_frac, max_maintain, max_maintain)
+    train, held = (d.assign(true_answer=d["sport"]) for d in (train, held))
+    return Task(f"edit {len(forget)} athletes", "sports", forget, train, held, dict(n=len(forget), seed=seed))
+
+
+def counterfact_edit(model, n: int = 16, seed: int = 0, train_frac: float = 0.5, max_maintain: int | None = None,
+                     known: pd.DataFrame | None = None) -> Task:
+    """``n`` known CounterFact facts rewritten to their ``target_new``.
+
+    Injection trains the new answer as one next token, so only facts whose ``" " + target_new``
+    is a single token are eligible; the others are dropped and counted in ``meta``
+    (``n_known``, ``n_single_token``).
+
+    Args:
+        n: how many facts (the paper uses 16 and 64).
+        seed: which facts, and the maintain split.
+        train_frac: share of the other known facts the edit trains on.
+        max_maintain: cap each maintain split at this many facts.
+        known: the known CounterFact facts (default: :func:`known_facts` with ``"counterfact"``;
+            the first call scores the 2,715 facts that have paraphrases, about two minutes on a CPU).
+    """
+    from .scoring import answer_tokens
+
+    known = known_facts(model, "counterfact") if known is None else known
+    single = known[[len(answer_tokens(model, " " + t)) == 1 for t in known["target_new"]]]
+    if not 0 < n <= len(single) - 2:
+        raise ValueError(f"Cannot edit {n} CounterFact facts: the model knows {len(known)}, of which {len(single)} have a "
+                         f"single-token target_new. Fix: choose 1 <= n <= {len(single) - 2}.")
+    chosen = single.sample(n, random_state=seed).sort_index()
+    forget = chosen.assign(true_answer=chosen["target_true"], new_answer=chosen["target_new"]).reset_index(drop=True)
+    rest = known[~known["case_id"].isin(set(forget["case_id"]))]
+    train, held = _split_maintain(rest, seed, train_frac, max_maintain, max_maintain)
+    train, held = (d.assign(true_answer=d["target_true"]) for d in (train, held))
+    return Task(f"counterfact {n}", "counterfact", forget, train, held,
+                dict(n=n, seed=seed, n_known=len(known), n_single_token=len(single)))
