@@ -1,0 +1,448 @@
+"""The paper's comparison: every localization × every task × several seeds.
+
+Guo et al.'s central table puts localizations side by side under the same
+parameter budget — fact lookup (FLU), output tracing from causal tracing or
+attribution patching (all components, or MLPs only), random components, all
+MLPs, and no localization — and asks of each edit: did it take (forget / edit
+accuracy), did it stay put (maintain accuracy, general-text loss), and does it
+hold up (multiple choice, paraphrases, a relearning attack, latent-knowledge
+probes)?
+
+This module runs that grid. It works in three steps:
+
+1. :func:`locate` computes, once per model and dataset, the evidence (probes,
+   causal tracing, attribution patching on known facts) and builds every
+   localization, matched to FLU's parameter count;
+2. :func:`run_cell` makes one edit (a task, a localization, a seed), evaluates
+   it, attacks it and probes it, and returns one row of metrics plus the
+   relearning curve. :func:`run_grid` runs every cell and **saves each cell to
+   its own JSON file as soon as it is done**, so an interrupted run resumes
+   where it stopped and a finished cell is never recomputed;
+3. :func:`aggregate` turns the cells into mean ± 95% confidence interval
+   (Student t over seeds), and :func:`verdicts` checks the paper's claims —
+   fact lookup more robust than output tracing on multiple choice, on
+   relearning, on probes, with comparable side effects — and says, with the
+   numbers, whether this run supports each.
+
+Metric names (all fractions are accuracies among the candidates, argmax):
+
+- ``forget_acc``: the edited facts still answered with the true answer (train format; lower is better);
+- ``edit_acc``: answered with the new answer (train format);
+- ``maintain_acc``: held-out known facts still right (train format);
+- ``mcq_forget_acc`` / ``mcq_edit_acc``: the same two in multiple choice (``mcq`` / ``cf_mcq``);
+- ``paraphrase_edit_acc`` / ``paraphrase_forget_acc``: CounterFact paraphrases;
+- ``relearn_acc``: true answer recovered on the held-out half of the forget set after
+  the relearning attack's last step (lower is more robust);
+- ``probe_true``: share of edited athletes whose *true* sport a linear probe (trained on
+  maintain athletes, final token) still reads in the late layers (sports tasks; lower is more robust);
+- ``lm_loss_change``: general-text loss after minus before (side effect).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import attacks, editing, evaluation, latent, localization, patching, probing, tasks, tracing
+from .io import save_json
+
+LOCALIZATIONS = ("fact lookup", "OT (causal tracing)", "OT MLPs only", "OT (attribution patching)", "random",
+                 "all MLPs", "non-localized")
+TASKS = ("forget basketball", "edit 16 athletes", "edit 64 athletes", "counterfact 16", "counterfact 64")
+METRICS = ("forget_acc", "edit_acc", "maintain_acc", "mcq_forget_acc", "mcq_edit_acc", "paraphrase_edit_acc",
+           "paraphrase_forget_acc", "relearn_acc", "probe_true", "lm_loss_change")
+#: for each metric, whether a higher value means a better (more robust / less damaging) edit
+HIGHER_IS_BETTER = {"forget_acc": False, "edit_acc": True, "maintain_acc": True, "mcq_forget_acc": False,
+                    "mcq_edit_acc": True, "paraphrase_edit_acc": True, "paraphrase_forget_acc": False,
+                    "relearn_acc": False, "probe_true": False, "lm_loss_change": False}
+
+
+@dataclass
+class GridConfig:
+    """Sizes of the comparison (plain values; the defaults are the full-size run).
+
+    Attributes:
+        tasks: task names from :data:`TASKS`.
+        localizations: names from :data:`LOCALIZATIONS`.
+        seeds: one edit per seed (the task's facts, the random localization and the training
+            order change with it; the paper used several seeds per cell).
+        n_locate: known facts used for causal tracing and attribution patching.
+        n_probe: known facts for the localization probes (None: all known).
+        max_forget: cap on the forget set of "forget basketball" (None: every known player).
+        edit_overrides: :class:`~mechunlearn_nb.editing.EditConfig` fields to override
+            (e.g. ``{"steps": 20}``), on top of each localization's tuned defaults.
+        relearn_steps: the relearning attack's evaluation steps (its last one is reported).
+        relearn_overrides: other :class:`~mechunlearn_nb.attacks.RelearnConfig` fields.
+        probes: run the latent-knowledge probes (sports tasks).
+        max_maintain: cap on each maintain split (speed).
+    """
+
+    tasks: tuple[str, ...] = TASKS
+    localizations: tuple[str, ...] = LOCALIZATIONS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_locate: int = 64
+    n_probe: int | None = None
+    max_forget: int | None = None
+    edit_overrides: dict = field(default_factory=dict)
+    relearn_steps: tuple[int, ...] = (0, 5, 10, 20)
+    relearn_overrides: dict = field(default_factory=dict)
+    probes: bool = True
+    max_maintain: int | None = 256
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"Unknown task(s) {unknown}; choose from {TASKS}.")
+        unknown = [name for name in self.localizations if name not in LOCALIZATIONS]
+        if unknown:
+            raise ValueError(f"Unknown localization(s) {unknown}; choose from {LOCALIZATIONS}.")
+        if not self.seeds:
+            raise ValueError("No seeds: give at least one seed.")
+        self.tasks, self.localizations, self.seeds = tuple(self.tasks), tuple(self.localizations), tuple(self.seeds)
+
+
+def dataset_of(task_name: str) -> str:
+    return "counterfact" if task_name.startswith("counterfact") else "sports"
+
+
+# ---------------------------------------------------------------------------
+# 1. Localizations, once per model and dataset
+# ---------------------------------------------------------------------------
+
+
+def _counterfact_locate_facts(model, known: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Known CounterFact facts whose true target is one token (the tracing metric scores one token)."""
+    tok = model.tokenizer
+    single = known[[len(tok(" " + t, add_special_tokens=False)["input_ids"]) == 1 for t in known["target_true"]]]
+    if len(single) == 0:
+        raise ValueError("No known CounterFact fact has a single-token true target; cannot trace CounterFact.")
+    return single.sample(min(n, len(single)), random_state=seed).reset_index(drop=True)
+
+
+def locate(model, dataset: str = "sports", names: tuple[str, ...] = LOCALIZATIONS, n_locate: int = 64,
+           n_probe: int | None = None, seed: int = 0, progress: bool = True) -> tuple[dict, dict]:
+    """Build the localizations of one dataset, budget-matched to fact lookup.
+
+    Sports: probes on known athletes, causal tracing (noised subjects) and attribution patching
+    (subjects swapped for athletes of another sport) on ``n_locate`` known athletes; FLU from the
+    probes and the attribution evidence (:func:`localization.fact_lookup`).
+    CounterFact: there is no fixed label set to probe, so FLU uses the tracing evidence alone
+    (causal tracing and attribution patching with noised subjects, on CounterFact prompts).
+
+    Returns:
+        ``({name: Localization}, evidence)`` where ``evidence`` holds the tables used.
+    """
+    evidence: dict = {}
+    if dataset == "sports":
+        known = tasks.known_facts(model, "sports", progress=progress)
+        facts = patching.balanced_sample(known, n_locate, seed=seed)
+        probe_facts = known if n_probe is None else known.sample(min(n_probe, len(known)), random_state=seed)
+        probes = probing.layer_probes(model, probe_facts, seed=seed, progress=progress).accuracy
+        ap_inputs = patching.corrupt_subjects(model, facts, pool=known, seed=seed)
+        trace_kwargs = dict(components=("attn", "mlp"), seed=seed, progress=progress)
+        trace = tracing.causal_trace(model, facts, **trace_kwargs) if _needs_trace(names) else None
+    elif dataset == "counterfact":
+        known = tasks.known_facts(model, "counterfact", progress=progress)
+        facts = _counterfact_locate_facts(model, known, n_locate, seed)
+        prompts = [p.format(s) for p, s in zip(facts["prompt"], facts["subject"])]
+        probes = None
+        ap_inputs = tracing.noise_inputs(model, facts, prompts=prompts, subject_col="subject", answer_col="target_true",
+                                         seed=seed)
+        trace = None
+        if _needs_trace(names):  # the same noise inputs, restored state by state
+            trace = patching.summarise(patching.run_patches(model, ap_inputs, components=("attn", "mlp"), progress=progress))
+    else:
+        raise ValueError(f"Unknown dataset {dataset!r}; choose 'sports' or 'counterfact'.")
+    attribution = patching.summarise(patching.attribution_patching(model, ap_inputs, components=("head", "mlp"),
+                                                                   progress=progress))
+    flu = localization.fact_lookup(model, probes, attribution)
+    evidence.update(probes=probes, attribution=attribution, trace=trace, flu_layers=flu.meta.get("layers"),
+                    n_locate=len(facts))
+    built = {"fact lookup": flu}
+    for name in names:
+        if name == "OT (causal tracing)":
+            built[name] = localization.output_tracing(model, trace, budget=flu, name=name)
+        elif name == "OT MLPs only":
+            built[name] = localization.output_tracing(model, trace if trace is not None else attribution, budget=flu,
+                                                      mlp_only=True, name=name)
+        elif name == "OT (attribution patching)":
+            built[name] = localization.output_tracing(model, attribution, budget=flu, name=name)
+        elif name == "all MLPs":
+            built[name] = localization.all_mlps(model, name=name)
+        elif name == "non-localized":
+            built[name] = localization.non_localized(model, name=name)
+    return built, evidence
+
+
+def _needs_trace(names) -> bool:
+    return "OT (causal tracing)" in names or "OT MLPs only" in names
+
+
+def localization_for(model, locs: dict, name: str, seed: int):
+    """The named localization (from :func:`locate`); ``random`` is drawn per seed with fact lookup's budget."""
+    if name == "random":
+        return localization.random_components(model, budget=locs["fact lookup"], seed=seed, name="random")
+    return locs[name]
+
+
+# ---------------------------------------------------------------------------
+# 2. One cell: edit, evaluate, attack, probe
+# ---------------------------------------------------------------------------
+
+
+def build_task(model, name: str, seed: int, max_forget: int | None = None, max_maintain: int | None = 256):
+    """The task of :data:`TASKS` for a seed."""
+    if name == "forget basketball":
+        return tasks.forget_sport(model, "basketball", "golf", seed=seed, max_forget=max_forget, max_maintain=max_maintain)
+    m = re.fullmatch(r"edit (\d+) athletes", name)
+    if m:
+        return tasks.edit_athletes(model, n=int(m.group(1)), seed=seed, max_maintain=max_maintain)
+    m = re.fullmatch(r"counterfact (\d+)", name)
+    if m:
+        return tasks.counterfact_edit(model, n=int(m.group(1)), seed=seed, max_maintain=max_maintain)
+    raise ValueError(f"Unknown task {name!r}; choose from {TASKS}.")
+
+
+def _value(table: pd.DataFrame, set_: str, fmt: str, metric: str, stage: str = "after") -> float:
+    rows = table[(table["stage"] == stage) & (table["set"] == set_) & (table["format"] == fmt) & (table["metric"] == metric)]
+    return float(rows["value"].iloc[0]) if len(rows) else float("nan")
+
+
+def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: pd.DataFrame | None) -> dict:
+    """One row of :data:`METRICS` from an edit's evaluation table, relearning curve and probe table."""
+    fmt = task.train_format
+    mcq = "mcq" if task.dataset == "sports" else "cf_mcq"
+    gt_before = _value(table, "general_text", "text", "lm_loss", "before") if "general_text" in set(table["set"]) else np.nan
+    gt_after = _value(table, "general_text", "text", "lm_loss", "after") if "general_text" in set(table["set"]) else np.nan
+    if np.isnan(gt_before):  # the general-text rows' format name is whatever evaluation used
+        gt = table[(table["set"] == "general_text") & (table["metric"] == "lm_loss")]
+        if len(gt):
+            gt_before = float(gt[gt["stage"] == "before"]["value"].mean())
+            gt_after = float(gt[gt["stage"] == "after"]["value"].mean())
+    out = dict(
+        forget_acc=_value(table, "forget", fmt, "acc_true"), edit_acc=_value(table, "forget", fmt, "acc_new"),
+        maintain_acc=_value(table, "maintain", fmt, "acc_true"),
+        mcq_forget_acc=_value(table, "forget", mcq, "acc_true"), mcq_edit_acc=_value(table, "forget", mcq, "acc_new"),
+        paraphrase_edit_acc=_value(table, "forget", "cf_paraphrase", "acc_new"),
+        paraphrase_forget_acc=_value(table, "forget", "cf_paraphrase", "acc_true"),
+        lm_loss_change=gt_after - gt_before,
+        base_forget_acc=_value(table, "forget", fmt, "acc_true", "before"),
+        base_maintain_acc=_value(table, "maintain", fmt, "acc_true", "before"),
+    )
+    out["relearn_acc"] = np.nan
+    if curve is not None and len(curve):
+        held = curve[curve["half"].str.startswith("B")]
+        out["relearn_acc"] = float(held[held["step"] == held["step"].max()]["accuracy"].mean())
+        out["relearn_acc_step0"] = float(held[held["step"] == held["step"].min()]["accuracy"].mean())
+    out["probe_true"] = np.nan
+    if probe is not None and len(probe):
+        after = latent.summarise(probe[probe["stage"] == "after"], last_k=4)
+        out["probe_true"] = float(after["late_frac_true"].iloc[0])
+        before = latent.summarise(probe[probe["stage"] == "before"], last_k=4)
+        out["probe_true_base"] = float(before["late_frac_true"].iloc[0])
+    return out
+
+
+def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataFrame | None = None,
+             unrelated: pd.DataFrame | None = None, progress: bool = False) -> dict:
+    """Edit ``task`` through ``loc`` with ``seed``; evaluate, attack and probe it.
+
+    Returns:
+        ``{"metrics": {...}, "curve": [...], "history_tail": {...}, "config": {...}}`` (JSON-able).
+    """
+    cfg = editing.EditConfig.for_localization(loc, **config.edit_overrides)
+    result = editing.edit(model, loc, task, cfg, seed=seed, progress=progress)
+    table = evaluation.evaluate(model, task, result, baseline=baseline, unrelated=unrelated, n_generate=0,
+                                progress=False)
+    rcfg = attacks.RelearnConfig(eval_steps=config.relearn_steps, **config.relearn_overrides)
+    curve = attacks.relearn(model, result, task, rcfg, seed=seed, progress=progress) if len(task.forget) >= 4 else None
+    probe = None
+    if config.probes and task.dataset == "sports":
+        probe = latent.latent_knowledge(model, task, {loc.name: result}, seed=seed, progress=False)
+    metrics = cell_metrics(task, table, curve, probe)
+    metrics.update(task=task.name, localization=loc.name, seed=seed, n_params=loc.n_params, n_forget=len(task.forget),
+                   components=list(loc.components))
+    return dict(metrics=metrics, curve=[] if curve is None else curve.to_dict("records"),
+                edit_config=asdict(cfg), history_tail=result.history.iloc[-1].to_dict() if len(result.history) else {})
+
+
+def _slug(*parts) -> str:
+    return "__".join(re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in parts)
+
+
+def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
+    """Run every (task, localization, seed) cell, resuming from ``out_dir/cells/``.
+
+    Each finished cell is written to ``out_dir/cells/<task>__<localization>__<seed>.json``
+    (atomically) before the next starts; cells already there are read, not recomputed.
+
+    Returns:
+        One row per cell: ``task, localization, seed`` and :data:`METRICS` (tidy-wide).
+    """
+    out_dir = Path(out_dir)
+    cell_dir = out_dir / "cells"
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    save_json(asdict(config), out_dir / "grid_config.json")
+    locs_by_dataset: dict[str, dict] = {}
+    rows = []
+    todo = [(t, name, s) for t in config.tasks for name in config.localizations for s in config.seeds]
+    bar = tqdm(todo, desc="comparison grid", disable=not progress)
+    cache_tasks: dict = {}
+    for task_name, loc_name, seed in bar:
+        path = cell_dir / f"{_slug(task_name, loc_name, seed)}.json"
+        if path.exists():
+            rows.append(json.loads(path.read_text()))
+            continue
+        bar.set_postfix_str(f"{task_name} · {loc_name} · seed {seed}")
+        dataset = dataset_of(task_name)
+        if dataset not in locs_by_dataset:
+            locs_by_dataset[dataset], evidence = locate(model, dataset, config.localizations, n_locate=config.n_locate,
+                                                        n_probe=config.n_probe, seed=0, progress=False)
+            save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
+                       "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
+                                         for n, loc in locs_by_dataset[dataset].items()}},
+                      out_dir / f"localizations_{dataset}.json")
+        key = (task_name, seed)
+        if key not in cache_tasks:
+            task = build_task(model, task_name, seed, config.max_forget, config.max_maintain)
+            base = evaluation.evaluate(model, task, None, n_generate=0, progress=False)
+            unrelated = evaluation.unrelated_facts(model, task)
+            cache_tasks = {key: (task, base, unrelated)}  # keep one task in memory at a time
+        task, base, unrelated = cache_tasks[key]
+        loc = localization_for(model, locs_by_dataset[dataset], loc_name, seed)
+        cell = run_cell(model, task, loc, seed, config, baseline=base, unrelated=unrelated)
+        save_json(cell, path)
+        rows.append(cell)
+    frame = pd.DataFrame([r["metrics"] for r in rows])
+    return frame
+
+
+def curves(out_dir: str | Path) -> pd.DataFrame:
+    """Every saved cell's relearning curve, concatenated (tidy)."""
+    frames = []
+    for path in sorted((Path(out_dir) / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        if cell["curve"]:
+            frames.append(pd.DataFrame(cell["curve"]).assign(localization=cell["metrics"]["localization"],
+                                                             task=cell["metrics"]["task"], seed=cell["metrics"]["seed"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ---------------------------------------------------------------------------
+# 3. Aggregation and verdicts
+# ---------------------------------------------------------------------------
+
+
+def aggregate(cells: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:
+    """Mean ± 95% confidence interval over seeds, per (task, localization, metric) (tidy).
+
+    The interval is Student's t over the seeds (``half_width = t(0.975, n-1) · sd / √n``); with one
+    seed it is NaN: a single run says nothing about its own noise.
+    """
+    from scipy import stats
+
+    rows = []
+    present = [m for m in metrics if m in cells]
+    for (task, loc), g in cells.groupby(["task", "localization"], sort=False):
+        for m in present:
+            v = g[m].dropna().to_numpy(dtype=float)
+            if len(v) == 0:
+                continue
+            half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
+            rows.append(dict(task=task, localization=loc, metric=m, mean=float(v.mean()), ci95=half, n_seeds=len(v)))
+    return pd.DataFrame(rows)
+
+
+def table(agg: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
+    """The paper-style wide table: rows (task, localization), columns metrics, cells ``mean ± ci``."""
+    sub = agg if task is None else agg[agg["task"] == task]
+    fmt = sub.assign(cell=[f"{m:.2f}" + ("" if np.isnan(c) else f" ± {c:.2f}") for m, c in zip(sub["mean"], sub["ci95"])])
+    wide = fmt.pivot_table(index=["task", "localization"], columns="metric", values="cell", aggfunc="first", sort=False)
+    return wide.reindex(columns=[m for m in METRICS if m in wide.columns])
+
+
+CLAIMS = (
+    ("FLU edits generalise to multiple choice better than OT edits", "mcq_edit_acc"),
+    ("FLU edits leave less of the true answer in multiple choice than OT edits", "mcq_forget_acc"),
+    ("FLU edits resist relearning better than OT edits", "relearn_acc"),
+    ("FLU edits leave less latent knowledge for probes than OT edits", "probe_true"),
+)
+SIDE_EFFECTS = (("maintain accuracy is comparable", "maintain_acc", 0.1),
+                ("general-text loss change is comparable", "lm_loss_change", 0.1))
+
+
+def _pooled(cells: pd.DataFrame, loc: str, metric: str) -> np.ndarray:
+    if metric not in cells:
+        return np.array([])
+    return cells[cells["localization"] == loc][metric].dropna().to_numpy(dtype=float)
+
+
+def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
+             ot: tuple[str, ...] = ("OT (causal tracing)", "OT (attribution patching)")) -> pd.DataFrame:
+    """The paper's claims checked on this run, with numbers.
+
+    For each claim and each output-tracing variant, the metric is pooled over tasks and seeds
+    (one value per cell) and the two localizations are compared: **supported** when FLU is better
+    and the 95% CIs of the two means do not overlap, **direction only** when it is better within
+    noise, **not supported** otherwise, **no data** when a side has no value (e.g. MCQ on a task
+    without it). Side effects are **comparable** when the means differ by less than the tolerance.
+    """
+    from scipy import stats
+
+    def mean_ci(v):
+        if len(v) == 0:
+            return np.nan, np.nan
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.nan
+        return float(v.mean()), float(half)
+
+    rows = []
+    for other in ot:
+        if other not in set(cells["localization"]) or flu not in set(cells["localization"]):
+            continue
+        for claim, metric in CLAIMS:
+            a, b = _pooled(cells, flu, metric), _pooled(cells, other, metric)
+            (ma, ca), (mb, cb) = mean_ci(a), mean_ci(b)
+            if len(a) == 0 or len(b) == 0:
+                verdict = "no data"
+            else:
+                better = ma > mb if HIGHER_IS_BETTER[metric] else ma < mb
+                separated = not (np.isnan(ca) or np.isnan(cb)) and (ma - ca > mb + cb or mb - cb > ma + ca)
+                verdict = ("supported" if separated else "direction only") if better else "not supported"
+            rows.append(dict(claim=claim, versus=other, metric=metric, flu_mean=ma, flu_ci95=ca, ot_mean=mb, ot_ci95=cb,
+                             n_flu=len(a), n_ot=len(b), verdict=verdict))
+        for claim, metric, tol in SIDE_EFFECTS:
+            a, b = _pooled(cells, flu, metric), _pooled(cells, other, metric)
+            (ma, ca), (mb, cb) = mean_ci(a), mean_ci(b)
+            verdict = "no data" if len(a) == 0 or len(b) == 0 else ("comparable" if abs(ma - mb) < tol else "different")
+            rows.append(dict(claim=f"side effects: {claim} (|Δ| < {tol})", versus=other, metric=metric, flu_mean=ma,
+                             flu_ci95=ca, ot_mean=mb, ot_ci95=cb, n_flu=len(a), n_ot=len(b), verdict=verdict))
+    return pd.DataFrame(rows)
+
+
+def plot_metrics(agg: pd.DataFrame, metrics: tuple[str, ...] = ("edit_acc", "maintain_acc", "mcq_edit_acc",
+                                                                 "relearn_acc", "probe_true", "lm_loss_change")):
+    """Bars per metric: localization × task, with the 95% CI as error bars."""
+    import matplotlib.pyplot as plt
+
+    present = [m for m in metrics if m in set(agg["metric"])]
+    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 3.6), squeeze=False, sharey=False)
+    order = [name for name in LOCALIZATIONS if name in set(agg["localization"])]
+    task_names = list(dict.fromkeys(agg["task"]))
+    width = 0.8 / max(1, len(task_names))
+    for ax, m in zip(axes[0], present):
+        sub = agg[agg["metric"] == m]
+        for k, t in enumerate(task_names):
+            s = sub[sub["task"] == t].set_index("localization").reindex(order)
+            x = np.arange(len(order)) + (k - (len(task_names) - 1) / 2) * width
+            ax.bar(x, s["mean"], width, yerr=s["ci95"].fillna(0), label=t, capsize=2)
+        ax.set_xticks(np.arange(len(order)), order, rotation=60, ha="right", fontsize=8)
+        ax.set_title(m, fontsize=10)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

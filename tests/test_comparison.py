@@ -1,0 +1,72 @@
+"""Aggregation and verdicts of the comparison grid, on hand-made cells (no model needed)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mechunlearn_nb import comparison
+
+
+def _cells(flu_relearn, ot_relearn, seeds=(0, 1, 2)):
+    rows = []
+    for s in seeds:
+        rows.append(dict(task="edit 16 athletes", localization="fact lookup", seed=s, relearn_acc=flu_relearn[s],
+                         maintain_acc=0.9, lm_loss_change=0.01, mcq_edit_acc=np.nan, probe_true=0.2, edit_acc=1.0))
+        rows.append(dict(task="edit 16 athletes", localization="OT (causal tracing)", seed=s, relearn_acc=ot_relearn[s],
+                         maintain_acc=0.88, lm_loss_change=0.02, mcq_edit_acc=np.nan, probe_true=0.6, edit_acc=1.0))
+    return pd.DataFrame(rows)
+
+
+def test_aggregate_mean_and_t_interval():
+    cells = _cells([0.1, 0.2, 0.3], [0.7, 0.8, 0.9])
+    agg = comparison.aggregate(cells)
+    row = agg[(agg.localization == "fact lookup") & (agg.metric == "relearn_acc")].iloc[0]
+    assert row["mean"] == pytest.approx(0.2)
+    # t(0.975, 2) = 4.303; sd = 0.1; n = 3
+    assert row["ci95"] == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-3)
+    assert row["n_seeds"] == 3
+    one = comparison.aggregate(cells[cells.seed == 0])
+    assert one["ci95"].isna().all()
+
+
+def test_verdicts_separate_supported_direction_and_not():
+    strong = comparison.verdicts(_cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]), ot=("OT (causal tracing)",))
+    v = strong.set_index("metric")["verdict"]
+    assert v["relearn_acc"] == "supported"
+    assert v["probe_true"] == "supported"  # no spread over seeds: intervals of width 0, apart
+    assert v["mcq_edit_acc"] == "no data"
+    assert v["maintain_acc"] == "comparable"
+    noisy = comparison.verdicts(_cells([0.1, 0.9, 0.5], [0.2, 0.8, 0.6]), ot=("OT (causal tracing)",))
+    assert noisy.set_index("metric").loc["relearn_acc", "verdict"] == "direction only"
+    worse = comparison.verdicts(_cells([0.8, 0.82, 0.81], [0.1, 0.12, 0.11]), ot=("OT (causal tracing)",))
+    assert worse.set_index("metric").loc["relearn_acc", "verdict"] == "not supported"
+
+
+def test_table_is_wide_with_intervals():
+    wide = comparison.table(comparison.aggregate(_cells([0.1, 0.2, 0.3], [0.7, 0.8, 0.9])))
+    assert wide.loc[("edit 16 athletes", "fact lookup"), "relearn_acc"].startswith("0.20 ± ")
+
+
+def test_grid_config_rejects_unknown_names():
+    with pytest.raises(ValueError, match="Unknown task"):
+        comparison.GridConfig(tasks=("forget cricket",))
+    with pytest.raises(ValueError, match="Unknown localization"):
+        comparison.GridConfig(localizations=("everything",))
+    with pytest.raises(ValueError, match="seed"):
+        comparison.GridConfig(seeds=())
+
+
+def test_cell_metrics_reads_the_evaluation_table():
+    class T:
+        train_format, dataset = "fact", "sports"
+
+    rows = [dict(stage=st, set=s, format=f, metric=m, value=v) for st, s, f, m, v in [
+        ("after", "forget", "fact", "acc_true", 0.1), ("after", "forget", "fact", "acc_new", 0.9),
+        ("after", "maintain", "fact", "acc_true", 0.8), ("before", "forget", "fact", "acc_true", 1.0),
+        ("before", "maintain", "fact", "acc_true", 0.85), ("after", "forget", "mcq", "acc_new", 0.3),
+        ("before", "general_text", "text", "lm_loss", 3.0), ("after", "general_text", "text", "lm_loss", 3.2)]]
+    curve = pd.DataFrame([dict(step=0, half="B (held out)", accuracy=0.0), dict(step=20, half="B (held out)", accuracy=0.5),
+                          dict(step=20, half="A (trained)", accuracy=1.0)])
+    m = comparison.cell_metrics(T, pd.DataFrame(rows), curve, None)
+    assert (m["forget_acc"], m["edit_acc"], m["maintain_acc"], m["mcq_edit_acc"]) == (0.1, 0.9, 0.8, 0.3)
+    assert m["lm_loss_change"] == pytest.approx(0.2) and m["relearn_acc"] == 0.5 and np.isnan(m["probe_true"])
