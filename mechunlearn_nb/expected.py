@@ -33,6 +33,36 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "acc_qa_known": (0.75, 1.0),
         },
     },
+    # FAST: 2 facts (Patrick Corbin, Khris Middleton), seed 0; measured values in the comments
+    "01_causal_tracing": {
+        "fast": {
+            "n_facts": (2, 2),
+            "p_clean": (0.05, 0.4),                      # measured 0.140
+            "p_corrupt": (0.0, 0.02),                    # 0.0011: the noise wipes the subject out
+            "resid_last_layer_last_effect": (0.999, 1.001),  # restoring the final state = the clean run
+            "peak_attn_last_layer": (9, 15),             # 12
+            "peak_attn_last_effect": (0.03, 0.5),        # 0.105
+            "peak_mlp_last_subject_layer": (0, 8),       # 3
+            "top_head_layer": (8, 16),                   # 11
+        },
+    },
+    # FAST: 2 facts patched both ways, 12 attributed, seed 0; measured twice, identical values
+    "02_attribution_patching": {
+        "fast": {
+            "n_facts": (2, 2),
+            "n_facts_ap": (12, 12),
+            "ld_clean": (0.3, 3.0),                      # measured 1.006
+            "ld_corrupt": (-5.0, -0.3),                  # -1.941
+            "resid_last_layer_last_effect": (0.999, 1.001),
+            "corr_ap_vs_patching": (0.4, 0.95),          # 0.697
+            "corr_head": (0.8, 1.0),                     # 0.985
+            "corr_attn": (0.4, 1.0),                     # 0.734
+            "peak_mlp_last_subject_layer": (1, 6),       # 3
+            "peak_mlp_last_subject_effect": (0.2, 1.0),  # 0.677
+            "top_head_layer": (9, 15),                   # 12
+            "output_tracing_n_params": (1, 30_000_000),  # 9,503,232 (a12, m3, m0) under a 3-MLP budget
+        },
+    },
 }
 
 
