@@ -120,6 +120,15 @@ def test_activation_patching_endpoints(tiny):
     assert (pf[pf.component == "head"]["position_kind"] == "all").all()
 
 
+def test_activation_patching_summary(tiny):
+    summary = patching.activation_patching(tiny, FACTS.head(2), pool=POOL, components=("mlp", "head"), layers=[1],
+                                           progress=False)
+    assert set(summary["component"]) == {"mlp", "head"} and (summary["layer"] == 1).all()
+    assert (summary["n_facts"] == 2).all() and np.isfinite(summary["effect"]).all()
+    with pytest.raises(ValueError, match="do not exist"):
+        patching.activation_patching(tiny, FACTS.head(1), pool=POOL, layers=[tiny.cfg.n_layers], progress=False)
+
+
 def test_attribution_patching_matches_small_changes(tiny):
     # with a tiny corruption the metric is linear in the activations, so attribution patching must
     # reproduce activation patching (and it must not be all zeros or NaN)
