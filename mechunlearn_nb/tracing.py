@@ -183,7 +183,7 @@ def _heatmap(grid: pd.DataFrame, ax, cmap: str, vmax: float | None = None):
     """Sequential colours from 0 when effects are (nearly) all positive; diverging around 0 otherwise."""
     lo, hi = float(np.nanmin(grid.values)), float(np.nanmax(grid.values))
     hi = vmax if vmax is not None else hi
-    if lo < -0.05 * max(hi, 1e-12):
+    if lo < -0.1 * max(hi, 1e-12):
         lim = max(abs(lo), abs(hi))
         sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, cbar_kws=dict(label="effect"))
     else:
