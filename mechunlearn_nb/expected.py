@@ -63,6 +63,33 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "output_tracing_n_params": (1, 30_000_000),  # 9,503,232 (a12, m3, m0) under a 3-MLP budget
         },
     },
+    # FAST: 400 athletes read (163 known), probes on a seeded half, attribution patching of 32 facts, seed 0
+    "03_fact_lookup_localization": {
+        "fast": {
+            "n_athletes": (400, 400),
+            "n_known": (140, 190),                       # measured 163
+            "majority": (0.3, 0.55),                     # 0.427
+            "best_probe_acc_last_subject": (0.65, 0.95),  # 0.793
+            "best_probe_acc_final": (0.8, 1.0),          # 0.939
+            "probe_gain_last_subject": (0.15, 0.6),      # 0.341 over the embeddings
+            "probe_gain_final": (0.3, 0.7),              # 0.512: " of" knows nothing at layer 0
+            "best_probe_layer_final": (12, 18),          # 17 (the jump is after block 12)
+            "probe_acc_embed_final": (0.25, 0.6),        # 0.427 = the majority class
+            "flu_start": (1, 5),                         # 3
+            "flu_extraction": (9, 15),                   # 12 (a12.h2)
+            "flu_first_layer": (1, 4),                   # 3
+            "flu_last_layer": (2, 8),                    # 3
+            "flu_n_layers": (1, 7),                      # 1
+            "flu_n_params": (3_932_160, 27_525_120),     # 3,932,160: one MLP
+            "top_head_layer": (10, 15),                  # 12
+            "top_head_effect": (0.15, 1.0),              # 0.408
+            "mlp_subject_peak_layer": (0, 6),            # 3
+            "n_params_all_mlps": (70_778_880, 70_778_880),
+            "n_params_non_localized": (100_279_296, 100_279_296),
+            "matched_max_ratio": (0.5, 1.0),             # 1.0: budget-matched localizations never exceed FLU
+            "matched_min_ratio": (0.2, 1.0),             # 0.417
+        },
+    },
 }
 
 

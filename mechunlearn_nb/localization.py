@@ -339,7 +339,9 @@ def _layers_of(model):
 # 1. ``start`` = the first block from which ``rise >= probe_rise`` (0.2) holds at
 #    every later block: from there on the subject token carries the attribute
 #    (a spike that falls back, probe noise on a small test half, does not
-#    count). No probe table: ``start = 0``.
+#    count). By default (``monotone=True``) the rises are computed on an
+#    isotonic (non-decreasing) fit of the accuracies over the blocks, which
+#    keeps one noisy layer from moving the start. No probe table: ``start = 0``.
 # 2. ``extraction`` = the first block after ``start`` with ``head_rel >=
 #    head_threshold`` (0.5): the attribute is carried to the final token there.
 #    Without head rows, the first block after which the final-token probe
@@ -376,6 +378,8 @@ class FactLookupRule:
             the largest head's.
         final_rise: without head rows, extraction is where the final-token probe reaches this share of its gain.
         contiguous: take the whole range from the first to the last candidate (the paper's FLU are ranges).
+        monotone: compute the probes' rises on an isotonic (non-decreasing) fit of their accuracies
+            over the blocks (scikit-learn's ``IsotonicRegression``), not on the raw, noisy accuracies.
         subject_kinds: position kinds of the patching table that count as subject positions.
         extraction_kind: the position kind of the final token in the patching tables.
         probe_position, final_position: the probe table's ``position`` values for the last subject
@@ -388,6 +392,7 @@ class FactLookupRule:
     head_threshold: float = 0.5
     final_rise: float = 0.5
     contiguous: bool = True
+    monotone: bool = True
     subject_kinds: tuple[str, ...] = ("first_subject", "last_subject")
     extraction_kind: str = "last"
     probe_position: str = "last_subject"
@@ -404,7 +409,7 @@ class FactLookupRule:
         span = "every block from the first to the last candidate" if self.contiguous else "the candidate blocks"
         return (
             f"start = first block from which on the {self.probe_position} probe keeps >= {self.probe_rise:.0%} of its "
-            f"embeddings-to-best accuracy gain; extraction = first later block with a head whose {self.extraction_kind}-position "
+            f"embeddings-to-best accuracy gain{' (on an isotonic fit over the blocks)' if self.monotone else ''}; extraction = first later block with a head whose {self.extraction_kind}-position "
             f"effect is >= {self.head_threshold:.0%} of the strongest head's (fallback: the {self.final_position} probe reaching "
             f"{self.final_rise:.0%} of its gain); end = extraction - 1; candidates = blocks in [start, end] whose MLP effect at "
             f"{'/'.join(self.subject_kinds)} is >= {self.mlp_threshold:.0%} of the largest and >= {self.min_effect}; "
@@ -424,7 +429,14 @@ def _relative(values: pd.Series) -> pd.Series:
     return values / top if pd.notna(top) and top > 0 else values * np.nan
 
 
-def _rise(acc: pd.Series, base: float) -> pd.Series:
+def _rise(acc: pd.Series, base: float, monotone: bool = False) -> pd.Series:
+    if monotone and acc.notna().sum() > 1:
+        from sklearn.isotonic import IsotonicRegression
+
+        ok = acc.notna().to_numpy()
+        fit = acc.copy()
+        fit[ok] = IsotonicRegression().fit_transform(np.flatnonzero(ok), acc[ok].to_numpy())
+        acc = fit
     peak = acc.max(skipna=True)
     if not pd.notna(peak) or peak <= base:
         return acc * 0.0
@@ -487,10 +499,10 @@ def fact_lookup_evidence(probe_df: pd.DataFrame | None, patching_df: pd.DataFram
     # (i) probes: the residual after block l is probe layer l + 1
     if probe_sub is not None:
         ev["probe_subject"] = probe_sub.reindex(ev["layer"] + 1).to_numpy()
-        ev["probe_rise"] = _rise(ev["probe_subject"], float(probe_sub.get(0, probe_sub.min()))).to_numpy()
+        ev["probe_rise"] = _rise(ev["probe_subject"], float(probe_sub.get(0, probe_sub.min())), rule.monotone).to_numpy()
         if not probe_fin.empty:
             ev["probe_final"] = probe_fin.reindex(ev["layer"] + 1).to_numpy()
-            ev["final_rise"] = _rise(ev["probe_final"], float(probe_fin.get(0, probe_fin.min()))).to_numpy()
+            ev["final_rise"] = _rise(ev["probe_final"], float(probe_fin.get(0, probe_fin.min())), rule.monotone).to_numpy()
         else:
             ev["probe_final"] = ev["final_rise"] = np.nan
     else:

@@ -18,11 +18,14 @@ The difference between the two curves is the story of the fact's recall, and
 it is one of the three kinds of evidence :func:`localization.fact_lookup` uses.
 That rule, in short (thresholds in :class:`localization.FactLookupRule`): the
 look-up *starts* at the first block from which the subject probe keeps at
-least 20% of its gain over the embeddings; the attribute is *extracted* at the
+least 20% of its gain over the embeddings (on an isotonic fit of its accuracy
+over the blocks, so that one noisy layer does not move it); the attribute is
+*extracted* at the
 first later block holding a head whose final-token patching effect is at least
 half the strongest head's; the fact-lookup MLPs are the blocks from the start
 up to just before extraction whose MLP patching effect at the subject tokens is
 at least 20% of the largest (taken as one range).
+
 Probes are also an attack on an edit: train them on facts the edit did not
 touch, apply them to edited facts, and see whether the *true* attribute is
 still readable inside the model (:func:`apply_probes`).
@@ -34,7 +37,11 @@ so index ``i`` is "the residual stream after ``i`` blocks" and the last index
 is the final residual stream before the final norm. The probe tables use the
 same index in their ``layer`` column. Activations are read with hooks on the
 bridge's modules during a right-padded batched forward pass of the transformer
-body (no unembedding), and only the requested positions are kept.
+body (no unembedding), and only the requested positions are kept. The same
+pass also gives the model's own answer: the final norm and a few rows of the
+unembedding applied to the last residual at the final token
+(:func:`answer_probabilities`), which is how :func:`known_fact_residuals`
+keeps the known facts without running them twice.
 
 Probes are scikit-learn pipelines (standardise, then multinomial logistic
 regression), one per layer, trained on a seeded, stratified half of the facts
@@ -49,7 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -239,6 +246,67 @@ def fact_residuals(model, facts: pd.DataFrame, template: str = FACT_TEMPLATE, po
     return residuals(model, prompts, {p: pos[p].to_numpy() for p in positions}, batch_size=batch_size, progress=progress)
 
 
+@torch.no_grad()
+def answer_probabilities(model, final_resid: Float[torch.Tensor, "n d_model"], answers: Sequence[str]
+                         ) -> Float[torch.Tensor, "n k"]:
+    """The model's own next-token distribution over a few answers, from the last residual stream.
+
+    The final norm and the unembedding rows of the answers' first tokens only (not the whole
+    vocabulary), then a softmax over the answers: the candidate-normalised probabilities that
+    :func:`scoring.score` computes, from activations :func:`residuals` already read (its last
+    layer index). Applied to an earlier layer's residual this is the *logit lens*.
+
+    Args:
+        final_resid: residual streams after the last block (``residuals(...)[:, -1]``).
+        answers: candidate continuations with their leading space (``" golf"``); first tokens are used.
+    """
+    from .scoring import answer_tokens
+
+    ids = [answer_tokens(model, a)[0] for a in answers]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"Answers {list(answers)} share a first token: they cannot be told apart.")
+    hf = hf_model(model)
+    dev = device_of(model)
+    normed = hf.model.norm(final_resid.to(dev))
+    head = hf.lm_head
+    logits = normed @ head.weight[ids].T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[ids]
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.softmax(logits.float(), dim=-1).cpu()
+
+
+def known_fact_residuals(model, facts: pd.DataFrame, label_column: str = "sport", answers: Sequence[str] | None = None,
+                         threshold: float = 0.5, template: str = FACT_TEMPLATE, positions: Sequence[str] = PROBE_POSITIONS,
+                         batch_size: int = 32, progress: bool = True) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
+    """Residuals of the facts the model knows, in one pass: read, score from the last layer, keep the known.
+
+    A fact is known, as in :func:`tasks.known_facts`, when the model's probability of its
+    label, normalised over ``answers``, is at least ``threshold``; here that probability comes
+    from the final-token residual the pass already read (:func:`answer_probabilities`), so the
+    facts are not run twice.
+
+    Returns:
+        ``(known, X)``: the known rows (with ``p_true_norm``), and :func:`fact_residuals`'s dict for them.
+    """
+    from .prompts import SPORTS
+
+    answers = list(answers) if answers is not None else list(SPORTS)
+    facts = facts.reset_index(drop=True)
+    unknown = sorted(set(facts[label_column]) - set(answers))
+    if unknown:
+        raise ValueError(f"Labels {unknown} are not among the answers {answers}. Fix: pass answers=... listing every label.")
+    need = list(dict.fromkeys(list(positions) + ["final"]))
+    X = fact_residuals(model, facts, template=template, positions=need, batch_size=batch_size, progress=progress)
+    probs = answer_probabilities(model, X["final"][:, -1], [" " + a for a in answers]).numpy()
+    p_true = probs[np.arange(len(facts)), [answers.index(lab) for lab in facts[label_column]]]
+    keep = p_true >= threshold
+    known = facts.assign(p_true_norm=p_true)[keep].reset_index(drop=True)
+    return known, {p: X[p][torch.as_tensor(keep)] for p in positions}
+
+
 # ---------------------------------------------------------------------------
 # Probes
 # ---------------------------------------------------------------------------
@@ -377,7 +445,8 @@ class LayerProbes:
 
 def layer_probes(model, facts: pd.DataFrame, label_column: str = "sport", template: str = FACT_TEMPLATE,
                  positions: Sequence[str] = PROBE_POSITIONS, test_size: float = 0.5, seed: int = 0,
-                 C: float = 0.1, batch_size: int = 32, progress: bool = True) -> LayerProbes:
+                 C: float = 0.1, batch_size: int = 32, progress: bool = True,
+                 X: dict[str, torch.Tensor] | None = None) -> LayerProbes:
     """Train and test a probe at every layer and position on a seeded, stratified split of ``facts``.
 
     Args:
@@ -388,6 +457,8 @@ def layer_probes(model, facts: pd.DataFrame, label_column: str = "sport", templa
         test_size: fraction held out for testing (0.5: train on one half, test on the other).
         seed: split and solver seed.
         C: the probes' inverse regularisation strength.
+        X: residuals already read for these facts (``position -> [n, n_layers + 1, d_model]``,
+            e.g. from :func:`known_fact_residuals`); read here when ``None``.
 
     Returns:
         :class:`LayerProbes`; its ``accuracy`` table has a ``train`` and a ``test`` row per
@@ -398,7 +469,11 @@ def layer_probes(model, facts: pd.DataFrame, label_column: str = "sport", templa
     facts = facts.reset_index(drop=True)
     y = facts[label_column].to_numpy()
     train, test = split_indices(y, test_size=test_size, seed=seed)
-    X = fact_residuals(model, facts, template=template, positions=positions, batch_size=batch_size, progress=progress)
+    if X is None:
+        X = fact_residuals(model, facts, template=template, positions=positions, batch_size=batch_size, progress=progress)
+    bad = [p for p in positions if p not in X or len(X[p]) != len(facts)]
+    if bad:
+        raise ValueError(f"The given residuals lack position(s) {bad} or do not have one row per fact ({len(facts)}).")
     tables, probes = [], {}
     for pos in positions:
         probes[pos] = train_probes(X[pos][train], y[train], C=C, seed=seed)
@@ -439,6 +514,7 @@ def plot_probe_accuracy(accuracy: pd.DataFrame, majority: float | None = None, s
         ax.legend()
     ax.set(ylim=(0, 1.02), xlabel="residual stream after this many blocks (0: embeddings)",
            ylabel=f"{split} accuracy", title=title)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     return ax
 
 

@@ -87,6 +87,24 @@ def test_residuals_reject_bad_positions(tiny):
         probing.residuals(tiny, ["Fact: a", "Fact: b"], [1], progress=False)
 
 
+def test_answer_probabilities_match_scoring(tiny):
+    from mechunlearn_nb import scoring
+
+    ps = [_fact(a) for a in ATHLETES]
+    X = probing.residuals(tiny, ps, [-1] * len(ps), progress=False)
+    answers = [" football", " baseball", " basketball"]
+    p = probing.answer_probabilities(tiny, X[:, -1], answers)
+    ref = np.stack(scoring.score(tiny, ps, answers, progress=False)["probs_norm"])
+    np.testing.assert_allclose(p.numpy(), ref, atol=1e-4)
+    facts = pd.DataFrame({"athlete": ATHLETES, "sport": ["basketball", "football", "baseball", "football", "baseball"]})
+    known, Xk = probing.known_fact_residuals(tiny, facts, threshold=0.3, progress=False)
+    expect = ref[np.arange(5), [["football", "baseball", "basketball"].index(s) for s in facts["sport"]]] >= 0.3
+    assert known["athlete"].tolist() == facts["athlete"][expect].tolist()
+    assert Xk["last_subject"].shape[0] == len(known) and set(Xk) == {"last_subject", "final"}
+    with pytest.raises(ValueError, match="not among the answers"):
+        probing.known_fact_residuals(tiny, facts.assign(sport="golf"), progress=False)
+
+
 # ---------------------------------------------------------------------------
 # probes
 # ---------------------------------------------------------------------------
@@ -184,8 +202,15 @@ def test_flu_rule_picks_the_expected_layers():
                                                rule=localization.FactLookupRule(contiguous=False))
     assert strict.attrs["decision"]["layers"] == [2, 4, 5]
     # a spike after block 0 that falls back is probe noise: the start stays at block 2
-    spiky = localization.fact_lookup_evidence(_probe_df(subject=(0.4, 0.6, 0.42) + (0.7, 0.8, 0.85) + (0.9,) * 7), _patching_df())
+    raw = localization.FactLookupRule(monotone=False)
+    spiky = localization.fact_lookup_evidence(_probe_df(subject=(0.4, 0.6, 0.42) + (0.7, 0.8, 0.85) + (0.9,) * 7),
+                                              _patching_df(), rule=raw)
     assert spiky.loc[0, "probe_rise"] == pytest.approx(0.4) and spiky.attrs["decision"]["start"] == 2
+    # a noisy dip after block 4: on the raw accuracies the start jumps past it, on the isotonic fit it stays
+    dip = _probe_df(subject=(0.4, 0.4, 0.45, 0.7, 0.8, 0.45) + (0.9,) * 7)
+    assert localization.fact_lookup_evidence(dip, _patching_df(), rule=raw).attrs["decision"]["start"] == 5
+    fitted = localization.fact_lookup_evidence(dip, _patching_df())
+    assert fitted.attrs["decision"]["start"] == 2 and fitted["probe_rise"].is_monotonic_increasing
     tight = localization.fact_lookup_evidence(_probe_df(), _patching_df(), rule=localization.FactLookupRule(mlp_threshold=0.75))
     assert tight.attrs["decision"]["layers"] == [4]
 
