@@ -15,7 +15,10 @@ edits, which change *how the answer is read out* rather than *what the model
 knows about the subject*), a little training on any of the facts re-opens the
 route for all of them and ``B`` recovers. The fine-tuning keeps the maintain
 and general-text losses of the edit on, so the attacker only ever asks for
-facts, never for a broken model.
+facts, never for a broken model; held-out maintain facts are measured along
+the way as a control (in "forget basketball" every forgotten athlete has the
+same true answer, and an attack that made *everyone* a basketball player would
+"recover" half B without any knowledge of who plays it).
 
 Two ways to fine-tune:
 
@@ -46,6 +49,7 @@ weights, the attacker learns ``k`` free vectors in embedding space that are
 inserted into every prompt (after the BOS token) and optimised to make the
 model say the true answers of half ``A``; accuracy is then measured on half
 ``B`` with the same prefix. A *universal* prefix that recovers unseen facts
+(while the maintain facts, which it is also trained to keep, stay right)
 means the facts are still inside the model, only gated. Gemma multiplies its
 token embeddings by ``sqrt(d_model)`` inside the embedding module, so the
 prefix lives in the space of the embedding module's *output* and is inserted
@@ -115,6 +119,19 @@ def split_forget(task, seed: int = 0):
         halves.append(dataclasses.replace(task, forget=forget, name=f"{task.name} [{label}]",
                                           meta=dict(task.meta, half=label, split_seed=seed)))
     return halves[0], halves[1]
+
+
+HALVES = ("A (trained)", "B (held out)", "maintain (held out)")
+
+
+def _maintain_control(model, task, n: int, seed: int):
+    """Up to ``n`` held-out maintain facts (seeded sample), tokenised with the task's candidates; ``None`` if none."""
+    if n <= 0 or len(task.maintain_eval) == 0:
+        return None
+    facts = editing._tokenise_facts(model, task, "maintain_eval", need_new=False)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(facts))[:n]).tolist()
+    return editing._Facts([facts.ids[i] for i in pick], facts.true[pick], facts.new[pick], facts.cands[pick],
+                          facts.true_pos[pick], facts.new_pos[pick])
 
 
 @dataclass
@@ -396,6 +413,7 @@ class RelearnConfig:
     lm_tokens: int = 128              # general-text tokens per step
     lm_window: int = 64               # tokens per general-text window
     grad_clip: float = 1.0            # max global gradient norm
+    eval_maintain: int = 32           # held-out maintain facts measured as a control (0: none)
     eval_batch_size: int = 32         # prompts per forward pass when measuring
 
     def __post_init__(self):
@@ -437,12 +455,15 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
 
     Returns:
         The tidy curve: ``task, localization, seed, method, step, half, accuracy, p_true, n``, one row per
-        evaluated step and half (``"A (trained)"`` / ``"B (held out)"``); ``accuracy`` is the share of facts
-        whose true answer is the model's top candidate, ``p_true`` its mean normalised probability.
+        evaluated step and half (``"A (trained)"`` / ``"B (held out)"``, and ``"maintain (held out)"``: known
+        facts outside the forget set, the control that the attack recovers the forgotten facts selectively
+        rather than by saying one answer to everyone); ``accuracy`` is the share of facts whose true answer
+        is the model's top candidate, ``p_true`` its mean normalised probability.
     """
     config = config or RelearnConfig()
     half_a, half_b = split_forget(task, seed if split_seed is None else split_seed)
     facts_a, facts_b = _Half.of(model, half_a).facts, _Half.of(model, half_b).facts
+    control = _maintain_control(model, task, config.eval_maintain, seed)
     maintain = editing._tokenise_facts(model, task, "maintain_train", need_new=False) if len(task.maintain_train) else None
     use_maintain = maintain is not None and config.maintain_coef > 0 and config.maintain_batch_size > 0
     use_lm = config.lm_coef > 0 and config.lm_tokens > 0
@@ -459,8 +480,9 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
 
     def record(step):
         hf.eval()
-        for label, facts in (("A (trained)", facts_a), ("B (held out)", facts_b)):
-            rows.append(dict(step=step, half=label, **measure(model, facts, batch_size=config.eval_batch_size)))
+        for label, facts in zip(HALVES, (facts_a, facts_b, control)):
+            if facts is not None:
+                rows.append(dict(step=step, half=label, **measure(model, facts, batch_size=config.eval_batch_size)))
 
     was_training = hf.training
     adapter = (lora_adapters(model, config.rank, config.alpha, config.dropout, config.target_modules, config.layers, seed)
@@ -536,7 +558,8 @@ class SoftPromptResult:
     Attributes:
         prefix: the learned vectors ``[k, d_model]`` (in the embedding module's output space).
         table: tidy ``task, localization, seed, stage, half, accuracy, p_true, n`` with stage
-            ``"no prompt"`` / ``"soft prompt"`` and half ``"A (trained)"`` / ``"B (held out)"``.
+            ``"no prompt"`` / ``"soft prompt"`` and half ``"A (trained)"`` / ``"B (held out)"`` /
+            ``"maintain (held out)"`` (the control).
         history: ``step, loss`` of the optimisation.
         meta: the settings.
     """
@@ -565,8 +588,13 @@ def init_prefix(model, n_tokens: int, seed: int = 0) -> Float[torch.Tensor, "k d
 
 
 def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, lr: float = 3e-2, batch_size: int = 16,
-                       *, seed: int = 0, split_seed: int | None = None, progress: bool = True) -> SoftPromptResult:
+                       maintain_batch_size: int = 16, maintain_coef: float = 1.0, eval_maintain: int = 32, *,
+                       seed: int = 0, split_seed: int | None = None, progress: bool = True) -> SoftPromptResult:
     """Learn a universal soft prompt that brings back half A's true answers; measure it on half B.
+
+    The prefix is also trained to keep the maintain facts' true answers (``maintain_coef``), so that it
+    cannot win by making every prompt say one answer (in "forget basketball" every forgotten fact has
+    the same true answer); held-out maintain facts are measured with and without it as a control.
 
     Args:
         model: the base model (the edit's delta is applied inside, and removed on exit).
@@ -576,6 +604,9 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
         steps: Adam steps; 20-100.
         lr: Adam learning rate on the prefix (its entries are of order 1 after Gemma's embedding scaling).
         batch_size: half-A facts per step.
+        maintain_batch_size: maintain facts per step (0: none).
+        maintain_coef: weight of their cross-entropy.
+        eval_maintain: held-out maintain facts measured as a control (0: none).
         seed: the prefix initialisation and batch order (same seed, same prefix).
         split_seed: the split of the forget set (default: ``seed``).
 
@@ -584,8 +615,12 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
     """
     half_a, half_b = split_forget(task, seed if split_seed is None else split_seed)
     facts_a, facts_b = _Half.of(model, half_a).facts, _Half.of(model, half_b).facts
+    control = _maintain_control(model, task, eval_maintain, seed)
+    maintain = editing._tokenise_facts(model, task, "maintain_train", need_new=False) if len(task.maintain_train) else None
     rng = np.random.default_rng(seed)
     sampler = editing._Sampler(len(facts_a), batch_size, rng)
+    use_maintain = maintain is not None and maintain_coef > 0 and maintain_batch_size > 0
+    m_sampler = editing._Sampler(len(maintain), maintain_batch_size, rng) if use_maintain else None
     dev = device_of(model)
     hf = hf_model(model)
     label = result.localization if result is not None else "base (no edit)"
@@ -595,39 +630,53 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
     hf.eval()
     try:
         with _edited(model, result):
-            for half, facts in (("A (trained)", facts_a), ("B (held out)", facts_b)):
-                rows.append(dict(stage="no prompt", half=half, **measure(model, facts)))
+            for half, facts in zip(HALVES, (facts_a, facts_b, control)):
+                if facts is not None:
+                    rows.append(dict(stage="no prompt", half=half, **measure(model, facts)))
             prefix = init_prefix(model, n_tokens, seed).to(dev).requires_grad_(True)
             opt = torch.optim.Adam([prefix], lr=lr)
             for step in tqdm(range(1, steps + 1), desc=f"soft prompt [{label}]", disable=not progress, leave=False):
                 idx = sampler.next()
                 logp, _ = _candidate_logprobs(model, facts_a, idx, prefix)
                 loss = -logp.gather(1, facts_a.true[idx, None].to(dev)).mean()
+                if m_sampler is not None:
+                    m_idx = m_sampler.next()
+                    m_logp, _ = _candidate_logprobs(model, maintain, m_idx, prefix)
+                    loss = loss + maintain_coef * -m_logp.gather(1, maintain.true[m_idx, None].to(dev)).mean()
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 hist.append(dict(step=step, loss=loss.item()))
             prefix = prefix.detach()
-            for half, facts in (("A (trained)", facts_a), ("B (held out)", facts_b)):
-                rows.append(dict(stage="soft prompt", half=half, **measure(model, facts, prefix)))
+            for half, facts in zip(HALVES, (facts_a, facts_b, control)):
+                if facts is not None:
+                    rows.append(dict(stage="soft prompt", half=half, **measure(model, facts, prefix)))
     finally:
         hf.train(was_training)
     table = pd.DataFrame(rows).assign(task=task.name, localization=label, seed=seed)
     table = table.reindex(columns=["task", "localization", "seed", "stage", "half", "accuracy", "p_true", "n"])
-    meta = dict(n_tokens=n_tokens, steps=steps, lr=lr, batch_size=batch_size, seed=seed, model=model_name(model),
+    meta = dict(n_tokens=n_tokens, steps=steps, lr=lr, batch_size=batch_size, maintain_batch_size=maintain_batch_size,
+                maintain_coef=maintain_coef, seed=seed, model=model_name(model),
                 seconds=round(time.perf_counter() - t0, 2))
     return SoftPromptResult(prefix.cpu(), table, pd.DataFrame(hist), meta)
 
 
-def plot_soft_prompt(tables: pd.DataFrame, ax=None, title: str = "Soft-prompt attack on the held-out half"):
-    """Bars: held-out accuracy without and with the learned soft prompt, per localization."""
-    import matplotlib.pyplot as plt
+def plot_soft_prompt(tables: pd.DataFrame, title: str = "Soft-prompt attack"):
+    """Seaborn bars: accuracy without and with the learned prefix, per localization, on half B and the control.
+
+    Returns:
+        The ``sns.FacetGrid`` (one panel for half B, one for the held-out maintain facts when measured).
+    """
     import seaborn as sns
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.5))
-    data = tables[tables["half"] == "B (held out)"]
-    sns.barplot(data=data, x="localization", y="accuracy", hue="stage", ax=ax)
-    ax.set(ylim=(0, 1), xlabel="", ylabel="accuracy of the true answer", title=title)
-    ax.tick_params(axis="x", rotation=20)
-    return ax
+    halves = [h for h in ("B (held out)", "maintain (held out)") if h in set(tables["half"])]
+    data = tables[tables["half"].isin(halves)]
+    g = sns.catplot(data=data, x="localization", y="accuracy", hue="stage", col="half", col_order=halves, kind="bar",
+                    height=3.2, aspect=1.3)
+    g.set(ylim=(0, 1))
+    g.set_axis_labels("", "accuracy of the true answer")
+    g.set_titles("{col_name}")
+    for ax in g.axes.flat:
+        ax.tick_params(axis="x", rotation=20)
+    g.figure.suptitle(title, y=1.04)
+    return g

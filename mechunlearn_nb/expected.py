@@ -90,6 +90,54 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "matched_min_ratio": (0.2, 1.0),             # 0.417
         },
     },
+    # FAST: forget basketball, 8 players (halves of 4), fact lookup vs OT (attribution patching), 5-step edits,
+    # 3 LoRA steps; measured values in the comments (seed 0)
+    "05_relearning_attacks": {
+        "fast": {
+            "n_edit": (8, 8),
+            "edit_acc_fact_lookup": (0.5, 1.0),                      # 1.0 (0.875 with 6-step edits)
+            "edit_acc_ot_attribution_patching": (0.5, 1.0),          # 1.0
+            "relearn_b_step0_fact_lookup": (0.0, 0.5),               # 0.0: the edit removed the fact
+            "relearn_b_step0_ot_attribution_patching": (0.0, 0.5),   # 0.0
+            "relearn_a_final_fact_lookup": (0.5, 1.0),               # 1.0: the attack relearns what it trains on
+            "relearn_a_final_ot_attribution_patching": (0.5, 1.0),   # 1.0
+            "relearn_b_final_fact_lookup": (0.0, 1.0),               # 1.0 after such short edits
+            "relearn_b_final_ot_attribution_patching": (0.0, 1.0),   # 1.0
+            "relearn_control_final_fact_lookup": (0.3, 1.0),         # 0.69
+            "relearn_control_final_ot_attribution_patching": (0.3, 1.0),  # 0.94
+            "soft_b_fact_lookup": (0.0, 1.0),                        # 0.0
+            "soft_b_ot_attribution_patching": (0.0, 1.0),            # 0.0
+            "soft_control_fact_lookup": (0.2, 1.0),                  # 0.63
+            "soft_control_ot_attribution_patching": (0.2, 1.0),      # 0.5
+        },
+    },
+    # FAST: edit 8 athletes, probes on 48 maintain athletes at the final token; measured values in the comments
+    "06_probing_latent_knowledge": {
+        "fast": {
+            "n_edit": (8, 8),
+            "n_probe_facts": (30, 60),                               # 48
+            "base_late_frac_true": (0.5, 1.0),                       # 0.91: before the edit the probes read the truth
+            "base_final_frac_edit": (0.0, 0.25),                     # 0.0
+            "base_maintain_acc_last": (0.5, 1.0),                    # 0.75
+            "edit_acc_fact_lookup": (0.4, 1.0),                      # 0.75
+            "edit_acc_ot_attribution_patching": (0.4, 1.0),          # 0.75
+            "late_frac_true_fact_lookup": (0.0, 1.0),                # 0.69
+            "late_frac_true_ot_attribution_patching": (0.0, 1.0),    # 0.75
+            "max_frac_sum": (0.0, 1.0),                              # true + edit read-outs never exceed 1
+        },
+    },
+    # FAST: non-localized edit of 8 athletes, row masks, 8 Adam steps at lr 0.5; measured values in the comments
+    "07_weight_masking": {
+        "fast": {
+            "n_edit": (8, 8),
+            "flu_share_of_delta_non_localized": (0.078, 0.079),      # FLU (m2, m3) / all attention and MLP weights
+            "kept_total_non_localized": (0.05, 0.95),                # 0.31
+            "edit_acc_full_non_localized": (0.5, 1.0),               # 0.875
+            "edit_acc_masked_non_localized": (0.25, 1.0),            # 0.875: the kept rows carry the edit
+            "min_frac_kept": (0.0, 1.0),                             # 0.17
+            "max_frac_kept": (0.0, 1.0),                             # 0.44
+        },
+    },
 }
 
 

@@ -14,7 +14,7 @@ from mechunlearn_nb import attacks, data, editing, latent, masking, models, task
 from mechunlearn_nb.localization import Localization
 
 EDIT = dict(steps=3, lr=1e-2, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_every=0, eval_facts=8)
-QUICK = dict(batch_size=4, maintain_batch_size=4, lm_coef=0.0, eval_batch_size=16)
+QUICK = dict(batch_size=4, maintain_batch_size=4, lm_coef=0.0, eval_batch_size=16, eval_maintain=20)
 
 
 class Snapshot:
@@ -64,10 +64,11 @@ def test_lora_relearning_curve_and_model_bit_identical(tiny, task, result):
     assert not result.delta.is_applied(tiny)
     assert list(curve.columns) == attacks.CURVE_COLUMNS
     assert sorted(curve["step"].unique()) == [0, 1, 3]
-    assert set(curve["half"]) == {"A (trained)", "B (held out)"}
-    assert len(curve) == 6 and curve["accuracy"].between(0, 1).all() and curve["p_true"].between(0, 1).all()
+    assert set(curve["half"]) == set(attacks.HALVES)
+    assert len(curve) == 9 and curve["accuracy"].between(0, 1).all() and curve["p_true"].between(0, 1).all()
     assert set(curve["localization"]) == {"tiny loc"} and set(curve["method"]) == {"lora"}
-    assert curve.groupby("half")["n"].first().to_dict() == {"A (trained)": 4, "B (held out)": 4}
+    assert curve.groupby("half")["n"].first().to_dict() == {"A (trained)": 4, "B (held out)": 4,
+                                                            "maintain (held out)": 20}
     a = curve[curve["half"] == "A (trained)"].set_index("step")["p_true"]
     assert a[3] > a[0], f"training on half A's true answers did not raise their probability: {a.to_dict()}"
 
@@ -121,11 +122,12 @@ def test_lora_adapters_cover_targets_change_outputs_and_leave_cleanly(tiny):
 
 def test_soft_prompt_changes_outputs_is_seeded_and_leaves_model(tiny, task, result):
     snap = Snapshot(tiny)
-    kw = dict(n_tokens=3, steps=3, lr=0.1, batch_size=4, progress=False)
+    kw = dict(n_tokens=3, steps=3, lr=0.1, batch_size=4, maintain_batch_size=4, eval_maintain=8, progress=False)
     sp = attacks.soft_prompt_attack(tiny, result, task, seed=0, **kw)
     snap.assert_unchanged()
     assert sp.prefix.shape == (3, tiny.cfg.d_model)
-    assert set(sp.table["stage"]) == {"no prompt", "soft prompt"} and len(sp.table) == 4
+    assert set(sp.table["stage"]) == {"no prompt", "soft prompt"} and len(sp.table) == 6
+    assert set(sp.table["half"]) == set(attacks.HALVES)
     assert sp.table["accuracy"].between(0, 1).all() and len(sp.history) == 3
     again = attacks.soft_prompt_attack(tiny, result, task, seed=0, **kw)
     assert torch.equal(sp.prefix, again.prefix)
