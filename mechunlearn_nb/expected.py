@@ -123,6 +123,8 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "edit_acc_ot_attribution_patching": (0.4, 1.0),          # 0.75
             "late_frac_true_fact_lookup": (0.0, 1.0),                # 0.69
             "late_frac_true_ot_attribution_patching": (0.0, 1.0),    # 0.75
+            "base_window_frac_true": (0.4, 1.0),                     # 0.75 (layers 4-14)
+            "window_frac_edit_fact_lookup": (0.0, 1.0),              # 0.26
             "max_frac_sum": (0.0, 1.0),                              # true + edit read-outs never exceed 1
         },
     },

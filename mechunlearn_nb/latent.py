@@ -168,14 +168,18 @@ def plot_latent(table: pd.DataFrame, col_wrap: int = 3, title: str | None = None
     return g
 
 
-def summarise(table: pd.DataFrame, last_k: int | None = None) -> pd.DataFrame:
-    """Per edit: the largest fraction of ground-truth read-outs over the layers (and at the last layer).
+def summarise(table: pd.DataFrame, last_k: int | None = None, window: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Per edit: the largest fraction of ground-truth read-outs over the layers, and at the last layer.
 
     Args:
-        last_k: also report the mean ground-truth fraction over the last ``k`` layers.
+        last_k: also report the mean ground-truth fraction over the last ``k`` layers (``late_frac_true``).
+        window: also report the mean fractions over the layers ``window[0] .. window[1]`` (inclusive):
+            ``window_frac_true``, ``window_frac_edit`` — e.g. the layers between the fact-lookup MLPs and
+            the late layers, where an edit of the read-out can leave the old fact in place.
 
     Returns:
-        ``localization, stage, max_frac_true, final_frac_true, max_frac_edit, final_frac_edit`` (+ ``late_frac_true``).
+        ``localization, stage, max_frac_true, final_frac_true, max_frac_edit, final_frac_edit`` (+ ``late_frac_true``,
+        ``window_frac_true``, ``window_frac_edit``).
     """
     rows = []
     for (loc, stage), g in table.groupby(["localization", "stage"], sort=False):
@@ -185,5 +189,11 @@ def summarise(table: pd.DataFrame, last_k: int | None = None) -> pd.DataFrame:
                    final_frac_edit=float(g["frac_edit"].iloc[-1]))
         if last_k:
             row["late_frac_true"] = float(g["frac_true"].iloc[-last_k:].mean())
+        if window is not None:
+            inside = g[g["layer"].between(*window)]
+            if inside.empty:
+                raise ValueError(f"No layer in window {window} (layers {int(g['layer'].min())}-{int(g['layer'].max())}).")
+            row["window_frac_true"] = float(inside["frac_true"].mean())
+            row["window_frac_edit"] = float(inside["frac_edit"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
