@@ -49,12 +49,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import attacks, editing, evaluation, latent, localization, patching, probing, tasks, tracing
+from . import attacks, data, editing, evaluation, latent, localization, patching, probing, tasks, tracing
 from .io import save_json
 
 LOCALIZATIONS = ("fact lookup", "OT (causal tracing)", "OT MLPs only", "OT (attribution patching)", "random",
                  "all MLPs", "non-localized")
 TASKS = ("forget basketball", "edit 16 athletes", "edit 64 athletes", "counterfact 16", "counterfact 64")
+#: task names :func:`build_task` understands (:data:`TASKS` are the paper's sizes)
+TASK_PATTERN = re.compile(r"forget basketball|edit [1-9]\d* athletes|counterfact [1-9]\d*")
 METRICS = ("forget_acc", "edit_acc", "maintain_acc", "mcq_forget_acc", "mcq_edit_acc", "paraphrase_edit_acc",
            "paraphrase_forget_acc", "relearn_acc", "probe_true", "lm_loss_change")
 #: for each metric, whether a higher value means a better (more robust / less damaging) edit
@@ -81,6 +83,15 @@ class GridConfig:
         relearn_overrides: other :class:`~mechunlearn_nb.attacks.RelearnConfig` fields.
         probes: run the latent-knowledge probes (sports tasks).
         max_maintain: cap on each maintain split (speed).
+        components: fixed localizations instead of computing the evidence:
+            ``{dataset: {localization name: [component, ...]}}`` (e.g. the components a full-size
+            run selected, for a quick rerun). ``random``, ``all MLPs`` and ``non-localized`` are
+            always built by their builders; names missing here are located as usual.
+        n_known: find the known facts among a seeded sample of this many facts of each dataset
+            instead of scoring the whole dataset (None: all, cached on disk after the first run).
+        n_unrelated: known facts of the other dataset checked for side effects (0: skip).
+        eval_overrides: other :func:`~mechunlearn_nb.evaluation.evaluate` arguments
+            (e.g. ``{"n_paragraphs": 2, "lm_tokens": 32}``).
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -94,17 +105,35 @@ class GridConfig:
     relearn_overrides: dict = field(default_factory=dict)
     probes: bool = True
     max_maintain: int | None = 256
+    components: dict | None = None
+    n_known: int | None = None
+    n_unrelated: int = 48
+    eval_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        unknown = [t for t in self.tasks if t not in TASKS]
+        unknown = [t for t in self.tasks if not TASK_PATTERN.fullmatch(t)]
         if unknown:
-            raise ValueError(f"Unknown task(s) {unknown}; choose from {TASKS}.")
+            raise ValueError(f"Unknown task(s) {unknown}; choose from {TASKS} (any size N in 'edit N athletes' "
+                             f"and 'counterfact N').")
         unknown = [name for name in self.localizations if name not in LOCALIZATIONS]
         if unknown:
             raise ValueError(f"Unknown localization(s) {unknown}; choose from {LOCALIZATIONS}.")
         if not self.seeds:
             raise ValueError("No seeds: give at least one seed.")
+        for dataset, comps in (self.components or {}).items():
+            if dataset not in ("sports", "counterfact"):
+                raise ValueError(f"components: unknown dataset {dataset!r}; use 'sports' or 'counterfact' as keys.")
+            bad = [n for n in comps if n not in LOCALIZATIONS or n in BUILT_FROM_BUDGET]
+            if bad:
+                raise ValueError(f"components[{dataset!r}]: cannot fix {bad}; give components for "
+                                 f"{[n for n in LOCALIZATIONS if n not in BUILT_FROM_BUDGET]}.")
+        if self.n_known is not None and self.n_known < 8:
+            raise ValueError(f"n_known={self.n_known} is too few facts to find known ones in; use >= 8 or None (all).")
         self.tasks, self.localizations, self.seeds = tuple(self.tasks), tuple(self.localizations), tuple(self.seeds)
+
+
+#: localizations that are not located from evidence: drawn or taken whole, given fact lookup's budget
+BUILT_FROM_BUDGET = ("random", "all MLPs", "non-localized")
 
 
 def dataset_of(task_name: str) -> str:
@@ -114,6 +143,33 @@ def dataset_of(task_name: str) -> str:
 # ---------------------------------------------------------------------------
 # 1. Localizations, once per model and dataset
 # ---------------------------------------------------------------------------
+
+
+def known_for(model, dataset: str, n_known: int | None = None, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """The known facts of a dataset: all of them (disk-cached), or those among a seeded sample of ``n_known``."""
+    if n_known is None:
+        return tasks.known_facts(model, dataset, progress=progress)
+    pool = data.load_sports() if dataset == "sports" else data.load_counterfact(with_prompts=True)
+    sample = pool.sample(min(n_known, len(pool)), random_state=seed)
+    scored = tasks.score_facts(model, dataset, facts=sample, progress=progress)
+    known = scored[scored["p_true_norm"] >= 0.5].reset_index(drop=True)
+    if len(known) == 0:
+        raise ValueError(f"The model knows none of {len(sample)} sampled {dataset} facts. Fix: raise n_known or use None.")
+    return known
+
+
+def fixed(model, components: dict[str, list[str]], names: tuple[str, ...] = LOCALIZATIONS) -> dict:
+    """Localizations from given component lists (``{name: [components]}``), plus the budget-built ones in ``names``."""
+    if "fact lookup" not in components:
+        raise ValueError("Fixed components need a 'fact lookup' entry: the other localizations match its budget.")
+    built = {n: localization.Localization.from_components(model, c, name=n, meta=dict(method="fixed components"))
+             for n, c in components.items()}
+    for name in names:
+        if name == "all MLPs":
+            built[name] = localization.all_mlps(model, name=name)
+        elif name == "non-localized":
+            built[name] = localization.non_localized(model, name=name)
+    return built
 
 
 def _counterfact_locate_facts(model, known: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -126,7 +182,8 @@ def _counterfact_locate_facts(model, known: pd.DataFrame, n: int, seed: int) -> 
 
 
 def locate(model, dataset: str = "sports", names: tuple[str, ...] = LOCALIZATIONS, n_locate: int = 64,
-           n_probe: int | None = None, seed: int = 0, progress: bool = True) -> tuple[dict, dict]:
+           n_probe: int | None = None, seed: int = 0, progress: bool = True,
+           known: pd.DataFrame | None = None) -> tuple[dict, dict]:
     """Build the localizations of one dataset, budget-matched to fact lookup.
 
     Sports: probes on known athletes, causal tracing (noised subjects) and attribution patching
@@ -135,12 +192,15 @@ def locate(model, dataset: str = "sports", names: tuple[str, ...] = LOCALIZATION
     CounterFact: there is no fixed label set to probe, so FLU uses the tracing evidence alone
     (causal tracing and attribution patching with noised subjects, on CounterFact prompts).
 
+    Args:
+        known: the known facts to locate with (default: :func:`tasks.known_facts`).
+
     Returns:
         ``({name: Localization}, evidence)`` where ``evidence`` holds the tables used.
     """
     evidence: dict = {}
     if dataset == "sports":
-        known = tasks.known_facts(model, "sports", progress=progress)
+        known = tasks.known_facts(model, "sports", progress=progress) if known is None else known
         facts = patching.balanced_sample(known, n_locate, seed=seed)
         probe_facts = known if n_probe is None else known.sample(min(n_probe, len(known)), random_state=seed)
         probes = probing.layer_probes(model, probe_facts, seed=seed, progress=progress).accuracy
@@ -148,7 +208,7 @@ def locate(model, dataset: str = "sports", names: tuple[str, ...] = LOCALIZATION
         trace_kwargs = dict(components=("attn", "mlp"), seed=seed, progress=progress)
         trace = tracing.causal_trace(model, facts, **trace_kwargs) if _needs_trace(names) else None
     elif dataset == "counterfact":
-        known = tasks.known_facts(model, "counterfact", progress=progress)
+        known = tasks.known_facts(model, "counterfact", progress=progress) if known is None else known
         facts = _counterfact_locate_facts(model, known, n_locate, seed)
         prompts = [p.format(s) for p, s in zip(facts["prompt"], facts["subject"])]
         probes = None
@@ -196,16 +256,18 @@ def localization_for(model, locs: dict, name: str, seed: int):
 # ---------------------------------------------------------------------------
 
 
-def build_task(model, name: str, seed: int, max_forget: int | None = None, max_maintain: int | None = 256):
-    """The task of :data:`TASKS` for a seed."""
+def build_task(model, name: str, seed: int, max_forget: int | None = None, max_maintain: int | None = 256,
+               known: pd.DataFrame | None = None):
+    """The task of :data:`TASKS` for a seed (``known``: the known facts to draw from; default all)."""
     if name == "forget basketball":
-        return tasks.forget_sport(model, "basketball", "golf", seed=seed, max_forget=max_forget, max_maintain=max_maintain)
+        return tasks.forget_sport(model, "basketball", "golf", seed=seed, max_forget=max_forget, max_maintain=max_maintain,
+                                  known=known)
     m = re.fullmatch(r"edit (\d+) athletes", name)
     if m:
-        return tasks.edit_athletes(model, n=int(m.group(1)), seed=seed, max_maintain=max_maintain)
+        return tasks.edit_athletes(model, n=int(m.group(1)), seed=seed, max_maintain=max_maintain, known=known)
     m = re.fullmatch(r"counterfact (\d+)", name)
     if m:
-        return tasks.counterfact_edit(model, n=int(m.group(1)), seed=seed, max_maintain=max_maintain)
+        return tasks.counterfact_edit(model, n=int(m.group(1)), seed=seed, max_maintain=max_maintain, known=known)
     raise ValueError(f"Unknown task {name!r}; choose from {TASKS}.")
 
 
@@ -258,8 +320,8 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
     """
     cfg = editing.EditConfig.for_localization(loc, **config.edit_overrides)
     result = editing.edit(model, loc, task, cfg, seed=seed, progress=progress)
-    table = evaluation.evaluate(model, task, result, baseline=baseline, unrelated=unrelated, n_generate=0,
-                                progress=False)
+    table = evaluation.evaluate(model, task, result, baseline=baseline, unrelated=unrelated,
+                                **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
     rcfg = attacks.RelearnConfig(eval_steps=config.relearn_steps, **config.relearn_overrides)
     curve = attacks.relearn(model, result, task, rcfg, seed=seed, progress=progress) if len(task.forget) >= 4 else None
     probe = None
@@ -272,8 +334,29 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
                 edit_config=asdict(cfg), history_tail=result.history.iloc[-1].to_dict() if len(result.history) else {})
 
 
-def _slug(*parts) -> str:
+def slug(*parts) -> str:
+    """A file- and metric-name-safe key: ``slug("OT (causal tracing)", 0)`` → ``"ot-causal-tracing__0"``."""
     return "__".join(re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in parts)
+
+
+_slug = slug
+
+
+#: GridConfig fields that only choose which cells to run; every other field changes what a cell computes
+_SELECTION = ("tasks", "localizations", "seeds")
+
+
+def _check_resume(config: GridConfig, out_dir: Path, cell_dir: Path) -> None:
+    """Refuse to mix cells computed under different settings in one folder."""
+    saved = out_dir / "grid_config.json"
+    if not saved.exists() or not any(cell_dir.glob("*.json")):
+        return
+    old = json.loads(saved.read_text())
+    new = json.loads(json.dumps(asdict(config)))
+    changed = sorted(k for k in new if k not in _SELECTION and old.get(k) != new[k])
+    if changed:
+        raise ValueError(f"{out_dir} holds cells computed with other settings ({', '.join(changed)} differ), which "
+                         f"would be mixed into this table. Fix: use a new output folder, or delete {cell_dir} to recompute.")
 
 
 def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
@@ -288,10 +371,13 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
     out_dir = Path(out_dir)
     cell_dir = out_dir / "cells"
     cell_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(config, out_dir, cell_dir)
     save_json(asdict(config), out_dir / "grid_config.json")
     locs_by_dataset: dict[str, dict] = {}
+    known_by_dataset: dict[str, pd.DataFrame] = {}
     rows = []
-    todo = [(t, name, s) for t in config.tasks for name in config.localizations for s in config.seeds]
+    # seeds outside localizations: each (task, seed) is built and measured on the base model once
+    todo = [(t, name, s) for t in config.tasks for s in config.seeds for name in config.localizations]
     bar = tqdm(todo, desc="comparison grid", disable=not progress)
     cache_tasks: dict = {}
     for task_name, loc_name, seed in bar:
@@ -301,18 +387,32 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
             continue
         bar.set_postfix_str(f"{task_name} · {loc_name} · seed {seed}")
         dataset = dataset_of(task_name)
+        if dataset not in known_by_dataset:
+            known_by_dataset[dataset] = known_for(model, dataset, config.n_known, seed=0)
         if dataset not in locs_by_dataset:
-            locs_by_dataset[dataset], evidence = locate(model, dataset, config.localizations, n_locate=config.n_locate,
-                                                        n_probe=config.n_probe, seed=0, progress=False)
+            given = (config.components or {}).get(dataset, {})
+            to_locate = [n for n in config.localizations if n not in given and n not in BUILT_FROM_BUDGET]
+            if given and not to_locate and "fact lookup" in given:
+                locs_by_dataset[dataset] = fixed(model, given, config.localizations)
+                evidence = {"flu_layers": [int(c[1:]) for c in given["fact lookup"] if c.startswith("m")],
+                            "n_locate": 0}
+            else:
+                locs_by_dataset[dataset], evidence = locate(model, dataset, config.localizations, n_locate=config.n_locate,
+                                                            n_probe=config.n_probe, seed=0, progress=False,
+                                                            known=known_by_dataset[dataset])
+                if given:
+                    locs_by_dataset[dataset].update(fixed(model, {"fact lookup": locs_by_dataset[dataset]["fact lookup"]
+                                                                  .components, **given}, ()))
             save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
                        "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
                                          for n, loc in locs_by_dataset[dataset].items()}},
                       out_dir / f"localizations_{dataset}.json")
         key = (task_name, seed)
         if key not in cache_tasks:
-            task = build_task(model, task_name, seed, config.max_forget, config.max_maintain)
-            base = evaluation.evaluate(model, task, None, n_generate=0, progress=False)
-            unrelated = evaluation.unrelated_facts(model, task)
+            task = build_task(model, task_name, seed, config.max_forget, config.max_maintain, known=known_by_dataset[dataset])
+            unrelated = evaluation.unrelated_facts(model, task, n=config.n_unrelated) if config.n_unrelated else None
+            base = evaluation.evaluate(model, task, None, unrelated=unrelated,
+                                       **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
             cache_tasks = {key: (task, base, unrelated)}  # keep one task in memory at a time
         task, base, unrelated = cache_tasks[key]
         loc = localization_for(model, locs_by_dataset[dataset], loc_name, seed)

@@ -70,3 +70,41 @@ def test_cell_metrics_reads_the_evaluation_table():
     m = comparison.cell_metrics(T, pd.DataFrame(rows), curve, None)
     assert (m["forget_acc"], m["edit_acc"], m["maintain_acc"], m["mcq_edit_acc"]) == (0.1, 0.9, 0.8, 0.3)
     assert m["lm_loss_change"] == pytest.approx(0.2) and m["relearn_acc"] == 0.5 and np.isnan(m["probe_true"])
+
+
+def test_grid_config_checks_fixed_components():
+    comparison.GridConfig(components={"sports": {"fact lookup": ["m1"], "OT (attribution patching)": ["a1"]}})
+    with pytest.raises(ValueError, match="unknown dataset"):
+        comparison.GridConfig(components={"wiki": {"fact lookup": ["m1"]}})
+    with pytest.raises(ValueError, match="cannot fix"):
+        comparison.GridConfig(components={"sports": {"random": ["m1"]}})
+    with pytest.raises(ValueError, match="n_known"):
+        comparison.GridConfig(n_known=3)
+
+
+def test_fixed_localizations_share_the_fact_lookup_budget(tiny):
+    locs = comparison.fixed(tiny, {"fact lookup": ["m1"], "OT (attribution patching)": ["a0"]},
+                            ("fact lookup", "OT (attribution patching)", "all MLPs", "non-localized"))
+    assert locs["fact lookup"].components == ["m1"]
+    assert locs["all MLPs"].n_params > locs["fact lookup"].n_params
+    rnd = comparison.localization_for(tiny, locs, "random", seed=0)
+    assert 0 < rnd.n_params <= locs["fact lookup"].n_params
+    with pytest.raises(ValueError, match="fact lookup"):
+        comparison.fixed(tiny, {"OT (attribution patching)": ["a0"]})
+
+
+def test_resume_refuses_cells_from_other_settings(tmp_path):
+    from dataclasses import asdict
+
+    from mechunlearn_nb.io import save_json
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    config = comparison.GridConfig(tasks=("edit 16 athletes",), seeds=(0,))
+    save_json(asdict(config), tmp_path / "grid_config.json")
+    (cells / "a.json").write_text("{}")
+    # more seeds or other localizations: the same settings, cells are reused
+    comparison._check_resume(comparison.GridConfig(tasks=("edit 16 athletes",), seeds=(0, 1)), tmp_path, cells)
+    with pytest.raises(ValueError, match="other settings.*relearn_steps"):
+        comparison._check_resume(comparison.GridConfig(tasks=("edit 16 athletes",), seeds=(0,), relearn_steps=(0, 3)),
+                                 tmp_path, cells)
