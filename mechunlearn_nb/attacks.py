@@ -5,7 +5,7 @@ edit with attacks that try to bring the true answer back, and find that
 edits localized on the fact-lookup MLPs resist them better than edits
 localized by output tracing. Two attacks live here.
 
-**Relearning** (Deeb & Roger 2024; Guo et al. §4.3). Split the edited facts in
+**Relearning** (Deeb & Roger 2024; Guo et al. 2024). Split the edited facts in
 two halves, ``A`` and ``B``. Fine-tune the *edited* model on the true answers
 of half ``A`` for a few steps and measure how many of half ``B`` — facts it was
 not trained on — come back. If the edit removed the information, training on

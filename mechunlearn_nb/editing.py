@@ -298,8 +298,12 @@ class EditResult:
 
     def final(self) -> dict:
         """The last evaluated accuracies on the training facts (``forget_acc``, ``edit_acc``, ``maintain_acc``)."""
-        evald = self.history.dropna(subset=["forget_acc"])
-        return {k: float(evald[k].iloc[-1]) for k in ("forget_acc", "edit_acc", "maintain_acc") if k in evald}
+        out = {}
+        for k in ("forget_acc", "edit_acc", "maintain_acc"):
+            values = self.history[k].dropna() if k in self.history else []
+            if len(values):
+                out[k] = float(values.iloc[-1])
+        return out
 
     def save(self, folder: str | os.PathLike, metrics: dict | None = None, overwrite: bool = False) -> Path:
         """Write the run folder: ``delta.safetensors``, ``manifest.json``, ``history.csv``.
@@ -574,7 +578,8 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
     params = loc.parameters(model)
     originals = {n: p.detach().clone() for n, p in params.items()}
     rows: list[dict] = []
-    step_seconds: list[float] = []
+    step_seconds: list[float] = []  # wall-clock seconds of each step (and CPU seconds, all threads)
+    step_cpu: list[float] = []
 
     def evaluate_row(step: int) -> dict:
         f_true, f_new = _accuracies(model, forget, eval_f)
@@ -592,7 +597,7 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
             rows.append(dict(step=0, **evaluate_row(0)))
             bar = tqdm(range(1, config.steps + 1), desc=f"edit [{loc.name}]", disable=not progress, leave=False)
             for step in bar:
-                t_step = time.perf_counter()
+                t_step, cpu_step = time.perf_counter(), time.process_time()
                 f_idx = f_sampler.next()
                 m_idx = m_sampler.next() if m_sampler else []
                 seqs = [forget.ids[i] for i in f_idx] + [maintain.ids[i] for i in m_idx]
@@ -623,6 +628,7 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
                 opt.zero_grad(set_to_none=True)
                 row.update(loss=loss.item(), grad_norm=grad_norm.item())
                 step_seconds.append(time.perf_counter() - t_step)
+                step_cpu.append(time.process_time() - cpu_step)
                 if step == config.steps or (config.eval_every and step % config.eval_every == 0):
                     row.update(evaluate_row(step))
                 rows.append(row)
@@ -651,7 +657,8 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
         task=dict(name=task.name, dataset=task.dataset, n_forget=len(task.forget),
                   n_maintain_train=len(task.maintain_train), n_maintain_eval=len(task.maintain_eval),
                   subjects=task.subjects, meta=_jsonable(task.meta)),
-        seed=int(seed), seconds=round(seconds, 2), step_seconds=[round(t, 4) for t in step_seconds], created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        seed=int(seed), seconds=round(seconds, 2), step_seconds=[round(t, 4) for t in step_seconds],
+        step_cpu_seconds=[round(t, 4) for t in step_cpu], created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         torch=torch.__version__, final=_jsonable({}),
     )
     result = EditResult(delta, history, config, manifest)
