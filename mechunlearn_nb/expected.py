@@ -89,6 +89,46 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "matched_max_ratio": (0.5, 1.0),             # 1.0: budget-matched localizations never exceed FLU
             "matched_min_ratio": (0.2, 1.0),             # 0.417
         },
+        # all 1,559 athletes read (609 known), attribution patching of 128, activation patching of 32, causal
+        # tracing of 16, seed 0; measured values in the comments (14 min on 2 CPU cores)
+        "full": {
+            "n_athletes": (1559, 1559),
+            "n_known": (590, 630),                       # 609
+            "majority": (0.4, 0.48),                     # 0.439 (football)
+            "best_probe_acc_last_subject": (0.82, 0.95),  # 0.895
+            "best_probe_acc_final": (0.92, 1.0),         # 0.970
+            "probe_acc_embed_final": (0.4, 0.48),        # 0.439 = the majority class
+            "best_probe_layer_final": (12, 18),          # 15
+            "flu_first_layer": (1, 3),                   # 2
+            "flu_last_layer": (4, 7),                    # 5: layers 2-5
+            "flu_n_layers": (3, 6),                      # 4
+            "flu_extraction": (11, 13),                  # 12 (a12.h2)
+            "flu_n_params": (11_796_480, 23_592_960),    # 15,728,640: four MLPs
+            "top_head_layer": (11, 13),                  # 12
+            "mlp_subject_peak_layer": (2, 4),            # 3
+            "matched_max_ratio": (0.5, 1.0),             # 1.0
+            "matched_min_ratio": (0.5, 1.0),             # 0.813
+        },
+    },
+    # FAST: FAST_COMPONENTS (notebook 03's full-size choice: FLU m2-m5), 3 localizations x 2 tasks of 4 facts,
+    # 5-step edits at 3x the tuned learning rate, 200 athletes scored (82 known), seed 0; measured in the comments
+    "04_masked_editing": {
+        "fast": {
+            "n_localizations": (3, 3),
+            "flu_n_params": (15_728_640, 15_728_640),
+            "base_unchanged": (1, 1),                    # the loaded model is bit-for-bit the base model
+            "roundtrip_exact": (1, 1),                   # a saved and reloaded delta is identical
+            "n_forget_basketball": (4, 4),
+            "n_forget_athletes": (4, 4),
+            "min_train_edit_acc_basketball": (0.5, 1.0),  # 1.0
+            "min_train_edit_acc_athletes": (0.5, 1.0),    # 1.0
+            "min_edit_acc_fact_basketball": (0.5, 1.0),   # 1.0: every localization learns the edit
+            "min_edit_acc_fact_athletes": (0.5, 1.0),     # 1.0
+            "max_forget_acc_fact_basketball": (0.0, 0.5),  # 0.0
+            "max_forget_acc_fact_athletes": (0.0, 0.5),    # 0.0
+            "min_maintain_acc_fact_basketball": (0.125, 1.0),  # 0.375: few maintain facts, few steps
+            "min_maintain_acc_fact_athletes": (0.375, 1.0),    # 0.875
+        },
     },
     # FAST: forget basketball, 8 players (halves of 4), fact lookup vs OT (attribution patching), 5-step edits,
     # 3 LoRA steps; measured values in the comments (seed 0)
