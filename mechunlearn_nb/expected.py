@@ -183,6 +183,24 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "max_frac_kept": (0.0, 1.0),                             # 0.44
         },
     },
+    # FAST: 8 CounterFact facts (from 200 scored), FLU and OT (attribution patching) located on 16 facts, 6-step
+    # edits, 3-step relearning; measured values in the comments (seed 0)
+    "08_counterfact": {
+        "fast": {
+            "n_facts": (8, 8),
+            "base_acc_true_cf_prompt": (0.75, 1.0),      # 1.0: only known facts are edited
+            "base_acc_true_cf_paraphrase": (0.5, 1.0),   # 0.94
+            "base_acc_true_cf_neighborhood": (0.5, 1.0),  # 0.81
+            "flu_n_layers": (1, 18),                     # 11 (m0-m10): no probes on CounterFact, see the notebook
+            "edit_acc__fact-lookup": (0.5, 1.0),         # 1.0
+            "edit_acc__ot-attribution-patching": (0.5, 1.0),  # 0.75
+            "min_edit_acc": (0.5, 1.0),                  # 0.75
+            "paraphrase_edit_acc__fact-lookup": (0.25, 1.0),  # 0.625: the edit carries over to paraphrases
+            "neighborhood_acc_true__fact-lookup": (0.2, 1.0),  # 0.525 (0.81 before): some bleed to neighbours
+            "relearn_acc__fact-lookup": (0.0, 1.0),      # 0.0
+            "relearn_acc__ot-attribution-patching": (0.0, 1.0),  # 0.0
+        },
+    },
     # FAST: 1 task (edit 8 athletes, from 200 scored athletes) x fact lookup and OT (attribution patching) from
     # FAST_COMPONENTS x seeds 0, 1; 5-step edits, 3-step relearning; measured values in the comments
     "09_comparison": {
