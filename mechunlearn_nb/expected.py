@@ -45,6 +45,17 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "peak_mlp_last_subject_layer": (0, 8),       # 3
             "top_head_layer": (8, 16),                   # 11
         },
+        # 16 facts (5-6 per sport), seed 0; measured values in the comments (7 min on one CPU core)
+        "full": {
+            "n_facts": (16, 16),
+            "p_clean": (0.2, 0.45),                      # 0.312
+            "p_corrupt": (0.0, 0.03),                    # 0.006
+            "resid_last_layer_last_effect": (0.999, 1.001),
+            "peak_mlp_last_subject_layer": (2, 5),       # 3
+            "peak_attn_last_layer": (11, 13),            # 12
+            "peak_attn_last_effect": (0.1, 0.4),         # 0.221
+            "top_head_layer": (11, 13),                  # 12 (a12.h2)
+        },
     },
     # FAST: 2 facts patched both ways, 12 attributed, seed 0; measured twice, identical values
     "02_attribution_patching": {
@@ -61,6 +72,21 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "peak_mlp_last_subject_effect": (0.2, 1.0),  # 0.677
             "top_head_layer": (9, 15),                   # 12
             "output_tracing_n_params": (1, 30_000_000),  # 9,503,232 (a12, m3, m0) under a 3-MLP budget
+        },
+        # 16 facts patched both ways, 192 attributed, seed 0; measured values in the comments
+        "full": {
+            "n_facts": (16, 16),
+            "n_facts_ap": (192, 192),
+            "ld_clean": (1.0, 2.5),                      # 1.639
+            "ld_corrupt": (-1.5, 0.0),                   # -0.647
+            "resid_last_layer_last_effect": (0.999, 1.001),
+            "corr_ap_vs_patching": (0.85, 1.0),          # 0.959 over 216 components
+            "corr_head": (0.9, 1.0),                     # 0.975
+            "corr_attn": (0.9, 1.0),                     # 0.987
+            "corr_mlp": (0.75, 1.0),                     # 0.904
+            "peak_mlp_last_subject_layer": (2, 4),       # 3
+            "top_head_layer": (11, 13),                  # 12 (a12.h2)
+            "speedup": (20, 1000),                       # 99: activation patching 421 s vs attribution 4.3 s
         },
     },
     # FAST: 400 athletes read (163 known), probes on a seeded half, attribution patching of 32 facts, seed 0
