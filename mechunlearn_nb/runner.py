@@ -21,6 +21,70 @@ from . import expected
 from .io import save_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+ENGINE = "mechunlearn_nb"
+REPLY_POLL_SECONDS = 1.0
+
+
+def _register_engine() -> None:
+    """Register papermill's nbclient engine with a client that polls for each cell's reply.
+
+    nbclient waits for a cell's ``execute_reply`` with one open-ended poll of the kernel's
+    shell socket. With ipywidgets in the cell that wake-up can be missed, and the run then
+    hangs forever with an idle kernel (jupyter/nbclient#312). Polling in short rounds finds
+    the waiting reply on the next round; a cell's own timeout is kept.
+    """
+    import asyncio
+    from queue import Empty
+    from time import monotonic
+
+    from nbclient.client import timestamp
+    from nbclient.exceptions import CellTimeoutError
+    from nbclient.util import ensure_async
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.log import logger
+    from papermill.utils import merge_kwargs, remove_args
+
+    if ENGINE in papermill_engines._engines:
+        return
+
+    class PollingClient(PapermillNotebookClient):
+        async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
+            deadline = None if timeout is None else monotonic() + timeout
+            while deadline is None or monotonic() < deadline:
+                try:
+                    msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=REPLY_POLL_SECONDS))
+                except Empty:
+                    continue
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if self.record_timing:
+                    cell["metadata"]["execution"]["shell.execute_reply"] = timestamp(msg)
+                try:
+                    await asyncio.wait_for(task_poll_output_msg, self.iopub_timeout)
+                except (asyncio.TimeoutError, Empty):
+                    if self.raise_on_iopub_timeout:
+                        task_poll_kernel_alive.cancel()
+                        raise CellTimeoutError.error_from_timeout_and_cell(
+                            "Timeout waiting for IOPub output", self.iopub_timeout, cell) from None
+                    self.log.warning("Timeout waiting for IOPub output")
+                task_poll_kernel_alive.cancel()
+                return msg
+            # past the cell's deadline: nbclient's own timeout handling (interrupt, error)
+            return await super()._async_poll_for_reply(msg_id, cell, 0, task_poll_output_msg, task_poll_kernel_alive)
+
+    class PollingEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                     start_timeout=60, execution_timeout=None, **kwargs):
+            kwargs = remove_args(["input_path"], **kwargs)
+            safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+            final_kwargs = merge_kwargs(safe_kwargs, timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
+                                        startup_timeout=start_timeout, kernel_name=kernel_name, log=logger,
+                                        log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+            return PollingClient(nb_man, **final_kwargs).execute()
+
+    papermill_engines.register(ENGINE, PollingEngine)
 
 
 def list_notebooks(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -59,8 +123,9 @@ def run_notebook(notebook: Path, run_dir: Path, parameters: dict, kernel: str = 
 
     out_dir = run_dir / notebook.stem
     params = dict(parameters, OUTPUT_DIR=str(out_dir.resolve()))
+    _register_engine()
     pm.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=params, kernel_name=kernel,
-                        cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout)
+                        cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout, engine_name=ENGINE)
     metrics_path = out_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
 

@@ -54,3 +54,20 @@ def test_run_series_writes_a_new_folder_and_report(series, tmp_path):
 def test_cli_list(capsys):
     assert cli.main(["list"]) == 0
     assert "00_quickstart" in capsys.readouterr().out
+
+
+def test_widget_cells_and_cell_timeout(tmp_path):
+    """Notebooks with ipywidgets run through the polling engine; a cell past its timeout fails, never hangs."""
+    from nbclient.exceptions import CellTimeoutError
+
+    books, run = tmp_path / "nb", tmp_path / "run"
+    books.mkdir()
+    run.mkdir()
+    body = ("import ipywidgets as w\nfrom mechunlearn_nb import io\nout = io.output_dir(OUTPUT_DIR)\n"
+            "for i in range(20):\n    display(w.VBox([w.IntSlider(value=i), w.Dropdown(options=['a', 'b'])]))\n"
+            "io.write_metrics(out, {'n': 20})")
+    _notebook(books / "00_widgets.ipynb", body)
+    assert runner.run_notebook(books / "00_widgets.ipynb", run, {"FAST": True}) == {"n": 20}
+    _notebook(books / "01_slow.ipynb", "import time\ntime.sleep(30)")
+    with pytest.raises(CellTimeoutError):
+        runner.run_notebook(books / "01_slow.ipynb", run, {"FAST": True}, timeout=3)
