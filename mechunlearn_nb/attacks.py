@@ -134,6 +134,12 @@ def _maintain_control(model, task, n: int, seed: int):
                           facts.true_pos[pick], facts.new_pos[pick])
 
 
+def _measure_halves(model, halves, prefix=None, **kw) -> list[dict]:
+    """One row per measured set (``HALVES`` order; a ``None`` set is skipped)."""
+    return [dict(half=label, **measure(model, facts, prefix, **kw)) for label, facts in zip(HALVES, halves)
+            if facts is not None]
+
+
 @dataclass
 class _Half:
     """Tokenised facts of one half, with the candidates that accuracy is measured over."""
@@ -480,9 +486,8 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
 
     def record(step):
         hf.eval()
-        for label, facts in zip(HALVES, (facts_a, facts_b, control)):
-            if facts is not None:
-                rows.append(dict(step=step, half=label, **measure(model, facts, batch_size=config.eval_batch_size)))
+        rows.extend(dict(step=step, **r) for r in _measure_halves(model, (facts_a, facts_b, control),
+                                                                   batch_size=config.eval_batch_size))
 
     was_training = hf.training
     adapter = (lora_adapters(model, config.rank, config.alpha, config.dropout, config.target_modules, config.layers, seed)
@@ -630,9 +635,7 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
     hf.eval()
     try:
         with _edited(model, result):
-            for half, facts in zip(HALVES, (facts_a, facts_b, control)):
-                if facts is not None:
-                    rows.append(dict(stage="no prompt", half=half, **measure(model, facts)))
+            rows += [dict(stage="no prompt", **r) for r in _measure_halves(model, (facts_a, facts_b, control))]
             prefix = init_prefix(model, n_tokens, seed).to(dev).requires_grad_(True)
             opt = torch.optim.Adam([prefix], lr=lr)
             for step in tqdm(range(1, steps + 1), desc=f"soft prompt [{label}]", disable=not progress, leave=False):
@@ -648,9 +651,7 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
                 opt.zero_grad(set_to_none=True)
                 hist.append(dict(step=step, loss=loss.item()))
             prefix = prefix.detach()
-            for half, facts in zip(HALVES, (facts_a, facts_b, control)):
-                if facts is not None:
-                    rows.append(dict(stage="soft prompt", half=half, **measure(model, facts, prefix)))
+            rows += [dict(stage="soft prompt", **r) for r in _measure_halves(model, (facts_a, facts_b, control), prefix)]
     finally:
         hf.train(was_training)
     table = pd.DataFrame(rows).assign(task=task.name, localization=label, seed=seed)

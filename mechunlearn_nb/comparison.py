@@ -127,6 +127,10 @@ class GridConfig:
             if bad:
                 raise ValueError(f"components[{dataset!r}]: cannot fix {bad}; give components for "
                                  f"{[n for n in LOCALIZATIONS if n not in BUILT_FROM_BUDGET]}.")
+            located = [n for n in self.localizations if n not in BUILT_FROM_BUDGET and n not in comps]
+            if "fact lookup" in comps and located:
+                raise ValueError(f"components[{dataset!r}] fixes 'fact lookup' but not {located}, whose budgets would "
+                                 f"then not match it. Fix: give components for them too, or leave 'fact lookup' out.")
         if self.n_known is not None and self.n_known < 8:
             raise ValueError(f"n_known={self.n_known} is too few facts to find known ones in; use >= 8 or None (all).")
         self.tasks, self.localizations, self.seeds = tuple(self.tasks), tuple(self.localizations), tuple(self.seeds)
@@ -164,12 +168,13 @@ def fixed(model, components: dict[str, list[str]], names: tuple[str, ...] = LOCA
         raise ValueError("Fixed components need a 'fact lookup' entry: the other localizations match its budget.")
     built = {n: localization.Localization.from_components(model, c, name=n, meta=dict(method="fixed components"))
              for n, c in components.items()}
-    for name in names:
-        if name == "all MLPs":
-            built[name] = localization.all_mlps(model, name=name)
-        elif name == "non-localized":
-            built[name] = localization.non_localized(model, name=name)
-    return built
+    return {**built, **_whole(model, names)}
+
+
+def _whole(model, names) -> dict:
+    """The localizations in ``names`` that take whole component groups (all MLPs, non-localized)."""
+    builders = {"all MLPs": localization.all_mlps, "non-localized": localization.non_localized}
+    return {n: builders[n](model, name=n) for n in names if n in builders}
 
 
 def _counterfact_locate_facts(model, known: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -233,10 +238,7 @@ def locate(model, dataset: str = "sports", names: tuple[str, ...] = LOCALIZATION
                                                       mlp_only=True, name=name)
         elif name == "OT (attribution patching)":
             built[name] = localization.output_tracing(model, attribution, budget=flu, name=name)
-        elif name == "all MLPs":
-            built[name] = localization.all_mlps(model, name=name)
-        elif name == "non-localized":
-            built[name] = localization.non_localized(model, name=name)
+    built.update(_whole(model, names))
     return built, evidence
 
 
@@ -339,8 +341,6 @@ def slug(*parts) -> str:
     return "__".join(re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in parts)
 
 
-_slug = slug
-
 
 #: GridConfig fields that only choose which cells to run; every other field changes what a cell computes
 _SELECTION = ("tasks", "localizations", "seeds")
@@ -381,7 +381,7 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
     bar = tqdm(todo, desc="comparison grid", disable=not progress)
     cache_tasks: dict = {}
     for task_name, loc_name, seed in bar:
-        path = cell_dir / f"{_slug(task_name, loc_name, seed)}.json"
+        path = cell_dir / f"{slug(task_name, loc_name, seed)}.json"
         if path.exists():
             rows.append(json.loads(path.read_text()))
             continue
@@ -391,8 +391,7 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
             known_by_dataset[dataset] = known_for(model, dataset, config.n_known, seed=0)
         if dataset not in locs_by_dataset:
             given = (config.components or {}).get(dataset, {})
-            to_locate = [n for n in config.localizations if n not in given and n not in BUILT_FROM_BUDGET]
-            if given and not to_locate and "fact lookup" in given:
+            if "fact lookup" in given:  # GridConfig checked that every located localization is given too
                 locs_by_dataset[dataset] = fixed(model, given, config.localizations)
                 evidence = {"flu_layers": [int(c[1:]) for c in given["fact lookup"] if c.startswith("m")],
                             "n_locate": 0}
@@ -400,9 +399,9 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
                 locs_by_dataset[dataset], evidence = locate(model, dataset, config.localizations, n_locate=config.n_locate,
                                                             n_probe=config.n_probe, seed=0, progress=False,
                                                             known=known_by_dataset[dataset])
-                if given:
-                    locs_by_dataset[dataset].update(fixed(model, {"fact lookup": locs_by_dataset[dataset]["fact lookup"]
-                                                                  .components, **given}, ()))
+                locs_by_dataset[dataset].update(
+                    {n: localization.Localization.from_components(model, c, name=n, meta=dict(method="fixed components"))
+                     for n, c in given.items()})
             save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
                        "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
                                          for n, loc in locs_by_dataset[dataset].items()}},

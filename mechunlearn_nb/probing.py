@@ -260,22 +260,13 @@ def answer_probabilities(model, final_resid: Float[torch.Tensor, "n d_model"], a
         final_resid: residual streams after the last block (``residuals(...)[:, -1]``).
         answers: candidate continuations with their leading space (``" golf"``); first tokens are used.
     """
-    from .scoring import answer_tokens
+    from .scoring import answer_tokens, unembed
 
     ids = [answer_tokens(model, a)[0] for a in answers]
     if len(set(ids)) != len(ids):
         raise ValueError(f"Answers {list(answers)} share a first token: they cannot be told apart.")
-    hf = hf_model(model)
-    dev = device_of(model)
-    normed = hf.model.norm(final_resid.to(dev))
-    head = hf.lm_head
-    logits = normed @ head.weight[ids].T
-    if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias[ids]
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.softmax(logits.float(), dim=-1).cpu()
+    normed = hf_model(model).model.norm(final_resid.to(device_of(model)))
+    return torch.softmax(unembed(model, normed, token_ids=ids).float(), dim=-1).cpu()
 
 
 def known_fact_residuals(model, facts: pd.DataFrame, label_column: str = "sport", answers: Sequence[str] | None = None,

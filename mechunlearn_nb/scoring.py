@@ -106,10 +106,21 @@ def hidden_states(model, input_ids: Int[torch.Tensor, "batch pos"], attention_ma
     return out.last_hidden_state
 
 
-def unembed(model, resid: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... vocab"]:
-    """Logits of final-normed residual vectors (with the model's logit soft-capping, if any)."""
+def unembed(model, resid: Float[torch.Tensor, "... d_model"], token_ids: Sequence[int] | None = None
+            ) -> Float[torch.Tensor, "... vocab"]:
+    """Logits of final-normed residual vectors (with the model's logit soft-capping, if any).
+
+    Args:
+        token_ids: only these vocabulary rows (the last dimension is then ``len(token_ids)``).
+    """
     hf = hf_model(model)
-    logits = hf.lm_head(resid)
+    if token_ids is None:
+        logits = hf.lm_head(resid)
+    else:
+        head = hf.lm_head
+        logits = resid @ head.weight[list(token_ids)].T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[list(token_ids)]
     cap = getattr(hf.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -73,11 +73,15 @@ def test_cell_metrics_reads_the_evaluation_table():
 
 
 def test_grid_config_checks_fixed_components():
-    comparison.GridConfig(components={"sports": {"fact lookup": ["m1"], "OT (attribution patching)": ["a1"]}})
+    comparison.GridConfig(localizations=("fact lookup", "OT (attribution patching)", "random"),
+                          components={"sports": {"fact lookup": ["m1"], "OT (attribution patching)": ["a1"]}})
     with pytest.raises(ValueError, match="unknown dataset"):
         comparison.GridConfig(components={"wiki": {"fact lookup": ["m1"]}})
     with pytest.raises(ValueError, match="cannot fix"):
         comparison.GridConfig(components={"sports": {"random": ["m1"]}})
+    with pytest.raises(ValueError, match="budgets would"):
+        comparison.GridConfig(localizations=("fact lookup", "OT (causal tracing)"),
+                              components={"sports": {"fact lookup": ["m1"]}})
     with pytest.raises(ValueError, match="n_known"):
         comparison.GridConfig(n_known=3)
 
