@@ -171,6 +171,9 @@ def fixed(model, components: dict[str, list[str]], names: tuple[str, ...] = LOCA
     return {**built, **_whole(model, names)}
 
 
+_WHOLE = ("all MLPs", "non-localized")
+
+
 def _whole(model, names) -> dict:
     """The localizations in ``names`` that take whole component groups (all MLPs, non-localized)."""
     builders = {"all MLPs": localization.all_mlps, "non-localized": localization.non_localized}
@@ -244,6 +247,26 @@ def locate(model, dataset: str = "sports", names: tuple[str, ...] = LOCALIZATION
 
 def _needs_trace(names) -> bool:
     return "OT (causal tracing)" in names or "OT MLPs only" in names
+
+
+def saved_localizations(model, path: str | Path, names: tuple[str, ...]) -> dict | None:
+    """The localizations an earlier run of the grid located and saved (``localizations_<dataset>.json``).
+
+    A resumed grid reads them instead of computing the evidence again (minutes at full size; the grid's
+    settings were checked to be the same). ``None`` when the file is missing or lacks a located name in
+    ``names`` (the run then locates again).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text()).get("localizations", {})
+    located = [n for n in ("fact lookup", *names) if n not in ("random", *_WHOLE)]
+    if any(not saved.get(n) for n in located):
+        return None
+    built = {n: localization.Localization.from_components(model, saved[n]["components"], name=n,
+                                                          meta=dict(method="read back", source=str(path)))
+             for n in dict.fromkeys(located)}
+    return {**built, **_whole(model, names)}
 
 
 def localization_for(model, locs: dict, name: str, seed: int):
@@ -391,7 +414,10 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
             known_by_dataset[dataset] = known_for(model, dataset, config.n_known, seed=0)
         if dataset not in locs_by_dataset:
             given = (config.components or {}).get(dataset, {})
-            if "fact lookup" in given:  # GridConfig checked that every located localization is given too
+            saved = saved_localizations(model, out_dir / f"localizations_{dataset}.json", config.localizations)
+            if saved is not None and not given:  # a resumed run: the evidence was computed with these settings
+                locs_by_dataset[dataset] = saved
+            elif "fact lookup" in given:  # GridConfig checked that every located localization is given too
                 locs_by_dataset[dataset] = fixed(model, given, config.localizations)
                 evidence = {"flu_layers": [int(c[1:]) for c in given["fact lookup"] if c.startswith("m")],
                             "n_locate": 0}
@@ -402,10 +428,12 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
                 locs_by_dataset[dataset].update(
                     {n: localization.Localization.from_components(model, c, name=n, meta=dict(method="fixed components"))
                      for n, c in given.items()})
-            save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
-                       "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
-                                         for n, loc in locs_by_dataset[dataset].items()}},
-                      out_dir / f"localizations_{dataset}.json")
+            if saved is None or given:
+                save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
+                           "localizations": {n: (None if loc is None else dict(components=loc.components,
+                                                                                n_params=loc.n_params))
+                                             for n, loc in locs_by_dataset[dataset].items()}},
+                          out_dir / f"localizations_{dataset}.json")
         key = (task_name, seed)
         if key not in cache_tasks:
             task = build_task(model, task_name, seed, config.max_forget, config.max_maintain, known=known_by_dataset[dataset])

@@ -112,3 +112,21 @@ def test_resume_refuses_cells_from_other_settings(tmp_path):
     with pytest.raises(ValueError, match="other settings.*relearn_steps"):
         comparison._check_resume(comparison.GridConfig(tasks=("edit 16 athletes",), seeds=(0,), relearn_steps=(0, 3)),
                                  tmp_path, cells)
+
+
+def test_resumed_grid_reads_its_saved_localizations(tiny, tmp_path):
+    from mechunlearn_nb.io import save_json
+
+    names = ("fact lookup", "OT (attribution patching)", "random", "all MLPs")
+    path = tmp_path / "localizations_sports.json"
+    assert comparison.saved_localizations(tiny, path, names) is None  # nothing saved yet: locate
+    save_json({"flu_layers": [1], "n_locate": 4,
+               "localizations": {"fact lookup": {"components": ["m1"], "n_params": 1},
+                                 "OT (attribution patching)": {"components": ["a0", "m0"], "n_params": 1}}}, path)
+    locs = comparison.saved_localizations(tiny, path, names)
+    assert locs["fact lookup"].components == ["m1"]
+    assert locs["OT (attribution patching)"].components == ["a0", "m0"]
+    assert locs["all MLPs"].n_params > locs["fact lookup"].n_params
+    assert "random" not in locs  # drawn per seed by localization_for
+    # a localization the earlier run did not locate: locate again rather than guess
+    assert comparison.saved_localizations(tiny, path, ("fact lookup", "OT (causal tracing)")) is None
