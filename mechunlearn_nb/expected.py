@@ -196,6 +196,27 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "window_frac_edit_fact_lookup": (0.0, 1.0),              # 0.26
             "max_frac_sum": (0.0, 1.0),                              # true + edit read-outs never exceed 1
         },
+        # full size: 32 athletes, 40-step edits, 6 localizations (evidence-based ones = notebook 03's full-size
+        # components), probes refit on 512 maintain athletes per edited model; 33 min on one core
+        "full": {
+            "n_edit": (32, 32),
+            "n_probe_facts": (512, 512),
+            "base_late_frac_true": (0.85, 1.0),                      # 0.992
+            "base_maintain_acc_last": (0.8, 1.0),                    # 0.945
+            "base_window_frac_true": (0.65, 0.95),                   # 0.826 (blocks 6-14)
+            **{f"edit_acc_{k}": (0.9, 1.0) for k in ("fact_lookup", "ot_causal_tracing", "ot_attribution_patching",
+                                                    "random", "all_mlps", "non_localized")},  # 1.0 each
+            **{f"late_frac_true_{k}": (0.0, 0.2) for k in ("fact_lookup", "ot_causal_tracing",  # 0.00-0.06
+                                                          "ot_attribution_patching", "random", "all_mlps",
+                                                          "non_localized")},
+            "window_frac_true_fact_lookup": (0.0, 0.25),             # 0.073
+            "window_frac_true_ot_causal_tracing": (0.1, 0.45),       # 0.253: the old sport stays readable mid-way
+            "window_frac_true_ot_attribution_patching": (0.0, 0.25),  # 0.052
+            "window_frac_true_non_localized": (0.05, 0.4),           # 0.194
+            "window_frac_edit_fact_lookup": (0.7, 1.0),              # 0.878
+            "window_frac_edit_ot_causal_tracing": (0.5, 0.85),       # 0.681
+            "max_frac_sum": (0.0, 1.0),
+        },
     },
     # FAST: non-localized edit of 8 athletes, row masks, 8 Adam steps at lr 0.5; measured values in the comments
     "07_weight_masking": {

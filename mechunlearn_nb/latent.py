@@ -161,7 +161,7 @@ def plot_latent(table: pd.DataFrame, col_wrap: int = 3, title: str | None = None
                     style_order=["after", "before"], hue_order=["ground truth", "edit label"], height=2.6, aspect=1.25,
                     palette=["tab:blue", "tab:red"])
     g.set(ylim=(-0.02, 1.02))
-    g.set_axis_labels("residual stream after this many blocks", "share of edited athletes")
+    g.set_axis_labels("after block (0: embeddings)", "share of edited athletes")
     g.set_titles("{col_name}")
     if title:
         g.figure.suptitle(title, y=1.03)
