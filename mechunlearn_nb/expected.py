@@ -155,6 +155,33 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "min_maintain_acc_fact_basketball": (0.125, 1.0),  # 0.375: few maintain facts, few steps
             "min_maintain_acc_fact_athletes": (0.375, 1.0),    # 0.875
         },
+        # full size: all 184 known basketball players -> golf and 16 athletes, 6 localizations (evidence-based ones
+        # = notebook 03's full-size components), 40-step edits with the tuned defaults, seed 0; 82 min on one core
+        "full": {
+            "n_known": (560, 660),                       # 609
+            "n_localizations": (6, 6),
+            "flu_n_params": (15_728_640, 15_728_640),
+            "base_unchanged": (1, 1),
+            "roundtrip_exact": (1, 1),
+            "n_forget_basketball": (150, 215),           # 184
+            "n_forget_athletes": (16, 16),
+            "min_train_edit_acc_basketball": (0.9, 1.0),  # 1.0
+            "min_train_edit_acc_athletes": (0.9, 1.0),    # 1.0
+            "min_edit_acc_fact_basketball": (0.9, 1.0),   # 1.0: every localization learns the edit
+            "min_edit_acc_fact_athletes": (0.9, 1.0),     # 1.0
+            **{f"edit_acc_qa_{t}_{k}": (0.8, 1.0) for t in ("basketball", "athletes")   # 1.0: it carries to QA
+               for k in ("fact_lookup", "ot_causal_tracing", "ot_attribution_patching", "random", "all_mlps",
+                         "non_localized")},
+            "max_forget_acc_fact_basketball": (0.0, 0.1),  # 0.0
+            "max_forget_acc_fact_athletes": (0.0, 0.1),    # 0.0
+            # 184 players -> golf bleeds into held-out athletes of other sports (base 0.58 among the four answers)
+            "min_maintain_acc_fact_basketball": (0.05, 0.45),          # 0.17 (fact lookup)
+            "maintain_acc_fact_basketball_fact_lookup": (0.05, 0.45),  # 0.17
+            "maintain_acc_fact_basketball_ot_causal_tracing": (0.4, 0.85),  # 0.625
+            "min_maintain_acc_fact_athletes": (0.45, 1.0),             # 0.66 (OT causal tracing; base 1.0)
+            "lm_loss_increase_athletes_all_mlps": (0.05, 0.5),         # 0.21: the largest side effect
+            "lm_loss_increase_athletes_fact_lookup": (-0.05, 0.15),    # 0.037
+        },
     },
     # FAST: forget basketball, 8 players (halves of 4), fact lookup vs OT (attribution patching) from
     # FAST_COMPONENTS, 5-step edits,
