@@ -256,6 +256,23 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "min_frac_kept": (0.0, 1.0),                             # 0.17
             "max_frac_kept": (0.0, 1.0),                             # 0.44
         },
+        # full size: 16 athletes, 40-step non-localized and all-MLPs edits, row masks, 60 Adam steps at lr 0.1,
+        # sparsity 1.0, seed 0; 18 min on one core
+        "full": {
+            "n_edit": (16, 16),
+            "flu_share_of_delta_non_localized": (0.156, 0.158),      # 0.157
+            "flu_share_of_delta_all_mlps": (0.221, 0.223),           # 0.222
+            "kept_total_non_localized": (0.01, 0.25),                # 0.070 of the delta's rows carry the edit
+            "kept_total_all_mlps": (0.005, 0.2),                     # 0.036
+            "flu_share_of_kept_non_localized": (0.17, 0.4),          # 0.242 > 0.157: FLU rows over-represented
+            "flu_share_of_kept_all_mlps": (0.25, 0.5),               # 0.338 > 0.222
+            "edit_acc_full_non_localized": (0.9, 1.0),               # 1.0
+            "edit_acc_full_all_mlps": (0.9, 1.0),                    # 1.0
+            "edit_acc_masked_non_localized": (0.8, 1.0),             # 1.0: the kept rows carry the edit
+            "edit_acc_masked_all_mlps": (0.8, 1.0),                  # 1.0
+            "maintain_acc_masked_non_localized": (0.6, 1.0),         # 0.81
+            "maintain_acc_masked_all_mlps": (0.6, 1.0),              # 0.89
+        },
     },
     # FAST: 8 CounterFact facts (from 200 scored), FLU and OT (attribution patching) located on 16 facts, 6-step
     # edits, 3-step relearning; measured values in the comments (seed 0)
@@ -273,6 +290,25 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "neighborhood_acc_true__fact-lookup": (0.2, 1.0),  # 0.525 (0.81 before): some bleed to neighbours
             "relearn_acc__fact-lookup": (0.0, 1.0),      # 0.0
             "relearn_acc__ot-attribution-patching": (0.0, 1.0),  # 0.0
+        },
+        # full size: 16 known facts (of all 2,715 scored), localized on 64 single-token facts, 6 localizations,
+        # 40-step edits, 20-step LoRA relearning on half of them, seed 0; 66 min on one core
+        "full": {
+            "n_facts": (16, 16),
+            "base_acc_true_cf_prompt": (1.0, 1.0),       # only known facts are edited
+            "base_acc_true_cf_paraphrase": (0.75, 1.0),  # 0.906
+            "base_acc_true_cf_neighborhood": (0.7, 1.0),  # 0.85
+            "flu_n_layers": (4, 10),                     # 7 (m0-m6)
+            "min_edit_acc": (0.9, 1.0),                  # 1.0 for every localization
+            "paraphrase_edit_acc__fact-lookup": (0.8, 1.0),  # 1.0
+            "paraphrase_edit_acc__ot-causal-tracing": (0.7, 1.0),  # 0.906
+            "paraphrase_edit_acc__ot-attribution-patching": (0.65, 1.0),  # 0.875
+            **{f"neighborhood_acc_true__{k}": (0.65, 0.95)   # 0.80-0.87 (0.85 before): little bleed
+               for k in ("fact-lookup", "ot-causal-tracing", "ot-attribution-patching", "random", "all-mlps",
+                         "non-localized")},
+            **{f"relearn_acc__{k}": (0.0, 0.4)   # 0.0-0.125: training on half A does not bring back half B
+               for k in ("fact-lookup", "ot-causal-tracing", "ot-attribution-patching", "random", "all-mlps",
+                         "non-localized")},
         },
     },
     # FAST: 1 task (edit 8 athletes, from 200 scored athletes) x fact lookup and OT (attribution patching) from
