@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--model", default=None, help="HF id or local folder (default: the embedded Gemma 3 270M)")
     run.add_argument("--only", default=None, help="comma-separated notebook numbers or names, e.g. 00,03")
     run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
+    run.add_argument("--relocate", action="store_true",
+                     help="every notebook computes its own localizations (default: at full size, notebooks 04-07 "
+                          "and 09 reuse notebook 03's)")
     sub.add_parser("list", help="list the notebooks of the series")
     sub.add_parser("prepare", help="build the embedded model's cache folder (first load) and report the time")
     args = parser.parse_args(argv)
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(models.LAST_LOAD_TIMES))
         return 0
     only = args.only.split(",") if args.only else None
-    run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only)
+    run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only,
+                                reuse_localizations=not args.relocate)
     summary = json.loads((run_dir / "summary.json").read_text())
     failed = [k for k, v in summary["notebooks"].items() if v["status"] != "ok"]
     return 1 if failed else 0

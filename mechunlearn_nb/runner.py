@@ -6,6 +6,13 @@ into a new run folder ``runs/<timestamp>/``: the executed notebooks, and for eac
 notebook a folder with its ``metrics.json`` and figures. A run never writes into
 an earlier run's folder. At the end it checks the metrics against
 ``expected.py`` and writes ``summary.json``.
+
+At full size, once a notebook of the run has written ``localizations.json``
+(notebook 03: the sports localizations it located), the later notebooks that
+take sports components (a ``COMPONENTS`` and a ``FAST_COMPONENTS`` parameter:
+04-07 and 09) receive them as ``COMPONENTS`` instead of computing the same
+evidence again, minutes each on a CPU. ``reuse_localizations=False``
+(``run --relocate``) lets every notebook locate for itself.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from .io import save_json
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 ENGINE = "mechunlearn_nb"
 REPLY_POLL_SECONDS = 1.0
+LOCATED = ("fact lookup", "OT (causal tracing)", "OT (attribution patching)", "OT MLPs only")
 
 
 def _register_engine() -> None:
@@ -130,20 +138,44 @@ def run_notebook(notebook: Path, run_dir: Path, parameters: dict, kernel: str = 
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
 
 
+def takes_sports_components(notebook: Path) -> bool:
+    """Whether a notebook's parameters cell has ``COMPONENTS`` and ``FAST_COMPONENTS`` (sports localizations)."""
+    import papermill as pm
+
+    params = pm.inspect_notebook(str(notebook))
+    return "COMPONENTS" in params and "FAST_COMPONENTS" in params
+
+
 def run_series(root: str | Path = "runs", fast: bool = False, model: str | None = None, only: list[str] | None = None,
-               kernel: str = "python3", report: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
-    """Run the series; returns the run folder."""
+               kernel: str = "python3", report: bool = True, notebook_dir: Path = NOTEBOOK_DIR,
+               reuse_localizations: bool = True) -> Path:
+    """Run the series; returns the run folder.
+
+    Args:
+        reuse_localizations: at full size, pass the components of the first ``localizations.json`` a notebook
+            of this run wrote (notebook 03) to the later notebooks that take sports components.
+    """
     books = list_notebooks(only, notebook_dir)
     run_dir = new_run_dir(root)
     size = "fast" if fast else "full"
     summary = {"started": datetime.now().isoformat(timespec="seconds"), "model": model or "gemma-3-270m",
                "size": size, "notebooks": {}}
+    located: dict | None = None  # {name: [components]} from the run's notebook 03
     for nb in books:
         print(f"[{datetime.now():%H:%M:%S}] running {nb.name} ...", flush=True)
         t0 = time.perf_counter()
         entry = {"executed": str((run_dir / nb.name).resolve())}
+        params = {"MODEL_NAME": model, "FAST": fast}
+        if located and not fast and reuse_localizations and takes_sports_components(nb):
+            params["COMPONENTS"] = located
+            entry["components_from"] = summary["localizations_from"]
+            print(f"    COMPONENTS from {summary['localizations_from']}", flush=True)
         try:
-            metrics = run_notebook(nb, run_dir, {"MODEL_NAME": model, "FAST": fast}, kernel=kernel)
+            metrics = run_notebook(nb, run_dir, params, kernel=kernel)
+            saved = run_dir / nb.stem / "localizations.json"
+            if located is None and saved.exists():  # the evidence-based ones; random and whole groups are rebuilt
+                located = {n: c for n, c in json.loads(saved.read_text()).items() if n in LOCATED}
+                summary["localizations_from"] = str(saved.resolve())
             entry.update(status="ok", metrics=metrics)
             checks = expected.check(nb.stem, metrics, size, model) if nb.stem in expected.EXPECTED else pd.DataFrame()
             entry["checks"] = checks.to_dict(orient="records")

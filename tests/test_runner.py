@@ -71,3 +71,29 @@ def test_widget_cells_and_cell_timeout(tmp_path):
     _notebook(books / "01_slow.ipynb", "import time\ntime.sleep(30)")
     with pytest.raises(CellTimeoutError):
         runner.run_notebook(books / "01_slow.ipynb", run, {"FAST": True}, timeout=3)
+
+
+def test_full_run_hands_notebook_03s_localizations_to_later_notebooks(tmp_path):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "03_locate.ipynb", "from mechunlearn_nb import io\nout = io.output_dir(OUTPUT_DIR)\n"
+              "io.save_json({'fact lookup': ['m1'], 'OT (attribution patching)': ['a0'], 'random': ['a1'],"
+              " 'all MLPs': ['m0', 'm1']}, out / 'localizations.json')\nio.write_metrics(out, {'ok': 1})")
+    body = "from mechunlearn_nb import io\nio.write_metrics(io.output_dir(OUTPUT_DIR), {'components': COMPONENTS})"
+    for name, extra in [("04_edit", "COMPONENTS = None\nFAST_COMPONENTS = {}"), ("08_other", "COMPONENTS = None")]:
+        nb = new_notebook()
+        params = new_code_cell(f"FAST = False\nOUTPUT_DIR = 'out'\nMODEL_NAME = None\n{extra}")
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, new_code_cell(body)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, books / f"{name}.ipynb")
+    run = runner.run_series(tmp_path / "runs", notebook_dir=books, report=False)
+    summary = json.loads((run / "summary.json").read_text())["notebooks"]
+    # only the located ones travel; a notebook without FAST_COMPONENTS (CounterFact) locates for itself
+    assert summary["04_edit"]["metrics"]["components"] == {"fact lookup": ["m1"], "OT (attribution patching)": ["a0"]}
+    assert summary["04_edit"]["components_from"].endswith("03_locate/localizations.json")
+    assert summary["08_other"]["metrics"]["components"] is None
+    fast = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=books, report=False)
+    assert json.loads((fast / "summary.json").read_text())["notebooks"]["04_edit"]["metrics"]["components"] is None
+    again = runner.run_series(tmp_path / "runs", notebook_dir=books, report=False, reuse_localizations=False)
+    assert json.loads((again / "summary.json").read_text())["notebooks"]["04_edit"]["metrics"]["components"] is None
