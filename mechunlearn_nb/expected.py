@@ -206,6 +206,21 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "soft_control_fact_lookup": (0.2, 1.0),                  # 0.375 (0.63 with FLU m2-m3)
             "soft_control_ot_attribution_patching": (0.2, 1.0),      # 0.31 (0.5 with FLU m2-m3)
         },
+        # full size: forget basketball, 64 known players (halves of 32), 40-step edits, LoRA rank 64 / alpha 32 /
+        # lr 2e-4 for 20 steps, 8-token soft prompt for 40 steps, seed 0; ~15 min per localization on one core.
+        # Measured in two runs with these settings: FLU, both OT and random; then all MLPs and non-localized.
+        "full": {
+            "n_edit": (64, 64),
+            **{f"{m}_{k}": r for k in ("fact_lookup", "ot_causal_tracing", "ot_attribution_patching", "random",
+                                       "all_mlps", "non_localized")
+               for m, r in (("edit_acc", (0.9, 1.0)),                 # 1.0 each
+                            ("relearn_b_step0", (0.0, 0.1)),          # 0.0: the edit removed the fact
+                            ("relearn_a_final", (0.8, 1.0)),          # 1.0
+                            ("relearn_b_final", (0.6, 1.0)),          # 0.97-1.0: the held-out half comes back
+                            ("relearn_control_final", (0.7, 1.0)),    # 0.91-0.97
+                            ("soft_b", (0.6, 1.0)),                   # 0.97-1.0
+                            ("soft_control", (0.6, 1.0)))},           # 0.81-0.97
+        },
     },
     # FAST: edit 8 athletes, probes on 48 maintain athletes at the final token; measured values in the comments
     "06_probing_latent_knowledge": {
