@@ -34,7 +34,9 @@ Metric names (all fractions are accuracies among the candidates, argmax):
 - ``relearn_acc``: true answer recovered on the held-out half of the forget set after
   the relearning attack's last step (lower is more robust);
 - ``probe_true``: share of edited athletes whose *true* sport a linear probe (trained on
-  maintain athletes, final token) still reads in the late layers (sports tasks; lower is more robust);
+  maintain athletes, final token) still reads in the late layers (athlete-editing tasks; lower is more
+  robust). A forget-one-sport task leaves no known player of that sport to train a probe on: NaN, with
+  the reason in ``probe_note``;
 - ``lm_loss_change``: general-text loss after minus before (side effect).
 """
 
@@ -349,10 +351,16 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
                                 **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
     rcfg = attacks.RelearnConfig(eval_steps=config.relearn_steps, **config.relearn_overrides)
     curve = attacks.relearn(model, result, task, rcfg, seed=seed, progress=progress) if len(task.forget) >= 4 else None
-    probe = None
+    probe, probe_note = None, None
     if config.probes and task.dataset == "sports":
-        probe = latent.latent_knowledge(model, task, {loc.name: result}, seed=seed, progress=False)
+        missing = latent.missing_probe_sports(task)
+        if missing:  # forget-one-sport: no known player of that sport is left to train a probe on
+            probe_note = f"no probe: no probe-training athlete plays {', '.join(missing)}"
+        else:
+            probe = latent.latent_knowledge(model, task, {loc.name: result}, seed=seed, progress=False)
     metrics = cell_metrics(task, table, curve, probe)
+    if probe_note:
+        metrics["probe_note"] = probe_note
     metrics.update(task=task.name, localization=loc.name, seed=seed, n_params=loc.n_params, n_forget=len(task.forget),
                    components=list(loc.components))
     return dict(metrics=metrics, curve=[] if curve is None else curve.to_dict("records"),

@@ -46,6 +46,22 @@ COLUMNS = ["task", "localization", "seed", "stage", "position", "layer", "frac_t
            "n_edited", "n_probe_train"]
 
 
+def default_probe_facts(task) -> pd.DataFrame:
+    """The athletes probes train on by default: the task's maintain sets, without any edited athlete."""
+    facts = pd.concat([task.maintain_train, task.maintain_eval], ignore_index=True)
+    return facts[~facts["athlete"].isin(set(task.forget["athlete"]))].reset_index(drop=True)
+
+
+def missing_probe_sports(task, probe_facts: pd.DataFrame | None = None) -> list[str]:
+    """The edited athletes' true sports that no probe-training athlete has (a probe could never read them).
+
+    A forget-one-sport task (``tasks.forget_sport``) edits every known player of that sport, so its maintain
+    sets hold none: ``["basketball"]`` for "forget basketball"; an athlete-editing task gives ``[]``.
+    """
+    probe_facts = default_probe_facts(task) if probe_facts is None else probe_facts
+    return sorted(set(task.forget["true_answer"]) - set(probe_facts["sport"]))
+
+
 def _check_task(task, probe_facts: pd.DataFrame) -> None:
     if task.dataset != "sports":
         raise ValueError(f"Latent probes read the sport of athletes; task {task.name!r} is a {task.dataset} task. "
@@ -53,7 +69,7 @@ def _check_task(task, probe_facts: pd.DataFrame) -> None:
     if len(task.forget) == 0:
         raise ValueError(f"Task {task.name!r} has no edited facts to probe.")
     classes = set(probe_facts["sport"])
-    missing = sorted(set(task.forget["true_answer"]) - classes)
+    missing = missing_probe_sports(task, probe_facts)
     if missing:
         raise ValueError(f"The probe training facts contain no athlete of sport(s) {missing}, so a probe could never read "
                          "the edited athletes' ground truth. (A forget-one-sport task keeps no player of that sport in "

@@ -209,6 +209,9 @@ def test_errors_name_problem_and_fix(tiny, task, result):
     forget_bb = tasks.forget_sport(tiny, "basketball", "golf", known=data.load_sports().head(160), max_maintain=16)
     with pytest.raises(ValueError, match="no athlete of sport"):
         latent.latent_knowledge(tiny, forget_bb, {}, progress=False)
+    # the comparison grid asks first and skips probes for such a task instead of failing the cell
+    assert latent.missing_probe_sports(forget_bb) == ["basketball"]
+    assert latent.missing_probe_sports(task) == []
     with result.applied(tiny), pytest.raises(RuntimeError, match="revert"):
         attacks.relearn(tiny, result, task, attacks.RelearnConfig(eval_steps=(0,), **QUICK), progress=False)
     assert not result.delta.is_applied(tiny)
