@@ -119,8 +119,9 @@ def latent_knowledge(model, task, results: dict, *, position: str = "final", pro
     if probes_from not in ("edited", "base"):
         raise ValueError(f"probes_from must be 'edited' or 'base', got {probes_from!r}.")
     if probe_facts is None:
-        probe_facts = pd.concat([task.maintain_train, task.maintain_eval], ignore_index=True)
-    probe_facts = probe_facts[~probe_facts["athlete"].isin(set(task.forget["athlete"]))].reset_index(drop=True)
+        probe_facts = default_probe_facts(task)
+    else:
+        probe_facts = probe_facts[~probe_facts["athlete"].isin(set(task.forget["athlete"]))].reset_index(drop=True)
     _check_task(task, probe_facts)
     if (task.forget["true_answer"] == task.forget["new_answer"]).any():
         raise ValueError("Some edited athletes' new answer equals their true answer; nothing was edited for them.")
