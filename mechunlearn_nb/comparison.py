@@ -34,9 +34,11 @@ Metric names (all fractions are accuracies among the candidates, argmax):
 - ``relearn_acc``: true answer recovered on the held-out half of the forget set after
   the relearning attack's last step (lower is more robust);
 - ``probe_true``: share of edited athletes whose *true* sport a linear probe (trained on
-  maintain athletes, final token) still reads in the late layers (athlete-editing tasks; lower is more
-  robust). A forget-one-sport task leaves no known player of that sport to train a probe on: NaN, with
-  the reason in ``probe_note``;
+  maintain athletes, final token) still reads in the **middle** layers — the residual stream after fact
+  lookup's last MLP up to the last four layers (athlete-editing tasks; lower is more robust). That is where
+  the paper looks for latent knowledge: in the last layers every edit's probes read the new answer
+  (``probe_true_late``, the last four layers, is kept for reference). A forget-one-sport task leaves no
+  known player of that sport to train a probe on: NaN, with the reason in ``probe_note``;
 - ``lm_loss_change``: general-text loss after minus before (side effect).
 """
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +56,7 @@ from tqdm.auto import tqdm
 
 from . import attacks, data, editing, evaluation, latent, localization, patching, probing, tasks, tracing
 from .io import save_json
+from .models import hf_model
 
 LOCALIZATIONS = ("fact lookup", "OT (causal tracing)", "OT MLPs only", "OT (attribution patching)", "random",
                  "all MLPs", "non-localized")
@@ -94,6 +98,8 @@ class GridConfig:
         n_unrelated: known facts of the other dataset checked for side effects (0: skip).
         eval_overrides: other :func:`~mechunlearn_nb.evaluation.evaluate` arguments
             (e.g. ``{"n_paragraphs": 2, "lm_tokens": 32}``).
+        probe_window: residual-stream layers ``(first, last)`` whose probe read-outs make ``probe_true``
+            (None: from the layer after fact lookup's last MLP to the last layer minus four).
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -111,6 +117,7 @@ class GridConfig:
     n_known: int | None = None
     n_unrelated: int = 48
     eval_overrides: dict = field(default_factory=dict)
+    probe_window: tuple[int, int] | None = None
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if not TASK_PATTERN.fullmatch(t)]
@@ -135,6 +142,10 @@ class GridConfig:
                                  f"then not match it. Fix: give components for them too, or leave 'fact lookup' out.")
         if self.n_known is not None and self.n_known < 8:
             raise ValueError(f"n_known={self.n_known} is too few facts to find known ones in; use >= 8 or None (all).")
+        if self.probe_window is not None:
+            if len(self.probe_window) != 2 or not 0 <= self.probe_window[0] <= self.probe_window[1]:
+                raise ValueError(f"probe_window={self.probe_window!r}: give two layers (first, last) with 0 <= first <= last.")
+            self.probe_window = (int(self.probe_window[0]), int(self.probe_window[1]))
         self.tasks, self.localizations, self.seeds = tuple(self.tasks), tuple(self.localizations), tuple(self.seeds)
 
 
@@ -303,8 +314,29 @@ def _value(table: pd.DataFrame, set_: str, fmt: str, metric: str, stage: str = "
     return float(rows["value"].iloc[0]) if len(rows) else float("nan")
 
 
-def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: pd.DataFrame | None) -> dict:
-    """One row of :data:`METRICS` from an edit's evaluation table, relearning curve and probe table."""
+LATE_LAYERS = 4  # the probes' late read-out: the last this many residual-stream points
+
+
+def probe_window_for(model, flu, late_layers: int = LATE_LAYERS) -> tuple[int, int]:
+    """The middle layers of ``probe_true``: after fact lookup's last MLP up to the last layer minus ``late_layers``.
+
+    Layer ``i`` is the residual stream after ``i`` blocks (0: embeddings), so FLU ``m2``–``m5`` on an
+    18-block model gives ``(6, 14)``.
+    """
+    n_layers = len(hf_model(model).model.layers)
+    mlps = [int(c[1:]) for c in flu.components if c.startswith("m")]
+    first = (max(mlps) if mlps else 0) + 1
+    last = max(first, n_layers - late_layers)
+    return first, last
+
+
+def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: pd.DataFrame | None,
+                 probe_window: tuple[int, int] | None = None) -> dict:
+    """One row of :data:`METRICS` from an edit's evaluation table, relearning curve and probe table.
+
+    ``probe_window``: the layers ``(first, last)`` of ``probe_true`` (see :func:`probe_window_for`);
+    None: the last :data:`LATE_LAYERS` layers.
+    """
     fmt = task.train_format
     mcq = "mcq" if task.dataset == "sports" else "cf_mcq"
     gt_before = _value(table, "general_text", "text", "lm_loss", "before") if "general_text" in set(table["set"]) else np.nan
@@ -331,39 +363,74 @@ def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: p
         out["relearn_acc_step0"] = float(held[held["step"] == held["step"].min()]["accuracy"].mean())
     out["probe_true"] = np.nan
     if probe is not None and len(probe):
-        after = latent.summarise(probe[probe["stage"] == "after"], last_k=4)
-        out["probe_true"] = float(after["late_frac_true"].iloc[0])
-        before = latent.summarise(probe[probe["stage"] == "before"], last_k=4)
-        out["probe_true_base"] = float(before["late_frac_true"].iloc[0])
+        for stage, suffix in (("after", ""), ("before", "_base")):
+            s = latent.summarise(probe[probe["stage"] == stage], last_k=LATE_LAYERS, window=probe_window)
+            late = float(s["late_frac_true"].iloc[0])
+            out["probe_true" + suffix] = late if probe_window is None else float(s["window_frac_true"].iloc[0])
+            out["probe_true_late" + suffix] = late
+            if probe_window is not None:
+                out["probe_edit" + suffix] = float(s["window_frac_edit"].iloc[0])
+        if probe_window is not None:
+            out["probe_window"] = list(probe_window)
     return out
 
 
-def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataFrame | None = None,
-             unrelated: pd.DataFrame | None = None, progress: bool = False) -> dict:
-    """Edit ``task`` through ``loc`` with ``seed``; evaluate, attack and probe it.
+def probe_base(model, task, config: GridConfig, seed: int) -> tuple[pd.DataFrame | None, str | None]:
+    """The base model's probe read-outs for a task (once per task and seed), or why there are none.
 
     Returns:
-        ``{"metrics": {...}, "curve": [...], "history_tail": {...}, "config": {...}}`` (JSON-able).
+        ``(table, None)``, or ``(None, note)`` when the grid does not probe this task: probes off, a
+        CounterFact task, or a forget-one-sport task (no known player of that sport is left to train a
+        probe on).
     """
+    if not config.probes or task.dataset != "sports":
+        return None, None
+    missing = latent.missing_probe_sports(task)
+    if missing:
+        return None, f"no probe: no probe-training athlete plays {', '.join(missing)}"
+    return latent.latent_knowledge(model, task, {}, seed=seed, progress=False), None
+
+
+def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataFrame | None = None,
+             unrelated: pd.DataFrame | None = None, progress: bool = False, probe_window: tuple[int, int] | None = None,
+             base_probe: tuple[pd.DataFrame | None, str | None] | None = None) -> dict:
+    """Edit ``task`` through ``loc`` with ``seed``; evaluate, attack and probe it.
+
+    Args:
+        probe_window: the layers of ``probe_true`` (default: ``config.probe_window``, else the last layers).
+        base_probe: :func:`probe_base`'s result for this task and seed (computed here when None).
+
+    Returns:
+        ``{"metrics": {...}, "curve": [...], "seconds": {...}, "history_tail": {...}, "edit_config": {...}}``
+        (JSON-able; ``seconds``: wall time of each step).
+    """
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 1)
+        clock = now
+
     cfg = editing.EditConfig.for_localization(loc, **config.edit_overrides)
     result = editing.edit(model, loc, task, cfg, seed=seed, progress=progress)
+    lap("edit")
     table = evaluation.evaluate(model, task, result, baseline=baseline, unrelated=unrelated,
                                 **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
+    lap("evaluate")
     rcfg = attacks.RelearnConfig(eval_steps=config.relearn_steps, **config.relearn_overrides)
     curve = attacks.relearn(model, result, task, rcfg, seed=seed, progress=progress) if len(task.forget) >= 4 else None
-    probe, probe_note = None, None
-    if config.probes and task.dataset == "sports":
-        missing = latent.missing_probe_sports(task)
-        if missing:  # forget-one-sport: no known player of that sport is left to train a probe on
-            probe_note = f"no probe: no probe-training athlete plays {', '.join(missing)}"
-        else:
-            probe = latent.latent_knowledge(model, task, {loc.name: result}, seed=seed, progress=False)
-    metrics = cell_metrics(task, table, curve, probe)
+    lap("relearn")
+    base, probe_note = probe_base(model, task, config, seed) if base_probe is None else base_probe
+    probe = None if base is None else latent.latent_knowledge(model, task, {loc.name: result}, seed=seed,
+                                                               progress=False, base=base)
+    lap("probe")
+    metrics = cell_metrics(task, table, curve, probe, probe_window or config.probe_window)
     if probe_note:
         metrics["probe_note"] = probe_note
     metrics.update(task=task.name, localization=loc.name, seed=seed, n_params=loc.n_params, n_forget=len(task.forget),
                    components=list(loc.components))
-    return dict(metrics=metrics, curve=[] if curve is None else curve.to_dict("records"),
+    return dict(metrics=metrics, curve=[] if curve is None else curve.to_dict("records"), seconds=seconds,
                 edit_config=asdict(cfg), history_tail=result.history.iloc[-1].to_dict() if len(result.history) else {})
 
 
@@ -448,10 +515,12 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
             unrelated = evaluation.unrelated_facts(model, task, n=config.n_unrelated) if config.n_unrelated else None
             base = evaluation.evaluate(model, task, None, unrelated=unrelated,
                                        **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
-            cache_tasks = {key: (task, base, unrelated)}  # keep one task in memory at a time
-        task, base, unrelated = cache_tasks[key]
+            cache_tasks = {key: (task, base, unrelated, probe_base(model, task, config, seed))}  # one task at a time
+        task, base, unrelated, base_probe = cache_tasks[key]
         loc = localization_for(model, locs_by_dataset[dataset], loc_name, seed)
-        cell = run_cell(model, task, loc, seed, config, baseline=base, unrelated=unrelated)
+        window = config.probe_window or probe_window_for(model, locs_by_dataset[dataset]["fact lookup"])
+        cell = run_cell(model, task, loc, seed, config, baseline=base, unrelated=unrelated, probe_window=window,
+                        base_probe=base_probe)
         save_json(cell, path)
         rows.append(cell)
     frame = pd.DataFrame([r["metrics"] for r in rows])
@@ -467,6 +536,20 @@ def curves(out_dir: str | Path) -> pd.DataFrame:
             frames.append(pd.DataFrame(cell["curve"]).assign(localization=cell["metrics"]["localization"],
                                                              task=cell["metrics"]["task"], seed=cell["metrics"]["seed"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def timings(out_dir: str | Path) -> pd.DataFrame:
+    """Wall time of each saved cell's steps (edit, evaluate, relearn, probe), tidy: one row per cell and step.
+
+    Cells saved before timings were recorded have none and are left out.
+    """
+    rows = []
+    for path in sorted((Path(out_dir) / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        m = cell["metrics"]
+        rows += [dict(task=m["task"], localization=m["localization"], seed=m["seed"], step=step, seconds=sec)
+                 for step, sec in cell.get("seconds", {}).items()]
+    return pd.DataFrame(rows, columns=["task", "localization", "seed", "step", "seconds"])
 
 
 # ---------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def _stage_rows(model, task, probe_facts, train, test, position, C, seed, batch_
 
 def latent_knowledge(model, task, results: dict, *, position: str = "final", probe_facts: pd.DataFrame | None = None,
                      probes_from: str = "edited", test_size: float = 0.25, C: float = 0.1, seed: int = 0,
-                     batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+                     batch_size: int = 32, progress: bool = True, base: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per layer, how often probes trained on maintain athletes read the edited athletes' true sport and edit label.
 
     Args:
@@ -110,6 +110,9 @@ def latent_knowledge(model, task, results: dict, *, position: str = "final", pro
         test_size: share of ``probe_facts`` held out to measure the probes (``maintain_acc``).
         C: the probes' inverse L2 strength.
         seed: split and solver seed.
+        base: the ``"before"`` rows of an earlier call on the same task, position and seed, reused instead of
+            probing the base model again (e.g. one edit per call, as the comparison grid does; only with
+            ``probes_from="edited"``, which refits the probes on every model anyway).
 
     Returns:
         Tidy ``task, localization, seed, stage, position, layer, frac_true, frac_edit, maintain_acc, n_edited,
@@ -132,7 +135,18 @@ def latent_knowledge(model, task, results: dict, *, position: str = "final", pro
                                "Fix: revert it first.")
     args = (task, probe_facts, train, test, position, C, seed, batch_size, False)
     frames = []
-    stages = tqdm(["base", *results], desc="latent probes", disable=not progress, leave=False)
+    if base is not None:
+        if probes_from == "base":
+            raise ValueError("base= reuses the base model's read-outs, not its probes; with probes_from='base' "
+                             "the probes must be fitted again. Fix: drop base= or use probes_from='edited'.")
+        before = base[base["stage"] == "before"]
+        if before.empty or set(before["task"]) != {task.name} or set(before["position"]) != {position} \
+                or set(before["seed"]) != {seed}:
+            raise ValueError(f"base= must hold the 'before' rows of task {task.name!r}, position {position!r}, seed "
+                             f"{seed} (from an earlier latent_knowledge call). Fix: pass that call's table, or drop base=.")
+        frames.append(before.drop(columns=["task", "seed"]))
+    stages = tqdm([*(["base"] if base is None else []), *results], desc="latent probes", disable=not progress,
+                  leave=False)
     base_probes = None
     for name in stages:
         if name == "base":

@@ -188,6 +188,15 @@ def test_latent_probe_fractions(tiny, task, result):
         latent.summarise(table, window=(7, 9))
     long = latent.long_form(table)
     assert set(long["prediction"]) == {"ground truth", "edit label"} and set(long["localization"]) == {"tiny loc"}
+    # the base model's read-outs reused from an earlier call (one edit per call): the same table
+    base = latent.latent_knowledge(tiny, task, {}, progress=False)
+    assert set(base["stage"]) == {"before"}
+    again = latent.latent_knowledge(tiny, task, {"tiny loc": result}, progress=False, base=base)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), table.reset_index(drop=True))
+    with pytest.raises(ValueError, match="seed 1"):
+        latent.latent_knowledge(tiny, task, {"tiny loc": result}, progress=False, base=base, seed=1)
+    with pytest.raises(ValueError, match="probes_from"):
+        latent.latent_knowledge(tiny, task, {"tiny loc": result}, progress=False, base=base, probes_from="base")
 
 
 def test_errors_name_problem_and_fix(tiny, task, result):

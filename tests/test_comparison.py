@@ -70,6 +70,21 @@ def test_cell_metrics_reads_the_evaluation_table():
     m = comparison.cell_metrics(T, pd.DataFrame(rows), curve, None)
     assert (m["forget_acc"], m["edit_acc"], m["maintain_acc"], m["mcq_edit_acc"]) == (0.1, 0.9, 0.8, 0.3)
     assert m["lm_loss_change"] == pytest.approx(0.2) and m["relearn_acc"] == 0.5 and np.isnan(m["probe_true"])
+    # probes: probe_true is the middle window's true share; the late layers are kept as probe_true_late
+    probe = pd.DataFrame([dict(localization=loc, stage=st, position="final", layer=layer,
+                               frac_true=(0.9 if st == "before" else (0.5 if layer <= 2 else 0.0)), frac_edit=0.0)
+                          for loc, st in (("base", "before"), ("x", "after")) for layer in range(7)])
+    m = comparison.cell_metrics(T, pd.DataFrame(rows), curve, probe, probe_window=(1, 2))
+    assert (m["probe_true"], m["probe_true_late"], m["probe_true_base"]) == (0.5, 0.0, 0.9)
+    assert m["probe_window"] == [1, 2]
+    assert comparison.cell_metrics(T, pd.DataFrame(rows), curve, probe)["probe_true"] == 0.0  # no window: late layers
+
+
+def test_probe_window_follows_fact_lookup(tiny):
+    flu = comparison.fixed(tiny, {"fact lookup": ["m0"]}, ("fact lookup",))["fact lookup"]
+    assert comparison.probe_window_for(tiny, flu, late_layers=1) == (1, 1)  # 2 blocks: after m0 up to layer 2 - 1
+    with pytest.raises(ValueError, match="probe_window"):
+        comparison.GridConfig(probe_window=(5, 2))
 
 
 def test_grid_config_checks_fixed_components():
