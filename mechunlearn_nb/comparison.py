@@ -151,6 +151,8 @@ class GridConfig:
 
 #: localizations that are not located from evidence: drawn or taken whole, given fact lookup's budget
 BUILT_FROM_BUDGET = ("random", "all MLPs", "non-localized")
+#: localizations located from evidence (or given as components); the others are rebuilt from fact lookup's budget
+LOCATED = tuple(n for n in LOCALIZATIONS if n not in BUILT_FROM_BUDGET)
 
 
 def dataset_of(task_name: str) -> str:
@@ -273,7 +275,7 @@ def saved_localizations(model, path: str | Path, names: tuple[str, ...]) -> dict
     if not path.exists():
         return None
     saved = json.loads(path.read_text()).get("localizations", {})
-    located = [n for n in ("fact lookup", *names) if n not in ("random", *_WHOLE)]
+    located = [n for n in ("fact lookup", *names) if n in LOCATED]
     if any(not saved.get(n) for n in located):
         return None
     built = {n: localization.Localization.from_components(model, saved[n]["components"], name=n,

@@ -30,6 +30,7 @@ from .io import save_json
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 ENGINE = "mechunlearn_nb"
 REPLY_POLL_SECONDS = 1.0
+#: the localizations notebook 03 locates from evidence (``comparison.LOCATED``, named here to keep the CLI light)
 LOCATED = ("fact lookup", "OT (causal tracing)", "OT (attribution patching)", "OT MLPs only")
 
 

@@ -97,3 +97,9 @@ def test_full_run_hands_notebook_03s_localizations_to_later_notebooks(tmp_path):
     assert json.loads((fast / "summary.json").read_text())["notebooks"]["04_edit"]["metrics"]["components"] is None
     again = runner.run_series(tmp_path / "runs", notebook_dir=books, report=False, reuse_localizations=False)
     assert json.loads((again / "summary.json").read_text())["notebooks"]["04_edit"]["metrics"]["components"] is None
+
+
+def test_runner_hands_on_the_localizations_the_grid_locates():
+    from mechunlearn_nb import comparison
+
+    assert set(runner.LOCATED) == set(comparison.LOCATED)
