@@ -45,3 +45,8 @@ def output_dir(path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def metric_key(name: str) -> str:
+    """A localization or edit name as part of a ``metrics.json`` key: ``"OT (causal tracing)"`` → ``"ot_causal_tracing"``."""
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_").replace("__", "_")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mechunlearn_nb import data, expected, models, prompts, scoring, tasks
-from mechunlearn_nb.io import save_json
+from mechunlearn_nb.io import metric_key, save_json
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -222,3 +222,9 @@ def test_embedded_model_loads_from_cache_quickly(gemma):
     assert models.LAST_LOAD_TIMES["total_s"] < 60  # a cached load; the first build takes about a minute
     assert models.embedded_model_dir().exists()
     assert not list(models.embedded_model_dir().parent.glob(".*partial*"))
+
+
+def test_metric_key_names_localizations_in_metrics():
+    assert metric_key("OT (causal tracing)") == "ot_causal_tracing"
+    assert metric_key("fact lookup") == "fact_lookup" and metric_key("all MLPs") == "all_mlps"
+    assert metric_key("non-localized") == "non_localized"
