@@ -529,6 +529,19 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
     return frame
 
 
+def saved_cells(out_dir: str | Path) -> pd.DataFrame:
+    """The cells saved in ``out_dir/cells/`` so far, one row each (as :func:`run_grid` returns them).
+
+    Reads only: use it to look at a grid that is still running (or was stopped) in another process —
+    ``aggregate(saved_cells(out))`` and ``verdicts(saved_cells(out))`` work on any subset of cells.
+    """
+    paths = sorted((Path(out_dir) / "cells").glob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"No saved cells in {Path(out_dir) / 'cells'}. Fix: check the folder, or run the grid "
+                                f"(run_grid / notebook 09) with this OUTPUT_DIR first.")
+    return pd.DataFrame([json.loads(p.read_text())["metrics"] for p in paths])
+
+
 def curves(out_dir: str | Path) -> pd.DataFrame:
     """Every saved cell's relearning curve, concatenated (tidy)."""
     frames = []

@@ -145,3 +145,17 @@ def test_resumed_grid_reads_its_saved_localizations(tiny, tmp_path):
     assert "random" not in locs  # drawn per seed by localization_for
     # a localization the earlier run did not locate: locate again rather than guess
     assert comparison.saved_localizations(tiny, path, ("fact lookup", "OT (causal tracing)")) is None
+
+
+def test_saved_cells_and_timings_read_a_running_grid(tmp_path):
+    from mechunlearn_nb.io import save_json
+
+    with pytest.raises(FileNotFoundError, match="No saved cells"):
+        comparison.saved_cells(tmp_path)
+    for seed in (0, 1):
+        save_json(dict(metrics=dict(task="edit 16 athletes", localization="fact lookup", seed=seed, relearn_acc=0.1 * seed),
+                       curve=[], seconds=dict(edit=10.0, evaluate=2.0)), tmp_path / "cells" / f"c{seed}.json")
+    cells = comparison.saved_cells(tmp_path)
+    assert list(cells["seed"]) == [0, 1] and cells["relearn_acc"].tolist() == [0.0, 0.1]
+    t = comparison.timings(tmp_path)
+    assert len(t) == 4 and t.groupby("seed")["seconds"].sum().tolist() == [12.0, 12.0]
