@@ -403,8 +403,10 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
         base_probe: :func:`probe_base`'s result for this task and seed (computed here when None).
 
     Returns:
-        ``{"metrics": {...}, "curve": [...], "seconds": {...}, "history_tail": {...}, "edit_config": {...}}``
-        (JSON-able; ``seconds``: wall time of each step).
+        ``{"metrics": {...}, "curve": [...], "seconds": {...}, "evaluation": [...], "history_tail": {...},
+        "edit_config": {...}}`` (JSON-able; ``seconds``: wall time of each step; ``evaluation``: every score of
+        the evaluation table before and after, in every format — QA, neighbourhood prompts, unrelated facts —
+        beyond the few that make :data:`METRICS`).
     """
     clock, seconds = time.perf_counter(), {}
 
@@ -432,7 +434,9 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
         metrics["probe_note"] = probe_note
     metrics.update(task=task.name, localization=loc.name, seed=seed, n_params=loc.n_params, n_forget=len(task.forget),
                    components=list(loc.components))
+    scores = table[table["set"] != "generation"][["stage", "set", "format", "metric", "value", "n"]]
     return dict(metrics=metrics, curve=[] if curve is None else curve.to_dict("records"), seconds=seconds,
+                evaluation=scores.to_dict("records"),
                 edit_config=asdict(cfg), history_tail=result.history.iloc[-1].to_dict() if len(result.history) else {})
 
 

@@ -5,6 +5,7 @@ module tree (LoRA adapters removed), nothing left trainable, no delta applied.
 """
 
 import dataclasses
+import json
 
 import pandas as pd
 import pytest
@@ -224,3 +225,23 @@ def test_errors_name_problem_and_fix(tiny, task, result):
     with result.applied(tiny), pytest.raises(RuntimeError, match="revert"):
         attacks.relearn(tiny, result, task, attacks.RelearnConfig(eval_steps=(0,), **QUICK), progress=False)
     assert not result.delta.is_applied(tiny)
+
+
+def test_grid_cell_on_the_tiny_model(tiny, task):
+    from mechunlearn_nb import comparison
+
+    snap = Snapshot(tiny)
+    loc = Localization.from_components(tiny, ["m1"], name="fact lookup")
+    config = comparison.GridConfig(tasks=("edit 8 athletes",), seeds=(0,), relearn_steps=(0, 1), n_unrelated=0,
+                                   edit_overrides=dict(EDIT), relearn_overrides=dict(QUICK),
+                                   eval_overrides=dict(n_paragraphs=1, lm_tokens=16, formats=("fact", "mcq")))
+    base_probe = comparison.probe_base(tiny, task, config, seed=0)
+    cell = comparison.run_cell(tiny, task, loc, 0, config, probe_window=(1, 1), base_probe=base_probe)
+    snap.assert_unchanged()
+    m = cell["metrics"]
+    assert 0 <= m["edit_acc"] <= 1 and 0 <= m["probe_true"] <= 1 and m["probe_window"] == [1, 1]
+    assert set(cell["seconds"]) == {"edit", "evaluate", "relearn", "probe"}
+    scores = pd.DataFrame(cell["evaluation"])
+    assert {"before", "after"} == set(scores["stage"]) and {"fact", "mcq"} <= set(scores["format"])
+    assert "generation" not in set(scores["set"])
+    json.dumps(cell)  # saved as JSON as it is
