@@ -1,4 +1,4 @@
-"""Command line: ``python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03]``."""
+"""Command line: ``python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N]``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--relocate", action="store_true",
                      help="every notebook computes its own localizations (default: at full size, notebooks 04-07 "
                           "and 09 reuse notebook 03's)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="at full size, compute notebook 09's grid in this many processes, one task and seed at a "
+                          "time each, threads split between them (default 1)")
     sub.add_parser("list", help="list the notebooks of the series")
     sub.add_parser("prepare", help="build the embedded model's cache folder (first load) and report the time")
     args = parser.parse_args(argv)
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     only = args.only.split(",") if args.only else None
     run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only,
-                                reuse_localizations=not args.relocate)
+                                reuse_localizations=not args.relocate, workers=args.workers)
     summary = json.loads((run_dir / "summary.json").read_text())
     failed = [k for k, v in summary["notebooks"].items() if v["status"] != "ok"]
     return 1 if failed else 0

@@ -13,12 +13,19 @@ take sports components (a ``COMPONENTS`` and a ``FAST_COMPONENTS`` parameter:
 04-07 and 09) receive them as ``COMPONENTS`` instead of computing the same
 evidence again, minutes each on a CPU. ``reuse_localizations=False``
 (``run --relocate``) lets every notebook locate for itself.
+
+At full size, ``workers > 1`` (``run --workers N``) computes the comparison grid
+(notebook 09) in N processes, one (task, seed) part at a time each, before the
+notebook's final pass assembles the table from the saved cells.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -126,14 +133,16 @@ def new_run_dir(root: str | Path = "runs") -> Path:
     raise RuntimeError(f"Could not create a new run folder under {root}.")
 
 
-def run_notebook(notebook: Path, run_dir: Path, parameters: dict, kernel: str = "python3", timeout: int | None = None) -> dict:
-    """Execute one notebook into ``run_dir``; returns its metrics (``{}`` if it wrote none)."""
+def run_notebook(notebook: Path, run_dir: Path, parameters: dict, kernel: str = "python3", timeout: int | None = None,
+                 executed: str | None = None) -> dict:
+    """Execute one notebook into ``run_dir`` (as ``executed``, default its own name); returns its metrics
+    (``{}`` if it wrote none). Its output folder is ``run_dir/<notebook stem>``."""
     import papermill as pm
 
     out_dir = run_dir / notebook.stem
     params = dict(parameters, OUTPUT_DIR=str(out_dir.resolve()))
     _register_engine()
-    pm.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=params, kernel_name=kernel,
+    pm.execute_notebook(str(notebook), str(run_dir / (executed or notebook.name)), parameters=params, kernel_name=kernel,
                         cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout, engine_name=ENGINE)
     metrics_path = out_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -147,15 +156,78 @@ def takes_sports_components(notebook: Path) -> bool:
     return "COMPONENTS" in params and "FAST_COMPONENTS" in params
 
 
+def grid_parameters(notebook: Path) -> dict | None:
+    """A grid notebook's default ``TASKS`` and ``SEEDS`` (notebook 09); None for a notebook without both."""
+    import papermill as pm
+
+    params = pm.inspect_notebook(str(notebook))
+    if "TASKS" not in params or "SEEDS" not in params:
+        return None
+    return {k: ast.literal_eval(params[k]["default"]) for k in ("TASKS", "SEEDS")}
+
+
+def _grid_part(notebook: Path, run_dir: Path, parameters: dict, kernel: str, threads: int, executed: str) -> dict:
+    """One worker process's share of a grid: the notebook with one task and one seed (runs in a child process)."""
+    os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    t0 = time.perf_counter()
+    entry = {"tasks": parameters["TASKS"], "seeds": parameters["SEEDS"], "executed": str((run_dir / executed).resolve())}
+    try:
+        run_notebook(notebook, run_dir, parameters, kernel=kernel, executed=executed)
+        entry["status"] = "ok"
+    except Exception as err:  # the final pass computes whatever a failed part left undone
+        entry.update(status="failed", error=f"{type(err).__name__}: {err}")
+    entry["seconds"] = round(time.perf_counter() - t0, 1)
+    return entry
+
+
+def run_grid_parts(notebook: Path, run_dir: Path, parameters: dict, workers: int, kernel: str = "python3",
+                   cpus: int | None = None) -> list[dict]:
+    """Compute a grid notebook's cells in ``workers`` processes before its single final pass.
+
+    The grid is cut into (task, seed) parts, each executed as the notebook with ``TASKS=[task], SEEDS=[seed]``
+    into the same output folder, ``workers`` at a time with ``cpus // workers`` threads each. The notebook
+    saves every cell as it finishes and reads saved cells back instead of recomputing them, so the final
+    pass over all tasks and seeds (run by the caller) only assembles the table — or computes what a failed
+    part left undone. Parts of one dataset may locate its components concurrently (the same evidence, the
+    same result: only time is lost).
+
+    Returns:
+        One entry per part: ``tasks, seeds, executed, status, seconds`` (and ``error`` when it failed).
+    """
+    import multiprocessing
+
+    grid = grid_parameters(notebook)
+    if grid is None:
+        raise ValueError(f"{notebook.name} has no TASKS and SEEDS parameters; only a grid notebook (09) runs in parts.")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}.")
+    tasks, seeds = parameters.get("TASKS", grid["TASKS"]), parameters.get("SEEDS", grid["SEEDS"])
+    parts = [(t, s) for t in tasks for s in seeds]
+    threads = max(1, (cpus or os.cpu_count() or 1) // workers)
+    (run_dir / f"{notebook.stem}.parts").mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=min(workers, len(parts)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_grid_part, notebook, run_dir, dict(parameters, TASKS=[t], SEEDS=[s]), kernel, threads,
+                               f"{notebook.stem}.parts/{_part_name(t, s)}.ipynb") for t, s in parts]
+        return [f.result() for f in futures]
+
+
+def _part_name(task, seed) -> str:
+    return "__".join("".join(c if c.isalnum() else "-" for c in str(p).lower()).strip("-") for p in (task, seed))
+
+
 def run_series(root: str | Path = "runs", fast: bool = False, model: str | None = None, only: list[str] | None = None,
                kernel: str = "python3", report: bool = True, notebook_dir: Path = NOTEBOOK_DIR,
-               reuse_localizations: bool = True) -> Path:
+               reuse_localizations: bool = True, workers: int = 1) -> Path:
     """Run the series; returns the run folder.
 
     Args:
         reuse_localizations: at full size, pass the components of the first ``localizations.json`` a notebook
             of this run wrote (notebook 03) to the later notebooks that take sports components.
+        workers: at full size, compute a grid notebook's cells (notebook 09) in this many processes
+            (:func:`run_grid_parts`) before its final pass; FAST grids are a few cells and run in one.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}.")
     books = list_notebooks(only, notebook_dir)
     run_dir = new_run_dir(root)
     size = "fast" if fast else "full"
@@ -172,6 +244,13 @@ def run_series(root: str | Path = "runs", fast: bool = False, model: str | None 
             entry["components_from"] = summary["localizations_from"]
             print(f"    COMPONENTS from {summary['localizations_from']}", flush=True)
         try:
+            if workers > 1 and not fast and grid_parameters(nb) is not None:
+                print(f"    computing its cells in {workers} processes (one task and seed each)", flush=True)
+                entry["parts"] = run_grid_parts(nb, run_dir, params, workers, kernel=kernel)
+                bad = [p for p in entry["parts"] if p["status"] != "ok"]
+                if bad:
+                    print(f"    {len(bad)} part(s) failed; the final pass computes their cells: "
+                          f"{[p['error'] for p in bad]}", flush=True)
             metrics = run_notebook(nb, run_dir, params, kernel=kernel)
             saved = run_dir / nb.stem / "localizations.json"
             if located is None and saved.exists():  # the evidence-based ones; random and whole groups are rebuilt

@@ -103,3 +103,39 @@ def test_runner_hands_on_the_localizations_the_grid_locates():
     from mechunlearn_nb import comparison
 
     assert set(runner.LOCATED) == set(comparison.LOCATED)
+
+
+def test_full_run_computes_a_grid_in_parts_then_assembles_it(tmp_path):
+    """--workers: (task, seed) parts run in parallel processes into one folder; the final pass only reads them."""
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    nb = new_notebook()
+    params = new_code_cell("FAST = False\nOUTPUT_DIR = 'out'\nMODEL_NAME = None\nTASKS = ['a', 'b']\nSEEDS = [0, 1, 2]")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, new_code_cell(
+        "import os, time\nfrom mechunlearn_nb import io\nout = io.output_dir(OUTPUT_DIR)\nnew = 0\n"
+        "for t in TASKS:\n    for s in SEEDS:\n        p = out / 'cells' / f'{t}_{s}.json'\n"
+        "        if not p.exists():\n            start = time.time(); time.sleep(1)\n"
+        "            io.save_json({'span': [start, time.time()], 'threads': os.environ.get('OMP_NUM_THREADS')}, p)\n"
+        "            new += 1\n"
+        "io.write_metrics(out, {'computed_here': new, 'cells': len(list((out / 'cells').glob('*.json')))})")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, books / "09_grid.ipynb")
+    assert runner.grid_parameters(books / "09_grid.ipynb") == {"TASKS": ["a", "b"], "SEEDS": [0, 1, 2]}
+
+    run = runner.run_series(tmp_path / "runs", notebook_dir=books, report=False, workers=2)
+    entry = json.loads((run / "summary.json").read_text())["notebooks"]["09_grid"]
+    assert entry["metrics"] == {"computed_here": 0, "cells": 6}  # the final pass found every cell done
+    assert [(p["tasks"], p["seeds"]) for p in entry["parts"]] == [([t], [s]) for t in "ab" for s in range(3)]
+    assert all(p["status"] == "ok" and (run / "09_grid.parts").exists() for p in entry["parts"])
+    cells = [json.loads(p.read_text()) for p in (run / "09_grid" / "cells").glob("*.json")]
+    spans = sorted(c["span"] for c in cells)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # some parts ran at the same time
+    assert {c["threads"] for c in cells} == {str(max(1, (__import__("os").cpu_count() or 1) // 2))}
+
+    # FAST grids are a few cells: one process, no parts
+    fast = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=books, report=False, workers=2)
+    entry = json.loads((fast / "summary.json").read_text())["notebooks"]["09_grid"]
+    assert "parts" not in entry and entry["metrics"]["computed_here"] == 6
+    with pytest.raises(ValueError, match="workers"):
+        runner.run_series(tmp_path / "runs", notebook_dir=books, workers=0)
