@@ -546,6 +546,37 @@ def saved_cells(out_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame([json.loads(p.read_text())["metrics"] for p in paths])
 
 
+def saved_cell(out_dir: str | Path, task: str, localization: str, seed: int) -> dict:
+    """One saved cell's whole record (metrics, relearning curve, evaluation table, timings, edit settings)."""
+    path = Path(out_dir) / "cells" / f"{slug(task, localization, seed)}.json"
+    if not path.exists():
+        have = sorted(p.stem for p in (Path(out_dir) / "cells").glob("*.json"))
+        raise FileNotFoundError(f"No saved cell for ({task!r}, {localization!r}, seed {seed}) in {path.parent}. "
+                                f"Fix: pick one of the saved cells ({len(have)}: {have[:6]}{' ...' if len(have) > 6 else ''}) "
+                                f"or run the grid for it.")
+    return json.loads(path.read_text())
+
+
+def evaluation_table(cell: dict) -> pd.DataFrame:
+    """A saved cell's evaluation before and after its edit: one row per (set, format, metric), columns
+    ``before, after, change, n`` — every score behind the cell's metrics, in every format it was evaluated in.
+
+    Cells saved before evaluation tables were kept raise ``ValueError``.
+    """
+    rows = cell.get("evaluation")
+    if not rows:
+        raise ValueError("This cell was saved without its evaluation table (an older grid); its metrics are in "
+                         "cell['metrics']. Fix: recompute the cell (delete its file and rerun the grid) to keep the table.")
+    frame = pd.DataFrame(rows)
+    wide = frame.pivot_table(index=["set", "format", "metric"], columns="stage", values="value", sort=False)
+    wide = wide.reindex(columns=["before", "after"])
+    wide["change"] = wide["after"] - wide["before"]
+    n = frame[frame["stage"] == "after"].set_index(["set", "format", "metric"])["n"]
+    wide["n"] = n.reindex(wide.index).astype("Int64")
+    wide.columns.name = None
+    return wide
+
+
 def curves(out_dir: str | Path) -> pd.DataFrame:
     """Every saved cell's relearning curve, concatenated (tidy)."""
     frames = []

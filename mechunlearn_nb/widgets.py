@@ -47,3 +47,44 @@ def athlete_explorer(model, default: str = "LeBron James", formats=("fact", "qa"
     box.observe(show, names="value")
     show()
     return widgets.VBox([box, out])
+
+
+def grid_explorer(out_dir) -> widgets.VBox:
+    """Pick a task, a localization and a seed of a comparison grid: see that cell's metrics, its whole
+    evaluation table before and after the edit, and its relearning curve (reads the saved cells only)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from . import comparison
+
+    cells = comparison.saved_cells(out_dir)
+    pick = {col: widgets.Dropdown(options=list(dict.fromkeys(cells[col])), description=f"{col.capitalize()}:")
+            for col in ("task", "localization", "seed")}
+    out = widgets.Output()
+
+    def show(*_):
+        out.clear_output(wait=True)
+        with out:
+            key = {col: w.value for col, w in pick.items()}
+            try:
+                cell = comparison.saved_cell(out_dir, **key)
+            except FileNotFoundError as err:
+                print(err)
+                return
+            m = cell["metrics"]
+            display(pd.Series({k: m.get(k) for k in comparison.METRICS if pd.notna(m.get(k, float("nan")))}, name="metric").round(3)
+                    .to_frame("value").T)
+            try:
+                display(comparison.evaluation_table(cell).round(3))
+            except ValueError as err:
+                print(err)
+            if cell["curve"]:
+                fig, ax = plt.subplots(figsize=(5, 3))
+                sns.lineplot(data=pd.DataFrame(cell["curve"]), x="step", y="accuracy", hue="half", marker="o", ax=ax)
+                ax.set(title="relearning attack: true answer recovered", ylim=(-0.02, 1.02))
+                plt.show()
+
+    for w in pick.values():
+        w.observe(show, names="value")
+    show()
+    return widgets.VBox([widgets.HBox(list(pick.values())), out])

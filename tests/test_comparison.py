@@ -159,3 +159,31 @@ def test_saved_cells_and_timings_read_a_running_grid(tmp_path):
     assert list(cells["seed"]) == [0, 1] and cells["relearn_acc"].tolist() == [0.0, 0.1]
     t = comparison.timings(tmp_path)
     assert len(t) == 4 and t.groupby("seed")["seconds"].sum().tolist() == [12.0, 12.0]
+
+
+def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path):
+    from mechunlearn_nb import widgets
+    from mechunlearn_nb.io import save_json
+
+    def rec(stage, set_, fmt, metric, value, n):
+        return dict(stage=stage, set=set_, format=fmt, metric=metric, value=value, n=n)
+
+    evaluation = [rec("before", "forget", "fact", "acc_true", 1.0, 16), rec("after", "forget", "fact", "acc_true", 0.25, 16),
+                  rec("before", "maintain", "qa", "acc_true", 0.9, 256), rec("after", "maintain", "qa", "acc_true", 0.8, 256)]
+    curve = [dict(step=s, half=h, accuracy=a) for s, h, a in [(0, "A (trained)", 0.0), (5, "A (trained)", 0.5),
+                                                               (0, "B (held out)", 0.0), (5, "B (held out)", 0.25)]]
+    for loc, ev in [("fact lookup", evaluation), ("random", [])]:
+        save_json(dict(metrics=dict(task="edit 16 athletes", localization=loc, seed=0, edit_acc=1.0, probe_true=float("nan")),
+                       curve=curve, evaluation=ev), tmp_path / "cells" / f"{comparison.slug('edit 16 athletes', loc, 0)}.json")
+    cell = comparison.saved_cell(tmp_path, "edit 16 athletes", "fact lookup", 0)
+    table = comparison.evaluation_table(cell)
+    assert table.loc[("forget", "fact", "acc_true"), "change"] == pytest.approx(-0.75)
+    assert table.loc[("maintain", "qa", "acc_true"), "n"] == 256 and list(table.columns) == ["before", "after", "change", "n"]
+    with pytest.raises(ValueError, match="without its evaluation table"):
+        comparison.evaluation_table(comparison.saved_cell(tmp_path, "edit 16 athletes", "random", 0))
+    with pytest.raises(FileNotFoundError, match="seed 3.*pick one of the saved cells"):
+        comparison.saved_cell(tmp_path, "edit 16 athletes", "fact lookup", 3)
+    box = widgets.grid_explorer(tmp_path)
+    task, loc, seed = box.children[0].children
+    assert list(loc.options) == ["fact lookup", "random"] and task.value == "edit 16 athletes" and seed.value == 0
+    loc.value = "random"  # an older cell without a table still shows its metrics and curve
