@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -73,6 +74,15 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
         parts.append(f"<p><span class='{cls}'>{html.escape(str(status))}</span> · {entry.get('seconds')} s · {' · '.join(links)}</p>")
         if entry.get("error"):
             parts.append(f"<pre class='bad'>{html.escape(entry['error'][:3000])}</pre>")
+        if entry.get("parts"):  # a grid computed in parallel processes (run --workers)
+            rows = []
+            for p in entry["parts"]:
+                rel = Path(os.path.relpath(p["executed"], run_dir.resolve())).as_posix()
+                rows.append(f"<tr><td>{html.escape(', '.join(map(str, p['tasks'])))}</td><td>{html.escape(', '.join(map(str, p['seeds'])))}</td>"
+                            f"<td class='{'ok' if p['status'] == 'ok' else 'bad'}'>{html.escape(p['status'])}</td><td>{p['seconds']}</td>"
+                            f"<td><a href='{html.escape(rel)}'>executed part</a>{html.escape(' · ' + p['error'][:300]) if p.get('error') else ''}</td></tr>")
+            parts.append(f"<h3>Computed in {len(entry['parts'])} parts</h3><table><tr><th>tasks</th><th>seeds</th>"
+                         f"<th>status</th><th>seconds</th><th></th></tr>{''.join(rows)}</table>")
         checks = pd.DataFrame(entry.get("checks") or [])
         if len(checks):
             parts += ["<h3>Expected values</h3>", _table(checks)]

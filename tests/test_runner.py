@@ -133,6 +133,11 @@ def test_full_run_computes_a_grid_in_parts_then_assembles_it(tmp_path):
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # some parts ran at the same time
     assert {c["threads"] for c in cells} == {str(max(1, (__import__("os").cpu_count() or 1) // 2))}
 
+    from mechunlearn_nb.report import write_report
+
+    page = write_report(run, render_notebooks=False).read_text()
+    assert "Computed in 6 parts" in page and "href='09_grid.parts/b__2.ipynb'" in page
+
     # FAST grids are a few cells: one process, no parts
     fast = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=books, report=False, workers=2)
     entry = json.loads((fast / "summary.json").read_text())["notebooks"]["09_grid"]
