@@ -7,6 +7,7 @@ module tree (LoRA adapters removed), nothing left trainable, no delta applied.
 import dataclasses
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -245,3 +246,25 @@ def test_grid_cell_on_the_tiny_model(tiny, task):
     assert {"before", "after"} == set(scores["stage"]) and {"fact", "mcq"} <= set(scores["format"])
     assert "generation" not in set(scores["set"])
     json.dumps(cell)  # saved as JSON as it is
+
+
+def test_counterfact_grid_cell_on_the_tiny_model(tiny):
+    """A CounterFact cell runs end to end: paraphrases and neighbourhood prompts scored, relearning, no probes."""
+    from mechunlearn_nb import comparison
+
+    known = data.load_counterfact(with_prompts=True).head(120)  # the tiny random model knows nothing: treat as known
+    task = tasks.counterfact_edit(tiny, n=8, seed=0, known=known, max_maintain=8)
+    snap = Snapshot(tiny)
+    loc = Localization.from_components(tiny, ["m1"], name="fact lookup")
+    config = comparison.GridConfig(tasks=("counterfact 16",), seeds=(0,), relearn_steps=(0, 1), n_unrelated=0,
+                                   edit_overrides=dict(EDIT), relearn_overrides=dict(QUICK),
+                                   eval_overrides=dict(n_paragraphs=1, lm_tokens=16))
+    assert comparison.probe_base(tiny, task, config, seed=0) == (None, None)
+    cell = comparison.run_cell(tiny, task, loc, 0, config, probe_window=(1, 1), base_probe=(None, None))
+    snap.assert_unchanged()
+    m = cell["metrics"]
+    assert 0 <= m["edit_acc"] <= 1 and 0 <= m["paraphrase_edit_acc"] <= 1 and 0 <= m["relearn_acc"] <= 1
+    assert np.isnan(m["probe_true"]) and m["n_forget"] == 8
+    formats = set(pd.DataFrame(cell["evaluation"])["format"])
+    assert {"cf_prompt", "cf_paraphrase"} <= formats, formats
+    json.dumps(cell)
