@@ -23,6 +23,7 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "accuracy": (0.45, 0.75),
             "frac_known": (0.25, 0.55),
             "acc_qa_known": (0.6, 1.0),
+            "mcq_top_choice_share": (0.55, 0.9),         # 0.73: "D · golf", whatever the athlete
             "load_seconds": (0, 120),
         },
         "full": {
