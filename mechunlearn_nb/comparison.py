@@ -357,6 +357,10 @@ def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: p
         lm_loss_change=gt_after - gt_before,
         base_forget_acc=_value(table, "forget", fmt, "acc_true", "before"),
         base_maintain_acc=_value(table, "maintain", fmt, "acc_true", "before"),
+        # the unedited model's multiple choice: on a model that favours one option, the edit's MCQ scores are
+        # read against these (notebook 00)
+        base_mcq_forget_acc=_value(table, "forget", mcq, "acc_true", "before"),
+        base_mcq_edit_acc=_value(table, "forget", mcq, "acc_new", "before"),
     )
     out["relearn_acc"] = np.nan
     if curve is not None and len(curve):

@@ -64,11 +64,13 @@ def test_cell_metrics_reads_the_evaluation_table():
         ("after", "forget", "fact", "acc_true", 0.1), ("after", "forget", "fact", "acc_new", 0.9),
         ("after", "maintain", "fact", "acc_true", 0.8), ("before", "forget", "fact", "acc_true", 1.0),
         ("before", "maintain", "fact", "acc_true", 0.85), ("after", "forget", "mcq", "acc_new", 0.3),
+        ("before", "forget", "mcq", "acc_new", 0.7),
         ("before", "general_text", "text", "lm_loss", 3.0), ("after", "general_text", "text", "lm_loss", 3.2)]]
     curve = pd.DataFrame([dict(step=0, half="B (held out)", accuracy=0.0), dict(step=20, half="B (held out)", accuracy=0.5),
                           dict(step=20, half="A (trained)", accuracy=1.0)])
     m = comparison.cell_metrics(T, pd.DataFrame(rows), curve, None)
     assert (m["forget_acc"], m["edit_acc"], m["maintain_acc"], m["mcq_edit_acc"]) == (0.1, 0.9, 0.8, 0.3)
+    assert m["base_mcq_edit_acc"] == 0.7 and np.isnan(m["base_mcq_forget_acc"])  # not in the table: NaN
     assert m["lm_loss_change"] == pytest.approx(0.2) and m["relearn_acc"] == 0.5 and np.isnan(m["probe_true"])
     # probes: probe_true is the middle window's true share; the late layers are kept as probe_true_late
     probe = pd.DataFrame([dict(localization=loc, stage=st, position="final", layer=layer,
