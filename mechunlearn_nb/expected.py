@@ -32,6 +32,7 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "n_known_basketball": (150, 215),
             "accuracy": (0.53, 0.63),
             "acc_qa_known": (0.75, 1.0),
+            "mcq_top_choice_share": (0.6, 0.85),         # 0.73 (D · golf)
         },
     },
     # FAST: 2 facts (Patrick Corbin, Khris Middleton), seed 0; measured values in the comments
