@@ -631,6 +631,28 @@ def aggregate(cells: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+UNEDITED = "unedited model"
+#: metric ← the field of a cell that holds the same score measured on the unedited model
+BASE_OF = {"forget_acc": "base_forget_acc", "maintain_acc": "base_maintain_acc", "mcq_forget_acc": "base_mcq_forget_acc",
+           "mcq_edit_acc": "base_mcq_edit_acc", "probe_true": "probe_true_base"}
+
+
+def unedited(cells: pd.DataFrame) -> pd.DataFrame:
+    """The unedited model's scores on each (task, seed), as rows of localization ``"unedited model"``.
+
+    Every cell records the scores of the model before its edit (the same for all localizations of a task
+    and seed); this collects them under the metric names, so that appended to the cells they give the table
+    and the bars a reference row: ``aggregate(pd.concat([cells, unedited(cells)]))``. Metrics without a
+    before-edit value (edit, relearning, loss change) stay empty; cells saved before a field was recorded
+    are skipped for it.
+    """
+    cols = [c for c in BASE_OF.values() if c in cells]
+    if not cols:
+        return pd.DataFrame(columns=["task", "localization", "seed"])
+    first = cells.groupby(["task", "seed"], sort=False)[cols].first()  # first recorded value of each field
+    return first.rename(columns={v: k for k, v in BASE_OF.items()}).reset_index().assign(localization=UNEDITED)
+
+
 def table(agg: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
     """The paper-style wide table: rows (task, localization), columns metrics, cells ``mean ± ci``."""
     sub = agg if task is None else agg[agg["task"] == task]
@@ -704,7 +726,8 @@ def plot_metrics(agg: pd.DataFrame, metrics: tuple[str, ...] = ("edit_acc", "mai
 
     present = [m for m in metrics if m in set(agg["metric"])]
     fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 3.6), squeeze=False, sharey=False)
-    order = [name for name in LOCALIZATIONS if name in set(agg["localization"])]
+    names = list(dict.fromkeys(agg["localization"]))
+    order = [n for n in (UNEDITED, *LOCALIZATIONS) if n in names] + [n for n in names if n not in LOCALIZATIONS and n != UNEDITED]
     task_names = list(dict.fromkeys(agg["task"]))
     width = 0.8 / max(1, len(task_names))
     for ax, m in zip(axes[0], present):

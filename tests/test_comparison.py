@@ -189,3 +189,17 @@ def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path):
     task, loc, seed = box.children[0].children
     assert list(loc.options) == ["fact lookup", "random"] and task.value == "edit 16 athletes" and seed.value == 0
     loc.value = "random"  # an older cell without a table still shows its metrics and curve
+
+
+def test_unedited_rows_give_the_table_a_reference():
+    cells = _cells([0.1, 0.2, 0.3], [0.7, 0.8, 0.9]).assign(base_maintain_acc=0.95, probe_true_base=0.8)
+    cells.loc[cells.index[:2], "base_mcq_edit_acc"] = 0.7  # an older cell lacks the field: the others' value is used
+    base = comparison.unedited(cells)
+    assert len(base) == 3 and set(base["localization"]) == {comparison.UNEDITED}
+    assert base["maintain_acc"].tolist() == [0.95] * 3 and base["mcq_edit_acc"].tolist()[0] == 0.7
+    agg = comparison.aggregate(pd.concat([cells, base], ignore_index=True))
+    ref = agg[agg["localization"] == comparison.UNEDITED].set_index("metric")["mean"]
+    assert ref["probe_true"] == pytest.approx(0.8) and "relearn_acc" not in ref
+    fig = comparison.plot_metrics(agg)
+    assert comparison.UNEDITED in [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert comparison.unedited(cells[["task", "localization", "seed"]]).empty
