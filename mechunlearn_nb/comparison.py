@@ -661,6 +661,9 @@ def table(agg: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
     return wide.reindex(columns=[m for m in METRICS if m in wide.columns])
 
 
+#: multiple choice offers four options (A-D)
+MCQ_CHANCE = 0.25
+
 CLAIMS = (
     ("FLU edits generalise to multiple choice better than OT edits", "mcq_edit_acc"),
     ("FLU edits leave less of the true answer in multiple choice than OT edits", "mcq_forget_acc"),
@@ -686,6 +689,8 @@ def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
     and the 95% CIs of the two means do not overlap, **direction only** when it is better within
     noise, **not supported** otherwise, **no data** when a side has no value (e.g. MCQ on a task
     without it). Side effects are **comparable** when the means differ by less than the tolerance.
+    ``note`` flags the MCQ claims when the unedited model's multiple-choice accuracy on the edited facts
+    (``base_mcq_forget_acc``, averaged over tasks and seeds) is at or below chance.
     """
     from scipy import stats
 
@@ -695,6 +700,12 @@ def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
         half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.nan
         return float(v.mean()), float(half)
 
+    mcq_note = ""
+    if "base_mcq_forget_acc" in cells and cells["base_mcq_forget_acc"].notna().any():
+        base_mcq = float(cells.groupby(["task", "seed"])["base_mcq_forget_acc"].first().mean())
+        if base_mcq <= MCQ_CHANCE:
+            mcq_note = (f"before any edit the model answers {base_mcq:.2f} of these questions right (chance "
+                        f"{MCQ_CHANCE:.2f}): its MCQ answers follow a preferred option, not the fact")
     rows = []
     for other in ot:
         if other not in set(cells["localization"]) or flu not in set(cells["localization"]):
@@ -709,13 +720,14 @@ def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
                 separated = not (np.isnan(ca) or np.isnan(cb)) and (ma - ca > mb + cb or mb - cb > ma + ca)
                 verdict = ("supported" if separated else "direction only") if better else "not supported"
             rows.append(dict(claim=claim, versus=other, metric=metric, flu_mean=ma, flu_ci95=ca, ot_mean=mb, ot_ci95=cb,
-                             n_flu=len(a), n_ot=len(b), verdict=verdict))
+                             n_flu=len(a), n_ot=len(b), verdict=verdict,
+                             note=mcq_note if metric.startswith("mcq") and verdict != "no data" else ""))
         for claim, metric, tol in SIDE_EFFECTS:
             a, b = _pooled(cells, flu, metric), _pooled(cells, other, metric)
             (ma, ca), (mb, cb) = mean_ci(a), mean_ci(b)
             verdict = "no data" if len(a) == 0 or len(b) == 0 else ("comparable" if abs(ma - mb) < tol else "different")
             rows.append(dict(claim=f"side effects: {claim} (|Δ| < {tol})", versus=other, metric=metric, flu_mean=ma,
-                             flu_ci95=ca, ot_mean=mb, ot_ci95=cb, n_flu=len(a), n_ot=len(b), verdict=verdict))
+                             flu_ci95=ca, ot_mean=mb, ot_ci95=cb, n_flu=len(a), n_ot=len(b), verdict=verdict, note=""))
     return pd.DataFrame(rows)
 
 

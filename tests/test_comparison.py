@@ -40,6 +40,12 @@ def test_verdicts_separate_supported_direction_and_not():
     assert noisy.set_index("metric").loc["relearn_acc", "verdict"] == "direction only"
     worse = comparison.verdicts(_cells([0.8, 0.82, 0.81], [0.1, 0.12, 0.11]), ot=("OT (causal tracing)",))
     assert worse.set_index("metric").loc["relearn_acc", "verdict"] == "not supported"
+    assert (strong["note"] == "").all()  # no record of the unedited model's MCQ: nothing to flag
+    cells = _cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]).assign(mcq_edit_acc=0.5, base_mcq_forget_acc=0.05)
+    flagged = comparison.verdicts(cells, ot=("OT (causal tracing)",)).set_index("metric")["note"]
+    assert "0.05 of these questions right" in flagged["mcq_edit_acc"] and flagged["relearn_acc"] == ""
+    fine = comparison.verdicts(cells.assign(base_mcq_forget_acc=0.9), ot=("OT (causal tracing)",))
+    assert (fine["note"] == "").all()
 
 
 def test_table_is_wide_with_intervals():
