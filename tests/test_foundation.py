@@ -195,7 +195,7 @@ def test_save_json_is_atomic(tmp_path):
 
 def test_expected_check():
     ok = expected.check("00_quickstart", {"n_scored": 200, "accuracy": 0.6, "frac_known": 0.4,
-                                          "acc_qa_known": 0.9, "load_seconds": 5})
+                                          "acc_qa_known": 0.9, "mcq_top_choice_share": 0.7, "load_seconds": 5})
     assert ok["ok"].all()
     bad = expected.check("00_quickstart", {"n_scored": 10})
     assert not bad["ok"].any()
