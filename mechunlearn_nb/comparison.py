@@ -680,18 +680,50 @@ def _pooled(cells: pd.DataFrame, loc: str, metric: str) -> np.ndarray:
     return cells[cells["localization"] == loc][metric].dropna().to_numpy(dtype=float)
 
 
+def _mcq_note(cells: pd.DataFrame) -> str:
+    """Which tasks' MCQ numbers follow a preferred option rather than the fact (unedited accuracy ≤ chance)."""
+    if "base_mcq_forget_acc" not in cells or not cells["base_mcq_forget_acc"].notna().any():
+        return ""
+    per_task = cells.groupby(["task", "seed"], sort=False)["base_mcq_forget_acc"].first().groupby(level=0, sort=False).mean()
+    low = per_task[per_task <= MCQ_CHANCE]
+    if low.empty:
+        return ""
+    values = ", ".join(f"{v:.2f} ({t})" for t, v in low.items())
+    others = "" if len(low) == per_task.notna().sum() else "; on the other tasks it is above chance"
+    return (f"before any edit the model answers this share of these questions right: {values} (chance "
+            f"{MCQ_CHANCE:.2f}){others}: its MCQ answers there follow a preferred option, not the fact")
+
+
 def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
-             ot: tuple[str, ...] = ("OT (causal tracing)", "OT (attribution patching)")) -> pd.DataFrame:
+             ot: tuple[str, ...] = ("OT (causal tracing)", "OT (attribution patching)"),
+             by_dataset: bool = True) -> pd.DataFrame:
     """The paper's claims checked on this run, with numbers.
 
-    For each claim and each output-tracing variant, the metric is pooled over tasks and seeds
-    (one value per cell) and the two localizations are compared: **supported** when FLU is better
+    For each dataset (``dataset`` column: the paper makes its claims on Sports Facts and on CounterFact
+    separately), each claim and each output-tracing variant, the metric is pooled over the dataset's tasks
+    and seeds (one value per cell) and the two localizations are compared: **supported** when FLU is better
     and the 95% CIs of the two means do not overlap, **direction only** when it is better within
     noise, **not supported** otherwise, **no data** when a side has no value (e.g. MCQ on a task
     without it). Side effects are **comparable** when the means differ by less than the tolerance.
+    When the cells span both datasets, rows with ``dataset="all"`` pool them as well; ``by_dataset=False``
+    gives only those.
     ``note`` flags the MCQ claims when the unedited model's multiple-choice accuracy on the edited facts
-    (``base_mcq_forget_acc``, averaged over tasks and seeds) is at or below chance.
+    (``base_mcq_forget_acc``, per task, averaged over seeds) is at or below chance, naming the tasks.
     """
+    if by_dataset and len(cells):
+        of = cells["task"].map(dataset_of)
+        groups = [(d, cells[of == d]) for d in ("sports", "counterfact") if (of == d).any()]
+        if len(groups) > 1:
+            groups.append(("all", cells))
+    else:
+        groups = [("all", cells)]
+    frames = [_verdicts(sub, flu, ot).assign(dataset=name) for name, sub in groups]
+    cols = ["dataset", "claim", "versus", "metric", "flu_mean", "flu_ci95", "ot_mean", "ot_ci95", "n_flu", "n_ot",
+            "verdict", "note"]
+    return pd.concat(frames, ignore_index=True).reindex(columns=cols) if frames else pd.DataFrame(columns=cols)
+
+
+def _verdicts(cells: pd.DataFrame, flu: str, ot: tuple[str, ...]) -> pd.DataFrame:
     from scipy import stats
 
     def mean_ci(v):
@@ -700,12 +732,7 @@ def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
         half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.nan
         return float(v.mean()), float(half)
 
-    mcq_note = ""
-    if "base_mcq_forget_acc" in cells and cells["base_mcq_forget_acc"].notna().any():
-        base_mcq = float(cells.groupby(["task", "seed"])["base_mcq_forget_acc"].first().mean())
-        if base_mcq <= MCQ_CHANCE:
-            mcq_note = (f"before any edit the model answers {base_mcq:.2f} of these questions right (chance "
-                        f"{MCQ_CHANCE:.2f}): its MCQ answers follow a preferred option, not the fact")
+    mcq_note = _mcq_note(cells)
     rows = []
     for other in ot:
         if other not in set(cells["localization"]) or flu not in set(cells["localization"]):

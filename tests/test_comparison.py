@@ -43,9 +43,26 @@ def test_verdicts_separate_supported_direction_and_not():
     assert (strong["note"] == "").all()  # no record of the unedited model's MCQ: nothing to flag
     cells = _cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]).assign(mcq_edit_acc=0.5, base_mcq_forget_acc=0.05)
     flagged = comparison.verdicts(cells, ot=("OT (causal tracing)",)).set_index("metric")["note"]
-    assert "0.05 of these questions right" in flagged["mcq_edit_acc"] and flagged["relearn_acc"] == ""
+    assert "0.05 (edit 16 athletes)" in flagged["mcq_edit_acc"] and flagged["relearn_acc"] == ""
+    assert "other tasks" not in flagged["mcq_edit_acc"]
     fine = comparison.verdicts(cells.assign(base_mcq_forget_acc=0.9), ot=("OT (causal tracing)",))
     assert (fine["note"] == "").all()
+
+
+def test_verdicts_per_dataset_and_pooled():
+    sports = _cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]).assign(mcq_edit_acc=0.5, base_mcq_forget_acc=0.05)
+    cf = _cells([0.8, 0.82, 0.81], [0.1, 0.12, 0.11]).assign(task="counterfact 16", mcq_edit_acc=0.5,
+                                                               base_mcq_forget_acc=0.9)
+    v = comparison.verdicts(pd.concat([sports, cf], ignore_index=True), ot=("OT (causal tracing)",))
+    assert list(dict.fromkeys(v["dataset"])) == ["sports", "counterfact", "all"]
+    relearn = v[v.metric == "relearn_acc"].set_index("dataset")
+    assert relearn.loc["sports", "verdict"] == "supported" and relearn.loc["counterfact", "verdict"] == "not supported"
+    assert relearn.loc["all", "n_flu"] == 6 and relearn.loc["sports", "n_flu"] == 3
+    mcq = v[v.metric == "mcq_edit_acc"].set_index("dataset")["note"]
+    assert "0.05 (edit 16 athletes)" in mcq["sports"] and mcq["counterfact"] == ""
+    assert "counterfact 16" not in mcq["all"] and "on the other tasks it is above chance" in mcq["all"]
+    pooled = comparison.verdicts(pd.concat([sports, cf]), ot=("OT (causal tracing)",), by_dataset=False)
+    assert set(pooled["dataset"]) == {"all"} and len(pooled) == 6
 
 
 def test_table_is_wide_with_intervals():
