@@ -52,10 +52,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from . import attacks, data, editing, evaluation, latent, localization, patching, probing, tasks, tracing
-from .io import save_json
+from .io import save_json, slug
 from .models import hf_model
 
 LOCALIZATIONS = ("fact lookup", "OT (causal tracing)", "OT MLPs only", "OT (attribution patching)", "random",
@@ -444,11 +445,6 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
                 edit_config=asdict(cfg), history_tail=result.history.iloc[-1].to_dict() if len(result.history) else {})
 
 
-def slug(*parts) -> str:
-    """A file- and metric-name-safe key: ``slug("OT (causal tracing)", 0)`` → ``"ot-causal-tracing__0"``."""
-    return "__".join(re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in parts)
-
-
 
 #: GridConfig fields that only choose which cells to run; every other field changes what a cell computes
 _SELECTION = ("tasks", "localizations", "seeds")
@@ -465,6 +461,36 @@ def _check_resume(config: GridConfig, out_dir: Path, cell_dir: Path) -> None:
     if changed:
         raise ValueError(f"{out_dir} holds cells computed with other settings ({', '.join(changed)} differ), which "
                          f"would be mixed into this table. Fix: use a new output folder, or delete {cell_dir} to recompute.")
+
+
+def dataset_localizations(model, dataset: str, config: GridConfig, out_dir: str | Path,
+                          known: pd.DataFrame | None = None) -> dict:
+    """One dataset's localizations for a grid in ``out_dir``: given (``config.components``), read back from
+    ``out_dir/localizations_<dataset>.json``, or located (:func:`locate`) and saved there.
+
+    Processes sharing ``out_dir`` (``run --workers``, or one notebook per seed) take turns: the first locates
+    and saves, the others wait for it and read the file back instead of locating again.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / f"localizations_{dataset}.json"
+    with FileLock(out_dir / f".localizations_{dataset}.lock"):
+        given = (config.components or {}).get(dataset, {})
+        saved = saved_localizations(model, path, config.localizations)
+        if saved is not None and not given:  # a resumed run: the evidence was computed with these settings
+            return saved
+        if "fact lookup" in given:  # GridConfig checked that every located localization is given too
+            locs = fixed(model, given, config.localizations)
+            evidence = {"flu_layers": [int(c[1:]) for c in given["fact lookup"] if c.startswith("m")], "n_locate": 0}
+        else:
+            locs, evidence = locate(model, dataset, config.localizations, n_locate=config.n_locate,
+                                    n_probe=config.n_probe, seed=0, progress=False, known=known)
+            locs.update({n: localization.Localization.from_components(model, c, name=n,
+                                                                      meta=dict(method="fixed components"))
+                         for n, c in given.items()})
+        save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
+                   "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
+                                     for n, loc in locs.items()}}, path)
+        return locs
 
 
 def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
@@ -498,27 +524,7 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
         if dataset not in known_by_dataset:
             known_by_dataset[dataset] = known_for(model, dataset, config.n_known, seed=0)
         if dataset not in locs_by_dataset:
-            given = (config.components or {}).get(dataset, {})
-            saved = saved_localizations(model, out_dir / f"localizations_{dataset}.json", config.localizations)
-            if saved is not None and not given:  # a resumed run: the evidence was computed with these settings
-                locs_by_dataset[dataset] = saved
-            elif "fact lookup" in given:  # GridConfig checked that every located localization is given too
-                locs_by_dataset[dataset] = fixed(model, given, config.localizations)
-                evidence = {"flu_layers": [int(c[1:]) for c in given["fact lookup"] if c.startswith("m")],
-                            "n_locate": 0}
-            else:
-                locs_by_dataset[dataset], evidence = locate(model, dataset, config.localizations, n_locate=config.n_locate,
-                                                            n_probe=config.n_probe, seed=0, progress=False,
-                                                            known=known_by_dataset[dataset])
-                locs_by_dataset[dataset].update(
-                    {n: localization.Localization.from_components(model, c, name=n, meta=dict(method="fixed components"))
-                     for n, c in given.items()})
-            if saved is None or given:
-                save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
-                           "localizations": {n: (None if loc is None else dict(components=loc.components,
-                                                                                n_params=loc.n_params))
-                                             for n, loc in locs_by_dataset[dataset].items()}},
-                          out_dir / f"localizations_{dataset}.json")
+            locs_by_dataset[dataset] = dataset_localizations(model, dataset, config, out_dir, known_by_dataset[dataset])
         key = (task_name, seed)
         if key not in cache_tasks:
             task = build_task(model, task_name, seed, config.max_forget, config.max_maintain, known=known_by_dataset[dataset])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,8 @@ def output_dir(path: str | os.PathLike) -> Path:
 def metric_key(name: str) -> str:
     """A localization or edit name as part of a ``metrics.json`` key: ``"OT (causal tracing)"`` → ``"ot_causal_tracing"``."""
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_").replace("__", "_")
+
+
+def slug(*parts) -> str:
+    """A file- and metric-name-safe key: ``slug("OT (causal tracing)", 0)`` → ``"ot-causal-tracing__0"``."""
+    return "__".join(re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in parts)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import expected
-from .io import save_json
+from .io import save_json, slug
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 ENGINE = "mechunlearn_nb"
@@ -188,8 +188,8 @@ def run_grid_parts(notebook: Path, run_dir: Path, parameters: dict, workers: int
     into the same output folder, ``workers`` at a time with ``cpus // workers`` threads each. The notebook
     saves every cell as it finishes and reads saved cells back instead of recomputing them, so the final
     pass over all tasks and seeds (run by the caller) only assembles the table — or computes what a failed
-    part left undone. Parts of one dataset may locate its components concurrently (the same evidence, the
-    same result: only time is lost).
+    part left undone. The first part to reach a dataset locates its components; parts reaching it meanwhile
+    wait and read them back (:func:`comparison.dataset_localizations`).
 
     Returns:
         One entry per part: ``tasks, seeds, executed, status, seconds`` (and ``error`` when it failed).
@@ -207,12 +207,8 @@ def run_grid_parts(notebook: Path, run_dir: Path, parameters: dict, workers: int
     (run_dir / f"{notebook.stem}.parts").mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=min(workers, len(parts)), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_grid_part, notebook, run_dir, dict(parameters, TASKS=[t], SEEDS=[s]), kernel, threads,
-                               f"{notebook.stem}.parts/{_part_name(t, s)}.ipynb") for t, s in parts]
+                               f"{notebook.stem}.parts/{slug(t, s)}.ipynb") for t, s in parts]
         return [f.result() for f in futures]
-
-
-def _part_name(task, seed) -> str:
-    return "__".join("".join(c if c.isalnum() else "-" for c in str(p).lower()).strip("-") for p in (task, seed))
 
 
 def run_series(root: str | Path = "runs", fast: bool = False, model: str | None = None, only: list[str] | None = None,

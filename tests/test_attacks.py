@@ -268,3 +268,35 @@ def test_counterfact_grid_cell_on_the_tiny_model(tiny):
     formats = set(pd.DataFrame(cell["evaluation"])["format"])
     assert {"cf_prompt", "cf_paraphrase"} <= formats, formats
     json.dumps(cell)
+
+
+def test_processes_sharing_a_grid_folder_locate_once(tiny, tmp_path, monkeypatch):
+    """Two workers reaching the same dataset at once: one locates and saves, the other waits and reads it back."""
+    import threading
+    import time
+
+    from mechunlearn_nb import comparison
+
+    calls = []
+
+    def slow_locate(model, dataset, names, **kwargs):
+        calls.append(dataset)
+        time.sleep(0.5)  # long enough for the other worker to arrive while this one holds the lock
+        built = {"fact lookup": Localization.from_components(model, ["m1"], name="fact lookup"),
+                 "OT (causal tracing)": Localization.from_components(model, ["a0"], name="OT (causal tracing)")}
+        return built, {"flu_layers": [1], "n_locate": 4}
+
+    monkeypatch.setattr(comparison, "locate", slow_locate)
+    config = comparison.GridConfig(tasks=("edit 8 athletes",), localizations=("fact lookup", "OT (causal tracing)"))
+    found = []
+    workers = [threading.Thread(target=lambda: found.append(
+        comparison.dataset_localizations(tiny, "sports", config, tmp_path))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert calls == ["sports"]  # located once
+    assert len(found) == 2 and [f["OT (causal tracing)"].components for f in found] == [["a0"], ["a0"]]
+    assert sorted(f["fact lookup"].meta.get("method", "") for f in found) == ["", "read back"]
+    saved = json.loads((tmp_path / "localizations_sports.json").read_text())
+    assert saved["localizations"]["fact lookup"]["components"] == ["m1"] and saved["n_locate"] == 4
