@@ -186,7 +186,7 @@ def test_saved_cells_and_timings_read_a_running_grid(tmp_path):
     assert len(t) == 4 and t.groupby("seed")["seconds"].sum().tolist() == [12.0, 12.0]
 
 
-def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path):
+def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path, capsys):
     from mechunlearn_nb import widgets
     from mechunlearn_nb.io import save_json
 
@@ -208,10 +208,15 @@ def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path):
         comparison.evaluation_table(comparison.saved_cell(tmp_path, "edit 16 athletes", "random", 0))
     with pytest.raises(FileNotFoundError, match="seed 3.*pick one of the saved cells"):
         comparison.saved_cell(tmp_path, "edit 16 athletes", "fact lookup", 3)
+    capsys.readouterr()
     box = widgets.grid_explorer(tmp_path)
     task, loc, seed = box.children[0].children
     assert list(loc.options) == ["fact lookup", "random"] and task.value == "edit 16 athletes" and seed.value == 0
-    loc.value = "random"  # an older cell without a table still shows its metrics and curve
+    shown = capsys.readouterr().out  # outside a kernel the Output widget lets its content through to stdout
+    assert "acc_true" in shown and "-0.75" in shown and "without its evaluation table" not in shown
+    loc.value = "random"  # an older cell without a table still shows its metrics, says why the table is missing
+    shown = capsys.readouterr().out
+    assert "without its evaluation table" in shown and "edit_acc" in shown
 
 
 def test_unedited_rows_give_the_table_a_reference():
