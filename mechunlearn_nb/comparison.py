@@ -680,12 +680,6 @@ SIDE_EFFECTS = (("maintain accuracy is comparable", "maintain_acc", 0.1),
                 ("general-text loss change is comparable", "lm_loss_change", 0.1))
 
 
-def _pooled(cells: pd.DataFrame, loc: str, metric: str) -> np.ndarray:
-    if metric not in cells:
-        return np.array([])
-    return cells[cells["localization"] == loc][metric].dropna().to_numpy(dtype=float)
-
-
 def _mcq_note(cells: pd.DataFrame) -> str:
     """Which tasks' MCQ numbers follow a preferred option rather than the fact (unedited accuracy ≤ chance)."""
     if "base_mcq_forget_acc" not in cells or not cells["base_mcq_forget_acc"].notna().any():
@@ -706,11 +700,14 @@ def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
     """The paper's claims checked on this run, with numbers.
 
     For each dataset (``dataset`` column: the paper makes its claims on Sports Facts and on CounterFact
-    separately), each claim and each output-tracing variant, the metric is pooled over the dataset's tasks
-    and seeds (one value per cell) and the two localizations are compared: **supported** when FLU is better
-    and the 95% CIs of the two means do not overlap, **direction only** when it is better within
-    noise, **not supported** otherwise, **no data** when a side has no value (e.g. MCQ on a task
-    without it). Side effects are **comparable** when the means differ by less than the tolerance.
+    separately), each claim and each output-tracing variant, the two localizations are compared pair by pair:
+    on each (task, seed) both ran — the same facts to edit, the same data — the difference FLU − OT of the
+    metric; ``diff_mean ± diff_ci95`` (Student t) over those pairs, pooled over the dataset's tasks and
+    seeds. **supported** when FLU is better and the interval excludes zero, **direction only** when it is
+    better within noise, **not supported** otherwise, **no data** when no pair has a value (e.g. MCQ on a
+    task without it). Side effects are **comparable** when the mean difference is under the tolerance.
+    ``flu_mean``/``ot_mean`` (± their own intervals) are over the same pairs; ``n_flu``/``n_ot`` count each
+    side's cells with a value.
     When the cells span both datasets, rows with ``dataset="all"`` pool them as well; ``by_dataset=False``
     gives only those.
     ``note`` flags the MCQ claims when the unedited model's multiple-choice accuracy on the edited facts
@@ -724,9 +721,21 @@ def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
     else:
         groups = [("all", cells)]
     frames = [_verdicts(sub, flu, ot).assign(dataset=name) for name, sub in groups]
-    cols = ["dataset", "claim", "versus", "metric", "flu_mean", "flu_ci95", "ot_mean", "ot_ci95", "n_flu", "n_ot",
-            "verdict", "note"]
+    cols = ["dataset", "claim", "versus", "metric", "flu_mean", "flu_ci95", "ot_mean", "ot_ci95", "diff_mean",
+            "diff_ci95", "n_pairs", "n_flu", "n_ot", "verdict", "note"]
     return pd.concat(frames, ignore_index=True).reindex(columns=cols) if frames else pd.DataFrame(columns=cols)
+
+
+def _paired(cells: pd.DataFrame, flu: str, other: str, metric: str) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """FLU's and the other localization's values of ``metric`` on the (task, seed) pairs both have, in the same
+    order, and how many cells each side has on its own."""
+    if metric not in cells:
+        return np.array([]), np.array([]), 0, 0
+    side = {loc: cells[cells["localization"] == loc].dropna(subset=[metric]).drop_duplicates(["task", "seed"])
+            .set_index(["task", "seed"])[metric] for loc in (flu, other)}
+    both = side[flu].index.intersection(side[other].index, sort=False)
+    return (side[flu].loc[both].to_numpy(dtype=float), side[other].loc[both].to_numpy(dtype=float),
+            len(side[flu]), len(side[other]))
 
 
 def _verdicts(cells: pd.DataFrame, flu: str, ot: tuple[str, ...]) -> pd.DataFrame:
@@ -743,24 +752,21 @@ def _verdicts(cells: pd.DataFrame, flu: str, ot: tuple[str, ...]) -> pd.DataFram
     for other in ot:
         if other not in set(cells["localization"]) or flu not in set(cells["localization"]):
             continue
-        for claim, metric in CLAIMS:
-            a, b = _pooled(cells, flu, metric), _pooled(cells, other, metric)
-            (ma, ca), (mb, cb) = mean_ci(a), mean_ci(b)
-            if len(a) == 0 or len(b) == 0:
+        for claim, metric, tol in [(c, m, None) for c, m in CLAIMS] + [(f"side effects: {c} (|Δ| < {t})", m, t)
+                                                                       for c, m, t in SIDE_EFFECTS]:
+            a, b, n_a, n_b = _paired(cells, flu, other, metric)
+            (ma, ca), (mb, cb), (md, cd) = mean_ci(a), mean_ci(b), mean_ci(a - b)
+            if len(a) == 0:
                 verdict = "no data"
+            elif tol is not None:
+                verdict = "comparable" if abs(md) < tol else "different"
             else:
-                better = ma > mb if HIGHER_IS_BETTER[metric] else ma < mb
-                separated = not (np.isnan(ca) or np.isnan(cb)) and (ma - ca > mb + cb or mb - cb > ma + ca)
-                verdict = ("supported" if separated else "direction only") if better else "not supported"
+                better = md > 0 if HIGHER_IS_BETTER[metric] else md < 0
+                verdict = ("supported" if not np.isnan(cd) and abs(md) > cd else "direction only") if better \
+                    else "not supported"
             rows.append(dict(claim=claim, versus=other, metric=metric, flu_mean=ma, flu_ci95=ca, ot_mean=mb, ot_ci95=cb,
-                             n_flu=len(a), n_ot=len(b), verdict=verdict,
+                             diff_mean=md, diff_ci95=cd, n_pairs=len(a), n_flu=n_a, n_ot=n_b, verdict=verdict,
                              note=mcq_note if metric.startswith("mcq") and verdict != "no data" else ""))
-        for claim, metric, tol in SIDE_EFFECTS:
-            a, b = _pooled(cells, flu, metric), _pooled(cells, other, metric)
-            (ma, ca), (mb, cb) = mean_ci(a), mean_ci(b)
-            verdict = "no data" if len(a) == 0 or len(b) == 0 else ("comparable" if abs(ma - mb) < tol else "different")
-            rows.append(dict(claim=f"side effects: {claim} (|Δ| < {tol})", versus=other, metric=metric, flu_mean=ma,
-                             flu_ci95=ca, ot_mean=mb, ot_ci95=cb, n_flu=len(a), n_ot=len(b), verdict=verdict, note=""))
     return pd.DataFrame(rows)
 
 

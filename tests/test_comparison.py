@@ -49,6 +49,21 @@ def test_verdicts_separate_supported_direction_and_not():
     assert (fine["note"] == "").all()
 
 
+def test_verdicts_compare_pairs_of_cells_on_the_same_task_and_seed():
+    """Tasks at different levels: pooled, FLU and OT overlap; pair by pair, FLU is lower every time."""
+    easy = _cells([0.10, 0.12, 0.11], [0.20, 0.21, 0.22])
+    hard = _cells([0.80, 0.85, 0.90], [0.90, 0.95, 0.99]).assign(task="edit 64 athletes")
+    cells = pd.concat([easy, hard], ignore_index=True)
+    row = comparison.verdicts(cells, ot=("OT (causal tracing)",)).set_index("metric").loc["relearn_acc"]
+    assert row["flu_mean"] + row["flu_ci95"] > row["ot_mean"] - row["ot_ci95"]  # the pooled intervals overlap
+    assert row["diff_mean"] == pytest.approx(np.mean([-0.1, -0.09, -0.11, -0.1, -0.1, -0.09]))
+    assert row["verdict"] == "supported" and row["n_pairs"] == 6
+    # a cell without its counterpart is not compared: the pairs shrink, the counts say so
+    lone = cells.drop(cells[(cells.localization == "OT (causal tracing)") & (cells.seed == 2)].index)
+    row = comparison.verdicts(lone, ot=("OT (causal tracing)",)).set_index("metric").loc["relearn_acc"]
+    assert (row["n_pairs"], row["n_flu"], row["n_ot"]) == (4, 6, 4)
+
+
 def test_verdicts_per_dataset_and_pooled():
     sports = _cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]).assign(mcq_edit_acc=0.5, base_mcq_forget_acc=0.05)
     cf = _cells([0.8, 0.82, 0.81], [0.1, 0.12, 0.11]).assign(task="counterfact 16", mcq_edit_acc=0.5,
