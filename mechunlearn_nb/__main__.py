@@ -1,4 +1,5 @@
-"""Command line: ``python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N]``."""
+"""Command line: ``python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N]``;
+``python -m mechunlearn_nb grid-status FOLDER`` for how far a comparison grid has got."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
                           "time each, threads split between them (default 1)")
     sub.add_parser("list", help="list the notebooks of the series")
     sub.add_parser("prepare", help="build the embedded model's cache folder (first load) and report the time")
+    status = sub.add_parser("grid-status", help="how far a full-size comparison grid (notebook 09) has got, and the "
+                                                "time left; reads its saved cells only")
+    status.add_argument("folder", help="the grid's output folder (a run's 09_comparison/, or notebook 09's OUTPUT_DIR)")
+    status.add_argument("--workers", type=int, default=1, help="processes that will share the cells left (default 1)")
     args = parser.parse_args(argv)
 
     from . import runner
@@ -37,12 +42,33 @@ def main(argv: list[str] | None = None) -> int:
         models.load_model()
         print(json.dumps(models.LAST_LOAD_TIMES))
         return 0
+    if args.command == "grid-status":
+        return _grid_status(args.folder, args.workers)
     only = args.only.split(",") if args.only else None
     run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only,
                                 reuse_localizations=not args.relocate, workers=args.workers)
     summary = json.loads((run_dir / "summary.json").read_text())
     failed = [k for k, v in summary["notebooks"].items() if v["status"] != "ok"]
     return 1 if failed else 0
+
+
+def _grid_status(folder: str, workers: int) -> int:
+    from pathlib import Path
+
+    if workers < 1:
+        raise SystemExit(f"--workers must be at least 1, got {workers}.")
+    if not (Path(folder) / "cells").is_dir():
+        raise SystemExit(f"{folder} has no cells/ folder: not a comparison grid's output. Fix: pass the folder notebook "
+                         f"09 wrote to (a run's 09_comparison/, or its OUTPUT_DIR).")
+    from . import comparison
+
+    table = comparison.grid_progress(folder)
+    print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))
+          .to_string(index=False))
+    left = table["seconds_left"].sum() / workers
+    print(f"{table['done'].sum()} of {table['planned'].sum()} cells saved; about {left / 3600:.1f} h left "
+          f"with {workers} process(es) at the cells' measured pace.")
+    return 0
 
 
 if __name__ == "__main__":

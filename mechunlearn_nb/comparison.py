@@ -556,6 +556,33 @@ def saved_cells(out_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame([json.loads(p.read_text())["metrics"] for p in paths])
 
 
+def grid_progress(out_dir: str | Path, tasks: tuple[str, ...] = TASKS, localizations: tuple[str, ...] = LOCALIZATIONS,
+                  seeds: tuple[int, ...] = (0, 1, 2)) -> pd.DataFrame:
+    """How far a grid saved in ``out_dir/cells/`` has got (defaults: the full-size grid of notebook 09).
+
+    Returns:
+        One row per task: ``planned, done, left`` cells, ``cell_seconds`` (mean wall time of its timed cells;
+        the other tasks' mean when none is timed yet) and ``seconds_left`` (``left × cell_seconds``, one process).
+        Reads only: safe to call while workers are writing cells.
+    """
+    saved = {}
+    for path in sorted((Path(out_dir) / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        m = cell["metrics"]
+        saved[(m["task"], m["localization"], int(m["seed"]))] = sum(cell.get("seconds", {}).values()) or np.nan
+    rows = []
+    for task in tasks:
+        keys = [(task, loc, s) for loc in localizations for s in seeds]
+        done = [saved[k] for k in keys if k in saved]
+        rows.append(dict(task=task, planned=len(keys), done=len(done), left=len(keys) - len(done),
+                         cell_seconds=float(np.nanmean(done)) if np.isfinite(done).any() else np.nan))
+    frame = pd.DataFrame(rows, columns=["task", "planned", "done", "left", "cell_seconds"])
+    timed = [v for v in saved.values() if np.isfinite(v)]
+    frame["cell_seconds"] = frame["cell_seconds"].fillna(float(np.mean(timed)) if timed else np.nan)
+    frame["seconds_left"] = frame["left"] * frame["cell_seconds"].where(frame["left"] > 0, 0.0)
+    return frame
+
+
 def saved_cell(out_dir: str | Path, task: str, localization: str, seed: int) -> dict:
     """One saved cell's whole record (metrics, relearning curve, evaluation table, timings, edit settings)."""
     path = Path(out_dir) / "cells" / f"{slug(task, localization, seed)}.json"

@@ -201,6 +201,28 @@ def test_saved_cells_and_timings_read_a_running_grid(tmp_path):
     assert len(t) == 4 and t.groupby("seed")["seconds"].sum().tolist() == [12.0, 12.0]
 
 
+def test_grid_progress_counts_cells_and_estimates_the_time_left(tmp_path, capsys):
+    from mechunlearn_nb.__main__ import main
+    from mechunlearn_nb.io import save_json
+
+    for loc, seed, secs in [("fact lookup", 0, 100.0), ("random", 0, 300.0), ("fact lookup", 1, None)]:
+        save_json(dict(metrics=dict(task="edit 16 athletes", localization=loc, seed=seed), curve=[],
+                       **({"seconds": dict(edit=secs / 2, evaluate=secs / 2)} if secs else {})),
+                  tmp_path / "cells" / f"{comparison.slug('edit 16 athletes', loc, seed)}.json")
+    p = comparison.grid_progress(tmp_path, tasks=("edit 16 athletes", "counterfact 16"),
+                                 localizations=("fact lookup", "random"), seeds=(0, 1)).set_index("task")
+    assert p.loc["edit 16 athletes", ["planned", "done", "left"]].tolist() == [4, 3, 1]
+    assert p.loc["edit 16 athletes", "cell_seconds"] == 200.0  # the untimed (older) cell is not counted
+    assert p.loc["counterfact 16", "cell_seconds"] == 200.0 and p.loc["counterfact 16", "seconds_left"] == 800.0
+    full = comparison.grid_progress(tmp_path)
+    assert full["planned"].sum() == 105 and full["done"].sum() == 3
+    assert main(["grid-status", str(tmp_path), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 105 cells saved" in out and f"{(102 * 200.0) / 2 / 3600:.1f} h left" in out
+    with pytest.raises(SystemExit, match="no cells/ folder"):
+        main(["grid-status", str(tmp_path / "cells")])
+
+
 def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path, capsys):
     from mechunlearn_nb import widgets
     from mechunlearn_nb.io import save_json
