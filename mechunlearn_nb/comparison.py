@@ -700,6 +700,7 @@ MCQ_CHANCE = 0.25
 CLAIMS = (
     ("FLU edits generalise to multiple choice better than OT edits", "mcq_edit_acc"),
     ("FLU edits leave less of the true answer in multiple choice than OT edits", "mcq_forget_acc"),
+    ("FLU edits generalise to paraphrases better than OT edits (CounterFact)", "paraphrase_edit_acc"),
     ("FLU edits resist relearning better than OT edits", "relearn_acc"),
     ("FLU edits leave less latent knowledge for probes than OT edits", "probe_true"),
 )

@@ -34,7 +34,7 @@ def test_verdicts_separate_supported_direction_and_not():
     v = strong.set_index("metric")["verdict"]
     assert v["relearn_acc"] == "supported"
     assert v["probe_true"] == "supported"  # no spread over seeds: intervals of width 0, apart
-    assert v["mcq_edit_acc"] == "no data"
+    assert v["mcq_edit_acc"] == "no data" and v["paraphrase_edit_acc"] == "no data"
     assert v["maintain_acc"] == "comparable"
     noisy = comparison.verdicts(_cells([0.1, 0.9, 0.5], [0.2, 0.8, 0.6]), ot=("OT (causal tracing)",))
     assert noisy.set_index("metric").loc["relearn_acc", "verdict"] == "direction only"
@@ -77,7 +77,7 @@ def test_verdicts_per_dataset_and_pooled():
     assert "0.05 (edit 16 athletes)" in mcq["sports"] and mcq["counterfact"] == ""
     assert "counterfact 16" not in mcq["all"] and "on the other tasks it is above chance" in mcq["all"]
     pooled = comparison.verdicts(pd.concat([sports, cf]), ot=("OT (causal tracing)",), by_dataset=False)
-    assert set(pooled["dataset"]) == {"all"} and len(pooled) == 6
+    assert set(pooled["dataset"]) == {"all"} and len(pooled) == 7
 
 
 def test_table_is_wide_with_intervals():
