@@ -53,16 +53,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _grid_status(folder: str, workers: int) -> int:
-    from pathlib import Path
+    from . import comparison
 
     if workers < 1:
         raise SystemExit(f"--workers must be at least 1, got {workers}.")
-    if not (Path(folder) / "cells").is_dir():
-        raise SystemExit(f"{folder} has no cells/ folder: not a comparison grid's output. Fix: pass the folder notebook "
-                         f"09 wrote to (a run's 09_comparison/, or its OUTPUT_DIR).")
-    from . import comparison
-
-    table = comparison.grid_progress(folder)
+    try:
+        table = comparison.grid_progress(folder)
+    except FileNotFoundError as err:  # names the folder and the fix
+        raise SystemExit(str(err)) from None
     print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))
           .to_string(index=False))
     left = table["seconds_left"].sum() / workers

@@ -563,22 +563,18 @@ def grid_progress(out_dir: str | Path, tasks: tuple[str, ...] = TASKS, localizat
     Returns:
         One row per task: ``planned, done, left`` cells, ``cell_seconds`` (mean wall time of its timed cells;
         the other tasks' mean when none is timed yet) and ``seconds_left`` (``left × cell_seconds``, one process).
-        Reads only: safe to call while workers are writing cells.
+        Reads only: safe to call while workers are writing cells. ``FileNotFoundError`` when none is saved yet.
     """
-    saved = {}
-    for path in sorted((Path(out_dir) / "cells").glob("*.json")):
-        cell = json.loads(path.read_text())
-        m = cell["metrics"]
-        saved[(m["task"], m["localization"], int(m["seed"]))] = sum(cell.get("seconds", {}).values()) or np.nan
+    keys = ["task", "localization", "seed"]
+    done = saved_cells(out_dir)[keys].astype({"seed": int})
+    pace = timings(out_dir).groupby(keys)["seconds"].sum().groupby("task").mean()  # untimed (older) cells left out
     rows = []
     for task in tasks:
-        keys = [(task, loc, s) for loc in localizations for s in seeds]
-        done = [saved[k] for k in keys if k in saved]
-        rows.append(dict(task=task, planned=len(keys), done=len(done), left=len(keys) - len(done),
-                         cell_seconds=float(np.nanmean(done)) if np.isfinite(done).any() else np.nan))
+        n_done = int(((done["task"] == task) & done["localization"].isin(localizations) & done["seed"].isin(seeds)).sum())
+        planned = len(localizations) * len(seeds)
+        rows.append(dict(task=task, planned=planned, done=n_done, left=planned - n_done, cell_seconds=pace.get(task, np.nan)))
     frame = pd.DataFrame(rows, columns=["task", "planned", "done", "left", "cell_seconds"])
-    timed = [v for v in saved.values() if np.isfinite(v)]
-    frame["cell_seconds"] = frame["cell_seconds"].fillna(float(np.mean(timed)) if timed else np.nan)
+    frame["cell_seconds"] = frame["cell_seconds"].fillna(float(pace.mean()) if len(pace) else np.nan)
     frame["seconds_left"] = frame["left"] * frame["cell_seconds"].where(frame["left"] > 0, 0.0)
     return frame
 
@@ -650,8 +646,6 @@ def aggregate(cells: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> pd.Dat
     The interval is Student's t over the seeds (``half_width = t(0.975, n-1) · sd / √n``); with one
     seed it is NaN: a single run says nothing about its own noise.
     """
-    from scipy import stats
-
     rows = []
     present = [m for m in metrics if m in cells]
     for (task, loc), g in cells.groupby(["task", "localization"], sort=False):
@@ -659,9 +653,21 @@ def aggregate(cells: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> pd.Dat
             v = g[m].dropna().to_numpy(dtype=float)
             if len(v) == 0:
                 continue
-            half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
-            rows.append(dict(task=task, localization=loc, metric=m, mean=float(v.mean()), ci95=half, n_seeds=len(v)))
+            mean, half = mean_ci95(v)
+            rows.append(dict(task=task, localization=loc, metric=m, mean=mean, ci95=half, n_seeds=len(v)))
     return pd.DataFrame(rows)
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and half-width of its 95% Student-t interval (``t(0.975, n-1) · sd / √n``); NaN half-width for
+    one value, NaN both for none."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return np.nan, np.nan
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
+    return float(v.mean()), half
 
 
 UNEDITED = "unedited model"
@@ -767,14 +773,6 @@ def _paired(cells: pd.DataFrame, flu: str, other: str, metric: str) -> tuple[np.
 
 
 def _verdicts(cells: pd.DataFrame, flu: str, ot: tuple[str, ...]) -> pd.DataFrame:
-    from scipy import stats
-
-    def mean_ci(v):
-        if len(v) == 0:
-            return np.nan, np.nan
-        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.nan
-        return float(v.mean()), float(half)
-
     mcq_note = _mcq_note(cells)
     rows = []
     for other in ot:
@@ -783,7 +781,7 @@ def _verdicts(cells: pd.DataFrame, flu: str, ot: tuple[str, ...]) -> pd.DataFram
         for claim, metric, tol in [(c, m, None) for c, m in CLAIMS] + [(f"side effects: {c} (|Δ| < {t})", m, t)
                                                                        for c, m, t in SIDE_EFFECTS]:
             a, b, n_a, n_b = _paired(cells, flu, other, metric)
-            (ma, ca), (mb, cb), (md, cd) = mean_ci(a), mean_ci(b), mean_ci(a - b)
+            (ma, ca), (mb, cb), (md, cd) = mean_ci95(a), mean_ci95(b), mean_ci95(a - b)
             if len(a) == 0:
                 verdict = "no data"
             elif tol is not None:

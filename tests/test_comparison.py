@@ -68,11 +68,15 @@ def test_verdicts_per_dataset_and_pooled():
     sports = _cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]).assign(mcq_edit_acc=0.5, base_mcq_forget_acc=0.05)
     cf = _cells([0.8, 0.82, 0.81], [0.1, 0.12, 0.11]).assign(task="counterfact 16", mcq_edit_acc=0.5,
                                                                base_mcq_forget_acc=0.9)
+    cf["paraphrase_edit_acc"] = [1.0, 0.8, 0.9, 0.7, 0.9, 0.7]  # rows alternate fact lookup, OT: FLU 0.2 ahead
     v = comparison.verdicts(pd.concat([sports, cf], ignore_index=True), ot=("OT (causal tracing)",))
     assert list(dict.fromkeys(v["dataset"])) == ["sports", "counterfact", "all"]
     relearn = v[v.metric == "relearn_acc"].set_index("dataset")
     assert relearn.loc["sports", "verdict"] == "supported" and relearn.loc["counterfact", "verdict"] == "not supported"
     assert relearn.loc["all", "n_flu"] == 6 and relearn.loc["sports", "n_flu"] == 3
+    para = v[v.metric == "paraphrase_edit_acc"].set_index("dataset")
+    assert para.loc["sports", "verdict"] == "no data"  # no paraphrases of athletes
+    assert para.loc["counterfact", "diff_mean"] == pytest.approx(0.2) and para.loc["counterfact", "n_pairs"] == 3
     mcq = v[v.metric == "mcq_edit_acc"].set_index("dataset")["note"]
     assert "0.05 (edit 16 athletes)" in mcq["sports"] and mcq["counterfact"] == ""
     assert "counterfact 16" not in mcq["all"] and "on the other tasks it is above chance" in mcq["all"]
@@ -219,7 +223,7 @@ def test_grid_progress_counts_cells_and_estimates_the_time_left(tmp_path, capsys
     assert main(["grid-status", str(tmp_path), "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "3 of 105 cells saved" in out and f"{(102 * 200.0) / 2 / 3600:.1f} h left" in out
-    with pytest.raises(SystemExit, match="no cells/ folder"):
+    with pytest.raises(SystemExit, match="No saved cells.*Fix"):
         main(["grid-status", str(tmp_path / "cells")])
 
 
