@@ -1,5 +1,5 @@
 """Command line: ``python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N]``;
-``python -m mechunlearn_nb grid-status FOLDER`` for how far a comparison grid has got."""
+``python -m mechunlearn_nb grid-status FOLDER [--tasks ...] [--seeds 0,1]`` for how far a comparison grid has got."""
 
 from __future__ import annotations
 
@@ -24,10 +24,15 @@ def main(argv: list[str] | None = None) -> int:
                           "time each, threads split between them (default 1)")
     sub.add_parser("list", help="list the notebooks of the series")
     sub.add_parser("prepare", help="build the embedded model's cache folder (first load) and report the time")
-    status = sub.add_parser("grid-status", help="how far a full-size comparison grid (notebook 09) has got, and the "
-                                                "time left; reads its saved cells only")
+    status = sub.add_parser("grid-status", help="how far a comparison grid (notebook 09; by default its full size) "
+                                                "has got, and the time left; reads its saved cells only")
     status.add_argument("folder", help="the grid's output folder (a run's 09_comparison/, or notebook 09's OUTPUT_DIR)")
     status.add_argument("--workers", type=int, default=1, help="processes that will share the cells left (default 1)")
+    status.add_argument("--tasks", default=None,
+                        help="comma-separated tasks the grid runs (default: notebook 09's five), e.g. 'counterfact 16'")
+    status.add_argument("--localizations", default=None,
+                        help="comma-separated localizations the grid runs (default: notebook 09's seven)")
+    status.add_argument("--seeds", default=None, help="comma-separated seeds the grid runs (default: 0,1,2)")
     args = parser.parse_args(argv)
 
     from . import runner
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(models.LAST_LOAD_TIMES))
         return 0
     if args.command == "grid-status":
-        return _grid_status(args.folder, args.workers)
+        return _grid_status(args.folder, args.workers, args.tasks, args.localizations, args.seeds)
     only = args.only.split(",") if args.only else None
     run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only,
                                 reuse_localizations=not args.relocate, workers=args.workers)
@@ -52,14 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _grid_status(folder: str, workers: int) -> int:
+def _grid_status(folder: str, workers: int, tasks: str | None = None, localizations: str | None = None,
+                 seeds: str | None = None) -> int:
     from . import comparison
 
     if workers < 1:
         raise SystemExit(f"--workers must be at least 1, got {workers}.")
+    plan = {}
+    if tasks is not None:
+        plan["tasks"] = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if localizations is not None:
+        plan["localizations"] = tuple(n.strip() for n in localizations.split(",") if n.strip())
+    if seeds is not None:
+        try:
+            plan["seeds"] = tuple(int(x) for x in seeds.split(",") if x.strip())
+        except ValueError:
+            raise SystemExit(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
     try:
-        table = comparison.grid_progress(folder)
-    except FileNotFoundError as err:  # names the folder and the fix
+        table = comparison.grid_progress(folder, **plan)
+    except (FileNotFoundError, ValueError) as err:  # each names the problem and the fix
         raise SystemExit(str(err)) from None
     print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))
           .to_string(index=False))

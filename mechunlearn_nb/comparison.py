@@ -72,6 +72,19 @@ HIGHER_IS_BETTER = {"forget_acc": False, "edit_acc": True, "maintain_acc": True,
                     "relearn_acc": False, "probe_true": False, "lm_loss_change": False}
 
 
+def check_selection(tasks: tuple[str, ...], localizations: tuple[str, ...], seeds: tuple[int, ...]) -> None:
+    """``ValueError`` naming what is wrong with a grid's selection (unknown task or localization, no seeds)."""
+    unknown = [t for t in tasks if not TASK_PATTERN.fullmatch(t)]
+    if unknown or not tasks:
+        raise ValueError(f"Unknown task(s) {unknown or '(none given)'}; choose from {TASKS} (any size N in "
+                         f"'edit N athletes' and 'counterfact N').")
+    unknown = [name for name in localizations if name not in LOCALIZATIONS]
+    if unknown or not localizations:
+        raise ValueError(f"Unknown localization(s) {unknown or '(none given)'}; choose from {LOCALIZATIONS}.")
+    if not seeds:
+        raise ValueError("No seeds: give at least one seed.")
+
+
 @dataclass
 class GridConfig:
     """Sizes of the comparison (plain values; the defaults are the full-size run).
@@ -121,15 +134,7 @@ class GridConfig:
     probe_window: tuple[int, int] | None = None
 
     def __post_init__(self):
-        unknown = [t for t in self.tasks if not TASK_PATTERN.fullmatch(t)]
-        if unknown:
-            raise ValueError(f"Unknown task(s) {unknown}; choose from {TASKS} (any size N in 'edit N athletes' "
-                             f"and 'counterfact N').")
-        unknown = [name for name in self.localizations if name not in LOCALIZATIONS]
-        if unknown:
-            raise ValueError(f"Unknown localization(s) {unknown}; choose from {LOCALIZATIONS}.")
-        if not self.seeds:
-            raise ValueError("No seeds: give at least one seed.")
+        check_selection(self.tasks, self.localizations, self.seeds)
         for dataset, comps in (self.components or {}).items():
             if dataset not in ("sports", "counterfact"):
                 raise ValueError(f"components: unknown dataset {dataset!r}; use 'sports' or 'counterfact' as keys.")
@@ -565,6 +570,7 @@ def grid_progress(out_dir: str | Path, tasks: tuple[str, ...] = TASKS, localizat
         the other tasks' mean when none is timed yet) and ``seconds_left`` (``left × cell_seconds``, one process).
         Reads only: safe to call while workers are writing cells. ``FileNotFoundError`` when none is saved yet.
     """
+    check_selection(tasks, localizations, seeds)
     keys = ["task", "localization", "seed"]
     done = saved_cells(out_dir)[keys].astype({"seed": int})
     pace = timings(out_dir).groupby(keys)["seconds"].sum().groupby("task").mean()  # untimed (older) cells left out

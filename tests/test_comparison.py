@@ -225,6 +225,16 @@ def test_grid_progress_counts_cells_and_estimates_the_time_left(tmp_path, capsys
     assert "3 of 105 cells saved" in out and f"{(102 * 200.0) / 2 / 3600:.1f} h left" in out
     with pytest.raises(SystemExit, match="No saved cells.*Fix"):
         main(["grid-status", str(tmp_path / "cells")])
+    # another plan than the full-size grid: the cells outside it are not counted
+    assert main(["grid-status", str(tmp_path), "--tasks", "edit 16 athletes", "--localizations", "fact lookup",
+                 "--seeds", "0,1"]) == 0
+    assert "2 of 2 cells saved; about 0.0 h left" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="Unknown localization.*'fact lookups'.*choose from"):
+        main(["grid-status", str(tmp_path), "--localizations", "fact lookups"])
+    with pytest.raises(SystemExit, match="Unknown task.*'edit athletes'"):
+        main(["grid-status", str(tmp_path), "--tasks", "edit athletes"])
+    with pytest.raises(SystemExit, match="--seeds takes comma-separated integers"):
+        main(["grid-status", str(tmp_path), "--seeds", "0,one"])
 
 
 def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path, capsys):
