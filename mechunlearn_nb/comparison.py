@@ -474,7 +474,8 @@ def dataset_localizations(model, dataset: str, config: GridConfig, out_dir: str 
     ``out_dir/localizations_<dataset>.json``, or located (:func:`locate`) and saved there.
 
     Processes sharing ``out_dir`` (``run --workers``, or one notebook per seed) take turns: the first locates
-    and saves, the others wait for it and read the file back instead of locating again.
+    and saves, the others wait for it and read the file back instead of locating again. The lock is the empty
+    file ``out_dir/.localizations_<dataset>.lock``; it stays there (deleting it while no worker runs is safe).
     """
     out_dir = Path(out_dir)
     path = out_dir / f"localizations_{dataset}.json"
