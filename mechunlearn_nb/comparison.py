@@ -732,7 +732,7 @@ def _mcq_note(cells: pd.DataFrame) -> str:
     values = ", ".join(f"{v:.2f} ({t})" for t, v in low.items())
     others = "" if len(low) == per_task.notna().sum() else "; on the other tasks it is above chance"
     return (f"before any edit the model answers this share of these questions right: {values} (chance "
-            f"{MCQ_CHANCE:.2f}){others}: its MCQ answers there follow a preferred option, not the fact")
+            f"{MCQ_CHANCE:.2f}): its MCQ answers on these tasks follow a preferred option, not the fact{others}")
 
 
 def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
