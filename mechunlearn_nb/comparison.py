@@ -569,9 +569,11 @@ def grid_progress(out_dir: str | Path, tasks: tuple[str, ...] = TASKS, localizat
     Returns:
         One row per task: ``planned, done, left`` cells, ``cell_seconds`` (mean wall time of its timed cells;
         the other tasks' mean when none is timed yet) and ``seconds_left`` (``left × cell_seconds``, one process).
-        Reads only: safe to call while workers are writing cells. ``FileNotFoundError`` when none is saved yet.
+        Reads only: safe to call while workers are writing cells. ``FileNotFoundError`` when none is saved yet;
+        ``ValueError`` for an unknown task or localization, or no seeds. A name given twice is planned once.
     """
     check_selection(tasks, localizations, seeds)
+    tasks, localizations, seeds = (tuple(dict.fromkeys(x)) for x in (tasks, localizations, seeds))
     keys = ["task", "localization", "seed"]
     done = saved_cells(out_dir)[keys].astype({"seed": int})
     pace = timings(out_dir).groupby(keys)["seconds"].sum().groupby("task").mean()  # untimed (older) cells left out

@@ -227,7 +227,7 @@ def test_grid_progress_counts_cells_and_estimates_the_time_left(tmp_path, capsys
         main(["grid-status", str(tmp_path / "cells")])
     # another plan than the full-size grid: the cells outside it are not counted
     assert main(["grid-status", str(tmp_path), "--tasks", "edit 16 athletes", "--localizations", "fact lookup",
-                 "--seeds", "0,1"]) == 0
+                 "--seeds", "0,1,0"]) == 0
     assert "2 of 2 cells saved; about 0.0 h left" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="Unknown localization.*'fact lookups'.*choose from"):
         main(["grid-status", str(tmp_path), "--localizations", "fact lookups"])
