@@ -63,19 +63,23 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
 
     if workers < 1:
         raise SystemExit(f"--workers must be at least 1, got {workers}.")
-    plan = {}
-    if tasks is not None:
-        plan["tasks"] = tuple(t.strip() for t in tasks.split(",") if t.strip())
-    if localizations is not None:
-        plan["localizations"] = tuple(n.strip() for n in localizations.split(",") if n.strip())
-    if seeds is not None:
-        try:
-            plan["seeds"] = tuple(int(x) for x in seeds.split(",") if x.strip())
-        except ValueError:
-            raise SystemExit(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
+
+    def items(text):
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    plan = dict(tasks=items(tasks) if tasks is not None else comparison.TASKS,
+                localizations=items(localizations) if localizations is not None else comparison.LOCALIZATIONS)
+    try:
+        plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else (0, 1, 2)
+    except ValueError:
+        raise SystemExit(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
+    try:
+        comparison.check_selection(**plan)  # names the unknown task or localization and the choices
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     try:
         table = comparison.grid_progress(folder, **plan)
-    except (FileNotFoundError, ValueError) as err:  # each names the problem and the fix
+    except FileNotFoundError as err:  # names the folder and the fix
         raise SystemExit(str(err)) from None
     print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))
           .to_string(index=False))
