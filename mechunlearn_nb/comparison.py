@@ -619,6 +619,20 @@ def evaluation_table(cell: dict) -> pd.DataFrame:
     return wide
 
 
+def first_evaluation_table(out_dir: str | Path, cells: pd.DataFrame) -> tuple[dict | None, pd.DataFrame]:
+    """The :func:`evaluation_table` of the first of ``cells`` (rows of :func:`run_grid` / :func:`saved_cells`)
+    whose saved record kept one; cells of older grids kept only their metrics and are passed over.
+
+    Returns ``({"task", "localization", "seed"}, table)``, or ``(None, empty table)`` when no cell kept one.
+    """
+    for row in cells[["task", "localization", "seed"]].itertuples(index=False):
+        key = dict(task=row.task, localization=row.localization, seed=int(row.seed))
+        cell = saved_cell(out_dir, **key)
+        if cell.get("evaluation"):
+            return key, evaluation_table(cell)
+    return None, pd.DataFrame(columns=["before", "after", "change", "n"])
+
+
 def curves(out_dir: str | Path) -> pd.DataFrame:
     """Every saved cell's relearning curve, concatenated (tidy)."""
     frames = []

@@ -257,6 +257,11 @@ def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path, capsys):
     assert table.loc[("maintain", "qa", "acc_true"), "n"] == 256 and list(table.columns) == ["before", "after", "change", "n"]
     with pytest.raises(ValueError, match="without its evaluation table"):
         comparison.evaluation_table(comparison.saved_cell(tmp_path, "edit 16 athletes", "random", 0))
+    cells = comparison.saved_cells(tmp_path).sort_values("localization", ascending=False)  # the older cell first
+    key, first = comparison.first_evaluation_table(tmp_path, cells)
+    assert key == dict(task="edit 16 athletes", localization="fact lookup", seed=0) and first.equals(table)
+    key, none = comparison.first_evaluation_table(tmp_path, cells[cells["localization"] == "random"])
+    assert key is None and none.empty and list(none.columns) == list(table.columns)
     with pytest.raises(FileNotFoundError, match="seed 3.*pick one of the saved cells"):
         comparison.saved_cell(tmp_path, "edit 16 athletes", "fact lookup", 3)
     capsys.readouterr()
