@@ -346,6 +346,33 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "relearn_acc__fact-lookup": (0.0, 1.0),      # 0.5
             "probe_true__fact-lookup": (0.0, 1.0),       # 0.45
         },
+        # full size: 5 tasks x 7 localizations (evidence-based ones = notebook 03's full-size components) x seeds
+        # 0-2 = 105 cells; 40-step edits, 20-step LoRA relearning on half of each forget set, probes on sports;
+        # 21.2 h of one-core time for the 104 timed cells (mean 735 s). Means over all tasks and seeds:
+        "full": {
+            "n_cells": (105, 105),
+            "n_verdicts": (42, 42),                      # 7 claims x 2 OT variants x (sports, counterfact, all)
+            "n_verdicts_with_data": (38, 38),            # no paraphrases on sports, no probes on CounterFact
+            "min_edit_acc": (0.5, 1.0),                  # 0.70 (edit 64 athletes, non-localized, seed 2)
+            "mean_edit_acc": (0.95, 1.0),                # 0.992
+            "min_maintain_acc": (0.5, 1.0),              # 0.65
+            "edit_acc__fact-lookup": (0.95, 1.0),        # 1.0
+            "edit_acc__ot-causal-tracing": (0.85, 1.0),  # 0.973: the one localization that does not always take
+            **{f"maintain_acc__{k}": (0.8, 0.97)         # 0.873-0.914
+               for k in ("fact-lookup", "ot-causal-tracing", "ot-mlps-only", "ot-attribution-patching", "random",
+                         "all-mlps", "non-localized")},
+            "relearn_acc__fact-lookup": (0.15, 0.4),     # 0.271
+            "relearn_acc__ot-causal-tracing": (0.2, 0.5),  # 0.348
+            "relearn_acc__ot-attribution-patching": (0.15, 0.4),  # 0.278
+            "probe_true__fact-lookup": (0.0, 0.2),       # 0.101: sports edits leave little of the true sport ...
+            "probe_true__ot-causal-tracing": (0.2, 0.45),  # 0.309: ... causal-tracing OT three times as much
+            "probe_true__ot-attribution-patching": (0.0, 0.2),  # 0.093
+            "mcq_edit_acc__fact-lookup": (0.1, 0.3),     # 0.177
+            "mcq_edit_acc__ot-causal-tracing": (0.2, 0.45),  # 0.339
+            "lm_loss_change__fact-lookup": (0.0, 0.15),  # 0.062
+            "lm_loss_change__all-mlps": (0.08, 0.25),    # 0.148: the largest side effect on general text
+            "lm_loss_change__non-localized": (-0.08, 0.04),  # -0.016
+        },
     },
 }
 
