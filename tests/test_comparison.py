@@ -1,5 +1,7 @@
 """Aggregation and verdicts of the comparison grid, on hand-made cells (no model needed)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -287,3 +289,23 @@ def test_unedited_rows_give_the_table_a_reference():
     fig = comparison.plot_metrics(agg)
     assert comparison.UNEDITED in [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert comparison.unedited(cells[["task", "localization", "seed"]]).empty
+
+
+def test_the_shipped_full_size_grid_is_complete_and_its_table_and_verdicts_follow_from_its_cells():
+    import json
+
+    from mechunlearn_nb import expected
+
+    root = Path(__file__).resolve().parents[1] / "results" / "09_comparison_full"
+    metrics = json.loads((root / "metrics.json").read_text())
+    checked = expected.check("09_comparison", metrics, size="full")
+    assert len(checked) > 20 and checked["ok"].all(), checked[~checked["ok"]]
+    cells = comparison.saved_cells(root)
+    assert len(cells) == 105 and comparison.grid_progress(root)["left"].sum() == 0
+    shipped = pd.read_csv(root / "verdicts.csv")
+    again = comparison.verdicts(cells)
+    assert again[["dataset", "versus", "verdict"]].values.tolist() == shipped[["dataset", "versus", "verdict"]].values.tolist()
+    assert np.allclose(again["diff_mean"], shipped["diff_mean"], equal_nan=True)
+    agg = comparison.aggregate(pd.concat([cells, comparison.unedited(cells)], ignore_index=True))
+    both = agg.merge(pd.read_csv(root / "aggregate.csv"), on=["task", "localization", "metric"], suffixes=("", "_shipped"))
+    assert len(both) == len(agg) and np.allclose(both["mean"], both["mean_shipped"], equal_nan=True)
