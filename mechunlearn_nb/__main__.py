@@ -70,7 +70,7 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     plan = dict(tasks=items(tasks) if tasks is not None else comparison.TASKS,
                 localizations=items(localizations) if localizations is not None else comparison.LOCALIZATIONS)
     try:
-        plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else (0, 1, 2)
+        plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else comparison.SEEDS
     except ValueError:
         raise SystemExit(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
     try:

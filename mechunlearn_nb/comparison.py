@@ -64,6 +64,7 @@ LOCALIZATIONS = ("fact lookup", "OT (causal tracing)", "OT MLPs only", "OT (attr
 TASKS = ("forget basketball", "edit 16 athletes", "edit 64 athletes", "counterfact 16", "counterfact 64")
 #: task names :func:`build_task` understands (:data:`TASKS` are the paper's sizes)
 TASK_PATTERN = re.compile(r"forget basketball|edit [1-9]\d* athletes|counterfact [1-9]\d*")
+SEEDS = (0, 1, 2)  # the full-size grid's seeds
 METRICS = ("forget_acc", "edit_acc", "maintain_acc", "mcq_forget_acc", "mcq_edit_acc", "paraphrase_edit_acc",
            "paraphrase_forget_acc", "relearn_acc", "probe_true", "lm_loss_change")
 #: for each metric, whether a higher value means a better (more robust / less damaging) edit
@@ -118,7 +119,7 @@ class GridConfig:
 
     tasks: tuple[str, ...] = TASKS
     localizations: tuple[str, ...] = LOCALIZATIONS
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = SEEDS
     n_locate: int = 64
     n_probe: int | None = None
     max_forget: int | None = None
@@ -563,7 +564,7 @@ def saved_cells(out_dir: str | Path) -> pd.DataFrame:
 
 
 def grid_progress(out_dir: str | Path, tasks: tuple[str, ...] = TASKS, localizations: tuple[str, ...] = LOCALIZATIONS,
-                  seeds: tuple[int, ...] = (0, 1, 2)) -> pd.DataFrame:
+                  seeds: tuple[int, ...] = SEEDS) -> pd.DataFrame:
     """How far a grid saved in ``out_dir/cells/`` has got (defaults: the full-size grid of notebook 09).
 
     Returns:
@@ -599,6 +600,9 @@ def saved_cell(out_dir: str | Path, task: str, localization: str, seed: int) -> 
     return json.loads(path.read_text())
 
 
+_EVALUATION_COLUMNS = ["before", "after", "change", "n"]
+
+
 def evaluation_table(cell: dict) -> pd.DataFrame:
     """A saved cell's evaluation before and after its edit: one row per (set, format, metric), columns
     ``before, after, change, n`` — every score behind the cell's metrics, in every format it was evaluated in.
@@ -630,7 +634,7 @@ def first_evaluation_table(out_dir: str | Path, cells: pd.DataFrame) -> tuple[di
         cell = saved_cell(out_dir, **key)
         if cell.get("evaluation"):
             return key, evaluation_table(cell)
-    return None, pd.DataFrame(columns=["before", "after", "change", "n"])
+    return None, pd.DataFrame(columns=_EVALUATION_COLUMNS)
 
 
 def curves(out_dir: str | Path) -> pd.DataFrame:
