@@ -1,7 +1,8 @@
-"""Writing results: atomic JSON files and the notebooks' ``metrics.json``.
+"""Writing results: one atomic writer, JSON files and the notebooks' ``metrics.json``.
 
 A partially written file never replaces a good one: everything is written to a
-temporary file in the same folder and renamed over the target.
+temporary path in the same folder and renamed over the target when complete
+(:func:`atomic_path`); a failed write leaves the old file and no temporary.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +31,57 @@ def _default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def save_json(obj, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically; returns the path."""
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Write a file or a folder under a temporary name beside ``path``; rename it over ``path`` when complete.
+
+    ``with atomic_path(target) as tmp: ...`` — write ``tmp`` (a file, or a folder you create);
+    when the block ends without an error, ``tmp`` takes ``path``'s place (an existing folder is
+    swapped out and removed only after the new one is in). On an error, or if the block wrote
+    nothing, ``tmp`` is removed and ``path`` is left as it was.
+
+    Args:
+        path: the file or folder to write.
+        replace: when ``False`` and ``path`` already exists when the block ends (another process
+            finished first), keep that one and drop ours.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default))
-    tmp.replace(path)
-    return path
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if not (tmp.exists() or tmp.is_symlink()):
+            return
+        if path.exists() and not replace:
+            return
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            path.rename(old)
+            tmp.rename(path)
+            _remove(old)
+        else:
+            tmp.replace(path)
+    finally:
+        _remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_json(obj, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; returns the path."""
+    return write_text(path, json.dumps(obj, indent=2, default=_default))
 
 
 def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> Path:

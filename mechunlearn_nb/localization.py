@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 
 import pandas as pd
 import torch
@@ -33,6 +34,14 @@ def _head_mask(model, param_name: str, param: torch.Tensor, head: int) -> torch.
     return mask
 
 
+class Kind(str, Enum):
+    """What kind of weight set a localization is; an edit's tuned defaults depend on it (``editing.DEFAULTS``)."""
+
+    LOCALIZED = "localized"          # a budget-matched set of components (evidence-based or random)
+    ALL_MLPS = "all_mlps"            # every MLP
+    NON_LOCALIZED = "non_localized"  # every attention and MLP weight
+
+
 @dataclass
 class Localization:
     """A named set of trainable weights.
@@ -44,6 +53,7 @@ class Localization:
             trainable entries, or ``None`` for the whole tensor.
         n_params: number of trainable parameters.
         meta: how it was built (method, scores, budget ...).
+        kind: a :class:`Kind` (set by the builder; never guessed from the name).
     """
 
     name: str
@@ -51,9 +61,14 @@ class Localization:
     weights: dict[str, torch.Tensor | None]
     n_params: int
     meta: dict = field(default_factory=dict)
+    kind: Kind = Kind.LOCALIZED
+
+    def __post_init__(self):
+        self.kind = Kind(self.kind)
 
     @classmethod
-    def from_components(cls, model, components: list[str], name: str | None = None, meta: dict | None = None) -> Localization:
+    def from_components(cls, model, components: list[str], name: str | None = None, meta: dict | None = None,
+                        kind: Kind | str = Kind.LOCALIZED) -> Localization:
         """Build a localization from component names (``"m3"``, ``"a5"``, ``"a5.h2"``)."""
         if not components:
             raise ValueError("Empty localization: no component given. Fix: name at least one component, e.g. ['m3'].")
@@ -76,7 +91,7 @@ class Localization:
             raise ValueError(f"Localization from {components} holds no weight.")
         n = sum(params[p].numel() if m is None else int(m.sum()) for p, m in weights.items())
         names = [c if isinstance(c, str) else c.name for c in components]
-        return cls(name or "+".join(names), names, weights, int(n), dict(meta or {}))
+        return cls(name or "+".join(names), names, weights, int(n), dict(meta or {}), Kind(kind))
 
     def parameters(self, model) -> dict[str, torch.nn.Parameter]:
         params = named_parameters(model)
@@ -298,13 +313,14 @@ def random_components(model, budget, seed: int = 0, mlp_only: bool = False, name
 def all_mlps(model, name: str = "all MLPs") -> Localization:
     """Every MLP of the model."""
     return Localization.from_components(model, [f"m{l}" for l in range(len(_layers_of(model)))], name=name,
-                                        meta=dict(method="all_mlps"))
+                                        meta=dict(method="all_mlps"), kind=Kind.ALL_MLPS)
 
 
 def non_localized(model, name: str = "non-localized") -> Localization:
     """Every attention and MLP weight of the model (the paper's non-localized baseline)."""
     comps = [f"{k}{l}" for l in range(len(_layers_of(model))) for k in ("a", "m")]
-    return Localization.from_components(model, comps, name=name, meta=dict(method="non_localized"))
+    return Localization.from_components(model, comps, name=name, meta=dict(method="non_localized"),
+                                        kind=Kind.NON_LOCALIZED)
 
 
 def _layers_of(model):
