@@ -444,10 +444,10 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
     t0 = time.perf_counter()
     params = loc.parameters(model)
     with train.restored(params) as originals, loc.trainable(model) as trainable:
-        steps = train.train(trainable, lambda step: train.fact_step(model, terms, general, config.lm_coef),
-                            config.steps, config.lr, schedule=train.cosine_schedule(config.warmup_steps, config.steps),
-                            grad_clip=config.grad_clip, after_backward=lambda: loc.mask_grads(trainable),
-                            evaluate=evaluate, eval_steps=eval_steps, desc=f"edit [{loc.name}]", progress=progress)
+        log = train.train(trainable, lambda step: train.fact_step(model, terms, general, config.lm_coef),
+                          config.steps, config.lr, schedule=train.cosine_schedule(config.warmup_steps, config.steps),
+                          grad_clip=config.grad_clip, after_backward=lambda: loc.mask_grads(trainable),
+                          evaluate=evaluate, eval_steps=eval_steps, desc=f"edit [{loc.name}]", progress=progress)
         with torch.no_grad():
             tensors = {}
             for n, p in trainable.items():
@@ -458,8 +458,8 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
     seconds = time.perf_counter() - t0
 
     cols = ["step", "lr", "loss", "forget_loss", "maintain_loss", "lm_loss", "grad_norm", "forget_acc", "edit_acc", "maintain_acc"]
-    history = steps.reindex(columns=cols)
-    timed = steps[steps["step"] > 0]
+    history = log.reindex(columns=cols)
+    timed = log[log["step"] > 0]
     delta = Delta(tensors, {n: (None if m is None else m.cpu()) for n, m in loc.weights.items()}, model_name(model))
     manifest = dict(
         model=model_name(model),

@@ -52,7 +52,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import editing, train
 from .models import hf_model, named_parameters

@@ -347,16 +347,15 @@ def fact_step(model, terms: Sequence[FactTerm], general: GeneralText | None = No
     Returns:
         ``(loss, record)``; the record holds each term's value under its name (``"lm_loss"``: general text).
     """
-    batches = [t.sampler.next() for t in terms] if one_batch else None
+    if one_batch:
+        batches = [t.sampler.next() for t in terms]
+        logp = last_token_logprobs(model, [t.facts.ids[i] for t, b in zip(terms, batches) for i in b], prefix)
+        parts = logp.split([len(b) for b in batches])
     record: dict[str, float] = {}
     loss = None
-    if one_batch:
-        logp = last_token_logprobs(model, [t.facts.ids[i] for t, b in zip(terms, batches) for i in b], prefix)
-    start = 0
     for k, term in enumerate(terms):
         if one_batch:
-            idx, term_logp = batches[k], logp[start : start + len(batches[k])]
-            start += len(idx)
+            idx, term_logp = batches[k], parts[k]
         else:
             idx = term.sampler.next()
             term_logp = last_token_logprobs(model, [term.facts.ids[i] for i in idx], prefix)
