@@ -66,7 +66,7 @@ class PeakRSS:
 
 def run_variant(args) -> dict:
     """Load one side (the bridge, or plain transformers), run ``args.steps`` steps, return timings and memory."""
-    from mechunlearn_nb import editing, models, tasks
+    from mechunlearn_nb import editing, models, tasks, train
     from mechunlearn_nb.localization import Localization
 
     rss0 = psutil.Process().memory_info().rss
@@ -86,7 +86,7 @@ def run_variant(args) -> dict:
         prompts = task.prompt_set("forget", "fact").prompts + task.prompt_set("maintain_train", "fact").prompts
         new = list(task.forget["new_answer"])
         true = list(task.maintain_train["true_answer"])
-        paras = editing.general_text("train", exclude=task.subjects)
+        paras = train.general_text("train", exclude=task.subjects)
         names = set(spec["weights"])
         folder = models.embedded_model_dir()
         hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()

@@ -57,14 +57,15 @@ into ``inputs_embeds`` built by that module.
 
 Both attacks apply the edit's delta themselves and restore the base model on
 exit (also after an error): the model you pass in is the model you get back,
-bit for bit. Fact losses are computed at the last prompt token only (the
-262k-token unembedding is the expensive part of a step).
+bit for bit. Both run the loop of :mod:`.train` (losses at the last prompt
+token only, one accuracy function); they say only what is trainable (LoRA
+adapters, the projections' weights, or the prefix) and that the loss is the
+cross-entropy toward the true answers of half ``A`` and of the maintain facts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,12 +73,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
-from tqdm.auto import tqdm
+from jaxtyping import Float
 
-from . import editing
+from . import train
 from .models import hf_model, model_name, named_parameters
-from .scoring import device_of, hidden_states, pad_right, unembed
+from .scoring import device_of
 
 #: the projections of a Gemma (Llama-style) block, by group
 TARGET_GROUPS = {
@@ -124,101 +124,41 @@ def split_forget(task, seed: int = 0):
 HALVES = ("A (trained)", "B (held out)", "maintain (held out)")
 
 
-def _maintain_control(model, task, n: int, seed: int):
+def _maintain_control(model, task, n: int, seed: int) -> train.Facts | None:
     """Up to ``n`` held-out maintain facts (seeded sample), tokenised with the task's candidates; ``None`` if none."""
     if n <= 0 or len(task.maintain_eval) == 0:
         return None
-    facts = editing._tokenise_facts(model, task, "maintain_eval", need_new=False)
-    pick = np.sort(np.random.default_rng(seed).permutation(len(facts))[:n]).tolist()
-    return editing._Facts([facts.ids[i] for i in pick], facts.true[pick], facts.new[pick], facts.cands[pick],
-                          facts.true_pos[pick], facts.new_pos[pick])
+    facts = train.tokenise_facts(model, task, "maintain_eval")
+    return facts.subset(np.sort(np.random.default_rng(seed).permutation(len(facts))[:n]).tolist())
 
 
-def _measure_halves(model, halves, prefix=None, **kw) -> list[dict]:
-    """One row per measured set (``HALVES`` order; a ``None`` set is skipped)."""
-    return [dict(half=label, **measure(model, facts, prefix, **kw)) for label, facts in zip(HALVES, halves)
-            if facts is not None]
+def _attack_sets(model, task, seed: int, split_seed: int | None, eval_maintain: int):
+    """The tokenised facts of an attack: ``(half A, half B, held-out maintain control, maintain_train)``."""
+    half_a, half_b = split_forget(task, seed if split_seed is None else split_seed)
+    facts_a, facts_b = train.tokenise_facts(model, half_a, "forget"), train.tokenise_facts(model, half_b, "forget")
+    control = _maintain_control(model, task, eval_maintain, seed)
+    maintain = train.tokenise_facts(model, task, "maintain_train") if len(task.maintain_train) else None
+    return facts_a, facts_b, control, maintain
 
 
-@dataclass
-class _Half:
-    """Tokenised facts of one half, with the candidates that accuracy is measured over."""
-
-    facts: editing._Facts
-
-    @classmethod
-    def of(cls, model, task) -> _Half:
-        return cls(editing._tokenise_facts(model, task, "forget", need_new=False))
-
-
-# ---------------------------------------------------------------------------
-# Measuring a half: accuracy of the true answer (optionally with a soft prompt)
-# ---------------------------------------------------------------------------
+def _measure_halves(model, halves, prefix=None, batch_size: int = 32) -> list[dict]:
+    """One row per measured set (``HALVES`` order; a ``None`` set is skipped): ``half, accuracy, p_true, n``."""
+    rows = []
+    for label, facts in zip(HALVES, halves):
+        if facts is not None:
+            acc = train.accuracy(model, facts, prefix=prefix, batch_size=batch_size)
+            rows.append(dict(half=label, accuracy=acc["acc_true"], p_true=acc["p_true"], n=acc["n"]))
+    return rows
 
 
-def embed_tokens(model, input_ids: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
-    """The embedding module's output (for Gemma: token embeddings already scaled by ``sqrt(d_model)``)."""
-    return hf_model(model).get_input_embeddings()(input_ids.to(device_of(model)))
-
-
-def insert_prefix(model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
-                  last: Int[torch.Tensor, "batch"], prefix: Float[torch.Tensor, "k d_model"]
-                  ) -> tuple[Float[torch.Tensor, "batch pos_k d_model"], Int[torch.Tensor, "batch pos_k"], Int[torch.Tensor, "batch"]]:
-    """``inputs_embeds`` with ``prefix`` inserted after the BOS token (at the start if there is none).
-
-    Returns:
-        ``(inputs_embeds, attention_mask, last)`` for the longer sequences.
-    """
-    dev = device_of(model)
-    emb = embed_tokens(model, input_ids)
-    bos = model.tokenizer.bos_token_id
-    at = 1 if bos is not None and bool((input_ids[:, 0] == bos).all()) else 0
-    k = prefix.shape[0]
-    pre = prefix.to(dev, emb.dtype)[None].expand(emb.shape[0], k, -1)
-    emb = torch.cat([emb[:, :at], pre, emb[:, at:]], dim=1)
-    mask = torch.cat([attention_mask[:, :at], torch.ones(len(attention_mask), k, dtype=attention_mask.dtype),
-                      attention_mask[:, at:]], dim=1)
-    return emb, mask, last + k
-
-
-def last_logits(model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
-                last: Int[torch.Tensor, "batch"], prefix: Float[torch.Tensor, "k d_model"] | None = None
-                ) -> Float[torch.Tensor, "batch vocab"]:
-    """Logits at each row's last real token, optionally with a soft prompt inserted (unembeds only that position)."""
-    if prefix is None:
-        h = hidden_states(model, input_ids, attention_mask)
-    else:
-        emb, attention_mask, last = insert_prefix(model, input_ids, attention_mask, last, prefix)
-        h = hidden_states(model, None, attention_mask, inputs_embeds=emb)
-    rows = torch.arange(h.shape[0], device=h.device)
-    return unembed(model, h[rows, last.to(h.device)])
-
-
-def _candidate_logprobs(model, facts: editing._Facts, idx: list[int], prefix=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-softmax over the vocabulary at the last token [b, vocab], candidate log-probs [b, k]) for facts ``idx``."""
-    ids, mask, last = pad_right([facts.ids[i] for i in idx], model.tokenizer.pad_token_id or 0)
-    logp = torch.log_softmax(last_logits(model, ids, mask, last, prefix).float(), dim=-1)
-    return logp, logp.gather(1, facts.cands[idx].to(logp.device))
-
-
-@torch.no_grad()
-def measure(model, facts: editing._Facts, prefix: Float[torch.Tensor, "k d_model"] | None = None,
-            batch_size: int = 32) -> dict:
-    """Accuracy of the true answer among the candidates and its mean normalised probability.
-
-    Returns:
-        ``{"accuracy", "p_true", "n"}``.
-    """
-    n = len(facts)
-    hits, p_true = 0, 0.0
-    for s in range(0, n, batch_size):
-        idx = list(range(s, min(n, s + batch_size)))
-        _, cand = _candidate_logprobs(model, facts, idx, prefix)
-        cand = cand.cpu()
-        true_pos = facts.true_pos[idx]
-        hits += int((cand.argmax(-1) == true_pos).sum())
-        p_true += float(torch.softmax(cand, -1).gather(1, true_pos[:, None]).sum())
-    return dict(accuracy=hits / n, p_true=p_true / n, n=n)
+def _fact_terms(attack: train.Facts, maintain: train.Facts | None, batch_size: int, maintain_batch_size: int,
+                maintain_coef: float, rng: np.random.Generator) -> list[train.FactTerm]:
+    """The attacker's loss terms: the true answers of half A, and of the maintain facts (when weighted)."""
+    terms = [train.FactTerm("attack_loss", attack, train.Sampler(len(attack), batch_size, rng), train.maintain_loss)]
+    if maintain is not None and maintain_coef > 0 and maintain_batch_size > 0:
+        terms.append(train.FactTerm("maintain_loss", maintain, train.Sampler(len(maintain), maintain_batch_size, rng),
+                                    train.maintain_loss, maintain_coef))
+    return terms
 
 
 # ---------------------------------------------------------------------------
@@ -355,23 +295,9 @@ def full_finetuning(model, target_modules=("attn", "mlp"), layers=None):
     Yields:
         ``{clean name: parameter}`` of the trainable weights.
     """
-    targets = linear_targets(model, target_modules, layers)
-    params = {t.weight: t.linear.weight for t in targets}
-    originals = {n: p.detach().clone() for n, p in params.items()}
-    hf = hf_model(model)
-    grads = {n: p.requires_grad for n, p in hf.named_parameters()}
-    try:
-        for p in hf.parameters():
-            p.requires_grad_(False)
-        for p in params.values():
-            p.requires_grad_(True)
+    params = {t.weight: t.linear.weight for t in linear_targets(model, target_modules, layers)}
+    with train.restored(params), train.only_trainable(model, params):
         yield params
-    finally:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(originals[n])
-        for n, p in hf.named_parameters():
-            p.requires_grad_(grads[n])
 
 
 @contextmanager
@@ -440,11 +366,6 @@ class RelearnConfig:
         resolve_targets(self.target_modules)
 
 
-def _lm_batch(model, paragraphs, config, rng, cache):
-    n_windows = max(1, math.ceil(config.lm_tokens / config.lm_window))
-    return editing._lm_windows(model, paragraphs, n_windows, config.lm_window, rng, cache)
-
-
 def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: int = 0, split_seed: int | None = None,
             progress: bool = True) -> pd.DataFrame:
     """The relearning attack on one edit: fine-tune on half A's true answers, watch half B.
@@ -467,27 +388,24 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
         is the model's top candidate, ``p_true`` its mean normalised probability.
     """
     config = config or RelearnConfig()
-    half_a, half_b = split_forget(task, seed if split_seed is None else split_seed)
-    facts_a, facts_b = _Half.of(model, half_a).facts, _Half.of(model, half_b).facts
-    control = _maintain_control(model, task, config.eval_maintain, seed)
-    maintain = editing._tokenise_facts(model, task, "maintain_train", need_new=False) if len(task.maintain_train) else None
-    use_maintain = maintain is not None and config.maintain_coef > 0 and config.maintain_batch_size > 0
+    facts_a, facts_b, control, maintain = _attack_sets(model, task, seed, split_seed, config.eval_maintain)
     use_lm = config.lm_coef > 0 and config.lm_tokens > 0
-    paragraphs = editing.general_text("train", exclude=task.subjects) if use_lm else []
+    paragraphs = train.general_text("train", exclude=task.subjects) if use_lm else None
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    a_sampler = editing._Sampler(len(facts_a), config.batch_size, rng)
-    m_sampler = editing._Sampler(len(maintain), config.maintain_batch_size, rng) if use_maintain else None
-    cache: dict = {}
-    dev = device_of(model)
-    pad = model.tokenizer.pad_token_id or 0
+    terms = _fact_terms(facts_a, maintain, config.batch_size, config.maintain_batch_size, config.maintain_coef, rng)
+    general = train.GeneralText(model, paragraphs, config.lm_tokens, config.lm_window, rng) if use_lm else None
     hf = hf_model(model)
     rows: list[dict] = []
 
-    def record(step):
+    def record(step: int) -> None:
         hf.eval()
         rows.extend(dict(step=step, **r) for r in _measure_halves(model, (facts_a, facts_b, control),
                                                                    batch_size=config.eval_batch_size))
+
+    def step_loss(step: int):
+        hf.train()  # LoRA dropout is on while training, off while measuring
+        return train.fact_step(model, terms, general, config.lm_coef)
 
     was_training = hf.training
     adapter = (lora_adapters(model, config.rank, config.alpha, config.dropout, config.target_modules, config.layers, seed)
@@ -495,60 +413,13 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
     label = result.localization if result is not None else "base (no edit)"
     try:
         with _edited(model, result), adapter as params:
-            opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
-            if 0 in config.eval_steps:
-                record(0)
-            bar = tqdm(range(1, config.steps + 1), desc=f"relearn [{label}]", disable=not progress, leave=False)
-            for step in bar:
-                hf.train()
-                a_idx = a_sampler.next()
-                m_idx = m_sampler.next() if m_sampler else []
-                seqs = [facts_a.ids[i] for i in a_idx] + [maintain.ids[i] for i in m_idx]
-                ids, mask, last = pad_right(seqs, pad)
-                logp = torch.log_softmax(last_logits(model, ids, mask, last).float(), dim=-1)
-                na = len(a_idx)
-                loss = -logp[:na].gather(1, facts_a.true[a_idx, None].to(dev)).mean()
-                if m_idx:
-                    loss = loss + config.maintain_coef * -logp[na:].gather(1, maintain.true[m_idx, None].to(dev)).mean()
-                if use_lm:
-                    lm_ids, lm_mask = _lm_batch(model, paragraphs, config, rng, cache)
-                    loss = loss + config.lm_coef * editing.lm_loss(model, lm_ids, lm_mask)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(params.values()), config.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                if step in config.eval_steps:
-                    record(step)
+            train.train(params, step_loss, config.steps, config.lr, grad_clip=config.grad_clip, evaluate=record,
+                        eval_steps=config.eval_steps, desc=f"relearn [{label}]", progress=progress)
     finally:
         hf.train(was_training)
     curve = pd.DataFrame(rows).assign(task=task.name, localization=label, seed=seed, method=config.method)
     curve.attrs.update(config=dataclasses.asdict(config), n_a=len(facts_a), n_b=len(facts_b))
     return curve.reindex(columns=CURVE_COLUMNS)
-
-
-def plot_relearning(curves: pd.DataFrame, half: str | None = "B (held out)", ax=None,
-                    title: str = "Relearning: forget accuracy on the held-out half"):
-    """Seaborn line plot of accuracy against relearning step, one line per localization.
-
-    Args:
-        curves: concatenated :func:`relearn` tables.
-        half: draw only this half (``None``: both, as line styles).
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.8))
-    data = curves if half is None else curves[curves["half"] == half]
-    if data.empty:
-        raise ValueError(f"No rows for half {half!r} (halves: {sorted(curves['half'].unique())}).")
-    sns.lineplot(data=data, x="step", y="accuracy", hue="localization", style="half" if half is None else None,
-                 markers=True, dashes=half is None, ax=ax)
-    ax.set(ylim=(-0.02, 1.02), xlabel="relearning steps", ylabel="accuracy of the true answer", title=title,
-           xticks=sorted(data["step"].unique()))
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return ax
 
 
 # ---------------------------------------------------------------------------
@@ -589,7 +460,7 @@ def init_prefix(model, n_tokens: int, seed: int = 0) -> Float[torch.Tensor, "k d
     low, high = min(1000, n_vocab // 4), max(min(n_vocab, 200_000), min(1000, n_vocab // 4) + 1)
     ids = torch.randint(low, high, (n_tokens,), generator=gen)
     with torch.no_grad():
-        return embed_tokens(model, ids[None])[0].detach().float().clone()
+        return train.embed_tokens(model, ids[None])[0].detach().float().clone()
 
 
 def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, lr: float = 3e-2, batch_size: int = 16,
@@ -618,38 +489,21 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
     Returns:
         A :class:`SoftPromptResult`.
     """
-    half_a, half_b = split_forget(task, seed if split_seed is None else split_seed)
-    facts_a, facts_b = _Half.of(model, half_a).facts, _Half.of(model, half_b).facts
-    control = _maintain_control(model, task, eval_maintain, seed)
-    maintain = editing._tokenise_facts(model, task, "maintain_train", need_new=False) if len(task.maintain_train) else None
+    facts_a, facts_b, control, maintain = _attack_sets(model, task, seed, split_seed, eval_maintain)
     rng = np.random.default_rng(seed)
-    sampler = editing._Sampler(len(facts_a), batch_size, rng)
-    use_maintain = maintain is not None and maintain_coef > 0 and maintain_batch_size > 0
-    m_sampler = editing._Sampler(len(maintain), maintain_batch_size, rng) if use_maintain else None
-    dev = device_of(model)
+    terms = _fact_terms(facts_a, maintain, batch_size, maintain_batch_size, maintain_coef, rng)
     hf = hf_model(model)
     label = result.localization if result is not None else "base (no edit)"
-    rows, hist = [], []
     t0 = time.perf_counter()
     was_training = hf.training
     hf.eval()
     try:
         with _edited(model, result):
-            rows += [dict(stage="no prompt", **r) for r in _measure_halves(model, (facts_a, facts_b, control))]
-            prefix = init_prefix(model, n_tokens, seed).to(dev).requires_grad_(True)
-            opt = torch.optim.Adam([prefix], lr=lr)
-            for step in tqdm(range(1, steps + 1), desc=f"soft prompt [{label}]", disable=not progress, leave=False):
-                idx = sampler.next()
-                logp, _ = _candidate_logprobs(model, facts_a, idx, prefix)
-                loss = -logp.gather(1, facts_a.true[idx, None].to(dev)).mean()
-                if m_sampler is not None:
-                    m_idx = m_sampler.next()
-                    m_logp, _ = _candidate_logprobs(model, maintain, m_idx, prefix)
-                    loss = loss + maintain_coef * -m_logp.gather(1, maintain.true[m_idx, None].to(dev)).mean()
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                hist.append(dict(step=step, loss=loss.item()))
+            rows = [dict(stage="no prompt", **r) for r in _measure_halves(model, (facts_a, facts_b, control))]
+            prefix = init_prefix(model, n_tokens, seed).to(device_of(model)).requires_grad_(True)
+            # each set is its own batch (as this attack has always run; one padded batch shifts the last bits)
+            history = train.train([prefix], lambda step: train.fact_step(model, terms, prefix=prefix, one_batch=False),
+                                  steps, lr, desc=f"soft prompt [{label}]", progress=progress)
             prefix = prefix.detach()
             rows += [dict(stage="soft prompt", **r) for r in _measure_halves(model, (facts_a, facts_b, control), prefix)]
     finally:
@@ -659,25 +513,4 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
     meta = dict(n_tokens=n_tokens, steps=steps, lr=lr, batch_size=batch_size, maintain_batch_size=maintain_batch_size,
                 maintain_coef=maintain_coef, seed=seed, model=model_name(model),
                 seconds=round(time.perf_counter() - t0, 2))
-    return SoftPromptResult(prefix.cpu(), table, pd.DataFrame(hist), meta)
-
-
-def plot_soft_prompt(tables: pd.DataFrame, title: str = "Soft-prompt attack"):
-    """Seaborn bars: accuracy without and with the learned prefix, per localization, on half B and the control.
-
-    Returns:
-        The ``sns.FacetGrid`` (one panel for half B, one for the held-out maintain facts when measured).
-    """
-    import seaborn as sns
-
-    halves = [h for h in ("B (held out)", "maintain (held out)") if h in set(tables["half"])]
-    data = tables[tables["half"].isin(halves)]
-    g = sns.catplot(data=data, x="localization", y="accuracy", hue="stage", col="half", col_order=halves, kind="bar",
-                    height=3.2, aspect=1.3)
-    g.set(ylim=(0, 1))
-    g.set_axis_labels("", "accuracy of the true answer")
-    g.set_titles("{col_name}")
-    for ax in g.axes.flat:
-        ax.tick_params(axis="x", rotation=20)
-    g.figure.suptitle(title, y=1.04)
-    return g
+    return SoftPromptResult(prefix.cpu(), table, history.reindex(columns=["step", "loss"]), meta)

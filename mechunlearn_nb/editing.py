@@ -19,10 +19,13 @@ The loss has three parts, each computed where it is needed and nowhere else:
   (``data.load_general_text``, with paragraphs mentioning the edited subjects
   removed), which keeps the model a language model.
 
-Fact terms unembed only the last real token of each (right-padded) prompt
-(``scoring.logits_at``): the 262k-token vocabulary makes full logits at every
-position the most expensive part of a step. Only the general-text term needs
-full-vocabulary logits at every position, and it is kept to a small chunk.
+The loop, the losses and the accuracies are those of :mod:`.train` (the same
+loop the attacks and the weight mask use); an edit says only what is trainable
+(``loc``'s weights, with the gradient outside a head's mask zeroed each step)
+and which losses apply. Fact terms unembed only the last real token of each
+prompt: the 262k-token vocabulary makes full logits at every position the most
+expensive part of a step. Only the general-text term needs full-vocabulary
+logits at every position, and it is kept to a small chunk.
 
 Optimisation is AdamW without weight decay (so entries whose gradient is
 masked to zero — the weights of heads outside a head-level localization — stay
@@ -36,7 +39,8 @@ reverted explicitly (``with result.applied(model): ...``) and saved to a run
 folder of its own with a JSON manifest. Neither the loaded base model (after
 ``edit`` returns) nor the cached model folder on disk is ever modified.
 
-Hyperparameters per kind of localization (:data:`DEFAULTS`), tuned like the
+Hyperparameters per kind of localization (:data:`DEFAULTS`, keyed by
+:class:`~mechunlearn_nb.localization.Kind`), tuned like the
 paper tuned its per-localization learning rates; see :class:`EditConfig`.
 """
 
@@ -45,9 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -55,15 +57,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
-from tqdm.auto import tqdm
 
-from . import data as _data
-from .localization import Localization
+from . import train
+from .io import atomic_path
+from .localization import Kind, Localization
 from .models import cache_dir, hf_model, model_name, named_parameters
-from .scoring import answer_tokens, device_of, encode_prompts, hidden_states, logits_at, pad_right, single_token_id, unembed
 
-OBJECTIVES = ("injection", "unlearning")
+OBJECTIVES = tuple(train.FORGET_LOSSES)  # ("injection", "unlearning")
 
 
 # ---------------------------------------------------------------------------
@@ -108,11 +108,18 @@ class EditConfig:
             raise ValueError("Loss coefficients must be >= 0 and grad_clip > 0.")
 
     @classmethod
-    def for_localization(cls, loc: Localization | str, **overrides) -> EditConfig:
-        """The tuned defaults for a localization's kind (see :data:`DEFAULTS`), with overrides."""
-        kind = loc if isinstance(loc, str) else localization_kind(loc)
-        if kind not in DEFAULTS:
-            raise ValueError(f"Unknown localization kind {kind!r}; choose one of {list(DEFAULTS)}.")
+    def for_localization(cls, loc: Localization | Kind | str, **overrides) -> EditConfig:
+        """The tuned defaults for a localization's kind (see :data:`DEFAULTS`), with overrides.
+
+        Args:
+            loc: a :class:`~mechunlearn_nb.localization.Localization` (its ``kind``), a
+                :class:`~mechunlearn_nb.localization.Kind`, or a kind's value (``"all_mlps"``).
+            overrides: :class:`EditConfig` fields to set.
+        """
+        try:
+            kind = loc.kind if isinstance(loc, Localization) else Kind(loc)
+        except ValueError:
+            raise ValueError(f"Unknown localization kind {loc!r}; choose one of {[k.value for k in Kind]}.") from None
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"Unknown EditConfig field(s) {sorted(unknown)}; fields: {[f.name for f in fields(cls)]}.")
@@ -121,10 +128,10 @@ class EditConfig:
 
 #: Defaults per kind of localization, chosen on the embedded Gemma 3 270M (edit 16 athletes, injection);
 #: the sweep and its numbers are in :data:`TUNING`.
-DEFAULTS: dict[str, dict] = {
-    "localized": dict(lr=2e-4),
-    "all_mlps": dict(lr=1e-4),
-    "non_localized": dict(lr=3e-5),
+DEFAULTS: dict[Kind, dict] = {
+    Kind.LOCALIZED: dict(lr=2e-4),
+    Kind.ALL_MLPS: dict(lr=1e-4),
+    Kind.NON_LOCALIZED: dict(lr=3e-5),
 }
 
 #: How the defaults were chosen (the numbers of the sweep that chose them).
@@ -151,24 +158,6 @@ less disturbed. The defaults keep the larger rates because the notebooks' small 
 what that costs at 40 steps. For a 40-step edit with the fewest side effects pass lr=1e-4 (or 5e-5)
 for budget-matched localizations; rates below 3e-5 for non-localized edits were not tried.
 """
-
-
-def localization_kind(loc: Localization) -> str:
-    """``"non_localized"``, ``"all_mlps"`` or ``"localized"`` (budget-matched component sets).
-
-    Read from ``loc.meta["kind"]`` or ``loc.meta["method"]`` (set by the builders of
-    :mod:`.localization`) when present, otherwise from the name.
-    """
-    for key in ("kind", "method"):
-        kind = str(loc.meta.get(key, "")).lower().replace("-", "_").replace(" ", "_")
-        if kind in DEFAULTS:
-            return kind
-    name = loc.name.lower().replace("-", " ").replace("_", " ")
-    if "non" in name and "local" in name:
-        return "non_localized"
-    if "all" in name and "mlp" in name:
-        return "all_mlps"
-    return "localized"
 
 
 # ---------------------------------------------------------------------------
@@ -356,23 +345,11 @@ class EditResult:
                         config=asdict(self.config), format=1,
                         tensors={n: dict(shape=list(t.shape), masked=self.delta.masks[n] is not None)
                                  for n, t in self.delta.tensors.items()})
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
             save_file(self.delta.state_dict(), str(tmp / "delta.safetensors"))
             (tmp / "manifest.json").write_text(json.dumps(_jsonable(manifest), indent=2))
             self.history.to_csv(tmp / "history.csv", index=False)
-            if folder.exists():
-                old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-                folder.rename(old)
-                tmp.rename(folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     @classmethod
@@ -411,149 +388,8 @@ def _jsonable(obj):
 
 
 # ---------------------------------------------------------------------------
-# Training data
-# ---------------------------------------------------------------------------
-
-
-def general_text(split: str = "train", exclude: list[str] | None = None, source: str = "wikitext") -> list[str]:
-    """General-text paragraphs: every 10th paragraph is held out for evaluation (``"eval"``), the rest train.
-
-    Args:
-        split: ``"train"`` or ``"eval"``.
-        exclude: drop paragraphs mentioning any of these strings (the edited subjects).
-        source: see :func:`data.load_general_text`.
-    """
-    if split not in ("train", "eval"):
-        raise ValueError(f"Unknown split {split!r}; choose 'train' or 'eval'.")
-    paras = _data.load_general_text(source)
-    keep = [p for i, p in enumerate(paras) if (i % 10 == 0) == (split == "eval")]
-    if exclude:
-        needles = [e for e in exclude if e]
-        keep = [p for p in keep if not any(n in p for n in needles)]
-    if not keep:
-        raise ValueError(f"No general-text paragraph left in split {split!r} after excluding {len(exclude or [])} strings.")
-    return keep
-
-
-@dataclass
-class _Facts:
-    """Tokenised training facts: prompt ids, target token ids, candidate tokens for accuracy."""
-
-    ids: list[list[int]]
-    true: torch.Tensor        # (n,) first token of the true answer
-    new: torch.Tensor         # (n,) the new answer's token (-1: none)
-    cands: torch.Tensor       # (n, k) first tokens of the candidates scored for accuracy
-    true_pos: torch.Tensor    # (n,) index of the true answer among the candidates
-    new_pos: torch.Tensor     # (n,) index of the new answer among the candidates (-1: none)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def _tokenise_facts(model, task, which: str, need_new: bool) -> _Facts:
-    ps = task.prompt_set(which, task.train_format)
-    true_labels, new_labels = task.answer_labels(which)
-    ids = encode_prompts(model, ps.prompts)
-    cache: dict[str, int] = {}
-
-    def first(text: str) -> int:
-        if text not in cache:
-            cache[text] = answer_tokens(model, text)[0]
-        return cache[text]
-
-    true, new, cands, tpos, npos = [], [], [], [], []
-    width = max(len(c) for c in ps.candidates)
-    for cand_texts, labels, fi in zip(ps.candidates, ps.labels, ps.fact_index):
-        t = labels.index(true_labels[fi])
-        true.append(first(cand_texts[t]))
-        if new_labels[fi] is not None and new_labels[fi] in labels:
-            n = labels.index(new_labels[fi])
-            # the injected answer must be one token: the loss trains exactly that token
-            new.append(single_token_id(model, cand_texts[n]) if need_new else first(cand_texts[n]))
-            npos.append(n)
-        elif need_new:
-            raise ValueError(f"Fact {fi} of task {task.name!r} has no new answer to inject. "
-                             "Fix: give every forget fact a new_answer, or use objective='unlearning'.")
-        else:
-            new.append(-1)
-            npos.append(-1)
-        row = [first(c) for c in cand_texts]
-        cands.append(row + [row[-1]] * (width - len(row)))
-        tpos.append(t)
-    as_t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-    return _Facts(ids, as_t(true), as_t(new), as_t(cands), as_t(tpos), as_t(npos))
-
-
-class _Sampler:
-    """Batches of indices, epoch by epoch, each epoch a fresh seeded permutation."""
-
-    def __init__(self, n: int, batch: int, rng: np.random.Generator):
-        self.n, self.batch, self.rng, self.queue = n, min(batch, n), rng, []
-
-    def next(self) -> list[int]:
-        while len(self.queue) < self.batch:
-            self.queue.extend(self.rng.permutation(self.n).tolist())
-        out, self.queue = self.queue[: self.batch], self.queue[self.batch :]
-        return out
-
-
-def _lm_windows(model, paragraphs: list[str], n_windows: int, window: int, rng: np.random.Generator,
-                cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n_windows`` random windows of ``window`` tokens (BOS + text), right-padded."""
-    bos = model.tokenizer.bos_token_id
-    seqs = []
-    for i in rng.choice(len(paragraphs), size=n_windows, replace=len(paragraphs) < n_windows):
-        if i not in cache:
-            cache[i] = model.tokenizer(paragraphs[i], add_special_tokens=False)["input_ids"]
-        toks = cache[i]
-        start = int(rng.integers(0, max(1, len(toks) - window + 1)))
-        seqs.append(([bos] if bos is not None else []) + toks[start : start + window])
-    ids, mask, _ = pad_right(seqs, model.tokenizer.pad_token_id or 0)
-    return ids, mask
-
-
-def lm_loss(model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
-            chunk: int | None = None) -> Float[torch.Tensor, ""]:
-    """Mean next-token cross-entropy over the real tokens of right-padded sequences.
-
-    Only positions whose next token is real are unembedded. With ``chunk`` the full-vocabulary
-    logits are formed ``chunk`` positions at a time (for evaluation without gradients).
-    """
-    dev = device_of(model)
-    h = hidden_states(model, input_ids, attention_mask)
-    valid = attention_mask[:, 1:].to(dev).bool()
-    resid = h[:, :-1][valid]
-    target = input_ids[:, 1:].to(dev)[valid]
-    if target.numel() == 0:
-        raise ValueError("No next-token targets: every sequence is a single token.")
-    step = chunk or len(target)
-    total = 0.0
-    for s in range(0, len(target), step):
-        logits = unembed(model, resid[s : s + step]).float()
-        total = total + torch.nn.functional.cross_entropy(logits, target[s : s + step], reduction="sum")
-    return total / len(target)
-
-
-# ---------------------------------------------------------------------------
 # The edit
 # ---------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _accuracies(model, facts: _Facts, idx: list[int], batch_size: int = 32) -> tuple[float, float]:
-    """(accuracy of the true answer, accuracy of the new answer) among the candidates, on facts ``idx``."""
-    if not idx:
-        return float("nan"), float("nan")
-    pad = model.tokenizer.pad_token_id or 0
-    hit_true, hit_new = 0, 0
-    for s in range(0, len(idx), batch_size):
-        b = idx[s : s + batch_size]
-        ids, mask, last = pad_right([facts.ids[i] for i in b], pad)
-        logits = logits_at(model, ids, mask, last).float().cpu()
-        pred = logits.gather(1, facts.cands[b]).argmax(-1)
-        hit_true += int((pred == facts.true_pos[b]).sum())
-        hit_new += int((pred == facts.new_pos[b]).sum())
-    return hit_true / len(idx), hit_new / len(idx)
 
 
 def edit(model, loc: Localization, task, config: EditConfig | None = None, *, seed: int = 0,
@@ -581,106 +417,60 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
         raise ValueError(f"Task {task.name!r} has an empty forget set: there is nothing to edit. "
                          "Fix: build the task from facts the model knows (tasks.forget_sport / edit_athletes).")
     injection = config.objective == "injection"
-    forget = _tokenise_facts(model, task, "forget", need_new=injection)
+    forget = train.tokenise_facts(model, task, "forget", need_new=injection)
     use_maintain = config.maintain_coef > 0 and config.maintain_batch_size > 0 and len(task.maintain_train) > 0
-    maintain = _tokenise_facts(model, task, "maintain_train", need_new=False) if len(task.maintain_train) else None
-    use_lm = config.lm_coef > 0 and config.lm_tokens > 0
-    paragraphs = general_text("train", exclude=task.subjects) if use_lm else []
-    n_windows = max(1, math.ceil(config.lm_tokens / config.lm_window))
+    maintain = train.tokenise_facts(model, task, "maintain_train") if len(task.maintain_train) else None
 
+    # what is drawn from the seed, in this order: the batches as they are needed, the facts the
+    # accuracies are measured on (now), and the general-text windows (each step, after the batches)
     rng = np.random.default_rng(seed)
-    f_sampler = _Sampler(len(forget), config.batch_size, rng)
-    m_sampler = _Sampler(len(maintain), config.maintain_batch_size, rng) if use_maintain else None
+    terms = [train.FactTerm("forget_loss", forget, train.Sampler(len(forget), config.batch_size, rng),
+                            train.FORGET_LOSSES[config.objective], config.forget_coef)]
+    if use_maintain:
+        terms.append(train.FactTerm("maintain_loss", maintain, train.Sampler(len(maintain), config.maintain_batch_size, rng),
+                                    train.maintain_loss, config.maintain_coef))
     eval_f = sorted(rng.permutation(len(forget))[: config.eval_facts].tolist())
     eval_m = sorted(rng.permutation(len(maintain))[: config.eval_facts].tolist()) if maintain is not None else []
-    tok_cache: dict = {}
-    dev = device_of(model)
-    pad = model.tokenizer.pad_token_id or 0
+    general = None
+    if config.lm_coef > 0 and config.lm_tokens > 0:
+        general = train.GeneralText(model, train.general_text("train", exclude=task.subjects), config.lm_tokens,
+                                    config.lm_window, rng)
 
-    params = loc.parameters(model)
-    originals = {n: p.detach().clone() for n, p in params.items()}
-    rows: list[dict] = []
-    step_seconds: list[float] = []  # wall-clock seconds of each step (and CPU seconds, all threads)
-    step_cpu: list[float] = []
+    def evaluate(step: int) -> dict:
+        return train.edit_accuracies(model, forget, eval_f, maintain, eval_m,
+                                     with_new=injection or bool((forget.new >= 0).all()))
 
-    def evaluate_row(step: int) -> dict:
-        f_true, f_new = _accuracies(model, forget, eval_f)
-        m_true, _ = _accuracies(model, maintain, eval_m) if maintain is not None else (float("nan"), None)
-        return dict(forget_acc=f_true, edit_acc=f_new if injection or (forget.new >= 0).all() else float("nan"),
-                    maintain_acc=m_true)
-
+    eval_steps = {0, config.steps} | {s for s in range(1, config.steps) if config.eval_every and s % config.eval_every == 0}
     t0 = time.perf_counter()
-    try:
-        with loc.trainable(model) as trainable:
-            from transformers import get_cosine_schedule_with_warmup
-
-            opt = torch.optim.AdamW(list(trainable.values()), lr=config.lr, weight_decay=0.0)
-            sched = get_cosine_schedule_with_warmup(opt, config.warmup_steps, config.steps)
-            rows.append(dict(step=0, **evaluate_row(0)))
-            bar = tqdm(range(1, config.steps + 1), desc=f"edit [{loc.name}]", disable=not progress, leave=False)
-            for step in bar:
-                t_step, cpu_step = time.perf_counter(), time.process_time()
-                f_idx = f_sampler.next()
-                m_idx = m_sampler.next() if m_sampler else []
-                seqs = [forget.ids[i] for i in f_idx] + [maintain.ids[i] for i in m_idx]
-                ids, mask, last = pad_right(seqs, pad)
-                logp = torch.log_softmax(logits_at(model, ids, mask, last).float(), dim=-1)
-                nf = len(f_idx)
-                if injection:
-                    forget_loss = -logp[:nf].gather(1, forget.new[f_idx, None].to(dev)).mean()
-                else:
-                    p_true = logp[:nf].gather(1, forget.true[f_idx, None].to(dev)).exp()
-                    forget_loss = -torch.log1p(-p_true.clamp(max=1 - 1e-6)).mean()
-                loss = config.forget_coef * forget_loss
-                row = dict(step=step, lr=opt.param_groups[0]["lr"], forget_loss=forget_loss.item())
-                if m_idx:
-                    maintain_loss = -logp[nf:].gather(1, maintain.true[m_idx, None].to(dev)).mean()
-                    loss = loss + config.maintain_coef * maintain_loss
-                    row["maintain_loss"] = maintain_loss.item()
-                if use_lm:
-                    lm_ids, lm_mask = _lm_windows(model, paragraphs, n_windows, config.lm_window, rng, tok_cache)
-                    general = lm_loss(model, lm_ids, lm_mask)
-                    loss = loss + config.lm_coef * general
-                    row["lm_loss"] = general.item()
-                loss.backward()
-                loc.mask_grads(trainable)
-                grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                row.update(loss=loss.item(), grad_norm=grad_norm.item())
-                step_seconds.append(time.perf_counter() - t_step)
-                step_cpu.append(time.process_time() - cpu_step)
-                if step == config.steps or (config.eval_every and step % config.eval_every == 0):
-                    row.update(evaluate_row(step))
-                rows.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", forget=f"{row['forget_loss']:.3f}")
-            with torch.no_grad():
-                tensors = {}
-                for n, p in trainable.items():
-                    d = p.detach() - originals[n]
-                    if loc.weights[n] is not None:
-                        d = d * loc.weights[n].to(d.device)
-                    tensors[n] = d
-    finally:
+    params = loc.parameters(model)
+    with train.restored(params) as originals, loc.trainable(model) as trainable:
+        log = train.train(trainable, lambda step: train.fact_step(model, terms, general, config.lm_coef),
+                          config.steps, config.lr, schedule=train.cosine_schedule(config.warmup_steps, config.steps),
+                          grad_clip=config.grad_clip, after_backward=lambda: loc.mask_grads(trainable),
+                          evaluate=evaluate, eval_steps=eval_steps, desc=f"edit [{loc.name}]", progress=progress)
         with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(originals[n])
+            tensors = {}
+            for n, p in trainable.items():
+                d = p.detach() - originals[n]
+                if loc.weights[n] is not None:
+                    d = d * loc.weights[n].to(d.device)
+                tensors[n] = d
     seconds = time.perf_counter() - t0
 
     cols = ["step", "lr", "loss", "forget_loss", "maintain_loss", "lm_loss", "grad_norm", "forget_acc", "edit_acc", "maintain_acc"]
-    history = pd.DataFrame(rows).reindex(columns=cols)
+    history = log.reindex(columns=cols)
+    timed = log[log["step"] > 0]
     delta = Delta(tensors, {n: (None if m is None else m.cpu()) for n, m in loc.weights.items()}, model_name(model))
     manifest = dict(
         model=model_name(model),
         localization=dict(name=loc.name, components=list(loc.components), n_params=int(loc.n_params),
-                          kind=localization_kind(loc), meta=_jsonable({k: v for k, v in loc.meta.items()
-                                                                       if isinstance(v, (str, int, float, bool, list))})),
+                          kind=loc.kind.value, meta=_jsonable({k: v for k, v in loc.meta.items()
+                                                               if isinstance(v, (str, int, float, bool, list))})),
         task=dict(name=task.name, dataset=task.dataset, n_forget=len(task.forget),
                   n_maintain_train=len(task.maintain_train), n_maintain_eval=len(task.maintain_eval),
                   subjects=task.subjects, meta=_jsonable(task.meta)),
-        seed=int(seed), seconds=round(seconds, 2), step_seconds=[round(t, 4) for t in step_seconds],
-        step_cpu_seconds=[round(t, 4) for t in step_cpu], created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        seed=int(seed), seconds=round(seconds, 2), step_seconds=[round(t, 4) for t in timed["seconds"]],
+        step_cpu_seconds=[round(t, 4) for t in timed["cpu_seconds"]], created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         torch=torch.__version__, final=_jsonable({}),
     )
     result = EditResult(delta, history, config, manifest)

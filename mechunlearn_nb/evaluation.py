@@ -37,10 +37,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as _data
-from .editing import EditResult, general_text, lm_loss
+from .editing import EditResult
 from .models import hf_model
 from .prompts import SPORTS, SPORTS_FORMATS, counterfact_prompts, sports_prompts
 from .scoring import device_of, pad_right, score_set
+from .train import general_text, lm_loss
 
 COLUMNS = ["task", "dataset", "localization", "seed", "stage", "set", "format", "metric", "value", "n", "item", "text"]
 

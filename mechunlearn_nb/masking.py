@@ -38,6 +38,9 @@ the masked weights are written into the model, a forward and backward pass
 gives ``∂L/∂W``, and since ``W = W0 + m ⊙ Δ``, ``∂L/∂m_u = Σ_{i∈u} ∂L/∂W_i · Δ_i``
 (the chain rule, applied by autograd on ``m ⊙ Δ`` with ``∂L/∂W`` as the
 incoming gradient). The base weights are copied back on exit, bit for bit.
+The optimisation is the loop of :mod:`.train`: the trainable tensors are the
+mask logits, the loss is the edit's forget loss plus the penalty, and the
+chain rule runs after each backward pass.
 """
 
 from __future__ import annotations
@@ -49,11 +52,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from . import editing
+from . import editing, train
 from .models import hf_model, named_parameters
-from .scoring import device_of, logits_at, pad_right
+from .scoring import device_of
 
 GRANULARITIES = ("row", "column", "tensor", "component")
 
@@ -156,10 +158,11 @@ def mask_analysis(model, result, task, config: MaskConfig | None = None, *, seed
                            "Fix: result.revert(model) first.")
     objective = result.config.objective
     injection = objective == "injection"
-    forget = editing._tokenise_facts(model, task, "forget", need_new=injection)
-    maintain = editing._tokenise_facts(model, task, "maintain_eval", need_new=False) if len(task.maintain_eval) else None
+    forget = train.tokenise_facts(model, task, "forget", need_new=injection)
+    maintain = train.tokenise_facts(model, task, "maintain_eval") if len(task.maintain_eval) else None
     rng = np.random.default_rng(seed)
-    sampler = editing._Sampler(len(forget), config.batch_size, rng)
+    term = train.FactTerm("edit_loss", forget, train.Sampler(len(forget), config.batch_size, rng),
+                          train.FORGET_LOSSES[objective])
     eval_f = sorted(rng.permutation(len(forget))[: config.eval_facts].tolist())
     eval_m = sorted(rng.permutation(len(maintain))[: config.eval_facts].tolist()) if maintain is not None else []
     dev = device_of(model)
@@ -201,78 +204,60 @@ def mask_analysis(model, result, task, config: MaskConfig | None = None, *, seed
             return (m * counts).sum() / total
         return sum((m[n] * counts[n]).sum() for n in names) / total
 
-    originals = {n: params[n].detach().clone() for n in names}
-    flags = {n: p.requires_grad for n, p in params.items()}
+    weights = {n: params[n] for n in names}  # the base weights W0, copied back on exit (``originals``)
 
     @torch.no_grad()
     def write(m) -> None:
         for n in names:
             params[n].copy_(originals[n] + expand(n, m).detach() * deltas[n])
 
-    @torch.no_grad()
     def accuracies() -> dict:
-        f_true, f_new = editing._accuracies(model, forget, eval_f)
-        m_true, _ = editing._accuracies(model, maintain, eval_m) if maintain is not None else (float("nan"), None)
-        return dict(forget_acc=f_true, edit_acc=f_new if injection else float("nan"), maintain_acc=m_true)
+        return train.edit_accuracies(model, forget, eval_f, maintain, eval_m, with_new=injection)
 
-    opt = torch.optim.Adam(leaves, lr=config.lr)
-    pad = model.tokenizer.pad_token_id or 0
-    hist, rows = [], []
+    current: dict = {}
+
+    def step_loss(step: int):
+        current["m"] = m = mask_values()
+        write(m)
+        edit_loss, record = train.fact_step(model, [term])
+        current["share"] = share = kept_share(m)
+        return edit_loss, dict(record, loss=record["edit_loss"] + config.sparsity * share.item(), kept=share.item())
+
+    def chain_rule() -> None:
+        # W = W0 + m * delta, so dL/dm = sum over the unit of dL/dW * delta: backpropagate the weights'
+        # gradients (and the sparsity penalty) into the mask logits
+        m, share = current["m"], current["share"]
+        grads = [params[n].grad for n in names]
+        masked = [expand(n, m) * deltas[n] for n in names]
+        torch.autograd.backward(masked + [config.sparsity * share], grads + [torch.ones_like(share)])
+        for n in names:
+            params[n].grad = None
+
+    rows = []
     t0 = time.perf_counter()
     hf = hf_model(model)
     was_training = hf.training
     hf.eval()
     try:
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_(originals[n])
-        rows.append(dict(variant="no edit", frac_kept=0.0, **accuracies()))
-        for p in params.values():
-            p.requires_grad_(False)
-        for n in names:
-            params[n].requires_grad_(True)
-        for step in tqdm(range(1, config.steps + 1), desc="mask", disable=not progress, leave=False):
-            m = mask_values()
-            write(m)
-            idx = sampler.next()
-            ids, mask, last = pad_right([forget.ids[i] for i in idx], pad)
-            logp = torch.log_softmax(logits_at(model, ids, mask, last).float(), dim=-1)
-            if injection:
-                edit_loss = -logp.gather(1, forget.new[idx, None].to(dev)).mean()
-            else:
-                p_true = logp.gather(1, forget.true[idx, None].to(dev)).exp()
-                edit_loss = -torch.log1p(-p_true.clamp(max=1 - 1e-6)).mean()
-            edit_loss.backward()
-            # chain rule through W = W0 + m * delta: dL/dm = sum over the unit of dL/dW * delta
-            grads = [params[n].grad for n in names]
-            masked = [expand(n, m) * deltas[n] for n in names]
-            share = kept_share(m)
-            torch.autograd.backward(masked + [config.sparsity * share], grads + [torch.ones_like(share)])
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            for n in names:
-                params[n].grad = None
-            hist.append(dict(step=step, loss=edit_loss.item() + config.sparsity * share.item(),
-                             edit_loss=edit_loss.item(), kept=share.item()))
-        with torch.no_grad():
-            for variant, m, share in (("full edit", None, 1.0),
-                                      ("masked edit", mask_values(hard=True), None),
-                                      ("soft mask", mask_values(), None)):
-                if m is None:
-                    for n in names:
-                        params[n].copy_(originals[n] + deltas[n])
-                else:
-                    write(m)
-                    share = float(kept_share(m))
-                rows.append(dict(variant=variant, frac_kept=share, **accuracies()))
-            soft = mask_values()
-            hard = mask_values(hard=True)
+        with train.restored(weights) as originals:
+            rows.append(dict(variant="no edit", frac_kept=0.0, **accuracies()))
+            with train.only_trainable(model, weights):
+                history = train.train(leaves, step_loss, config.steps, config.lr, after_backward=chain_rule,
+                                      desc="mask", progress=progress)
+            with torch.no_grad():
+                for variant, m, share in (("full edit", None, 1.0),
+                                          ("masked edit", mask_values(hard=True), None),
+                                          ("soft mask", mask_values(), None)):
+                    if m is None:
+                        for n in names:
+                            params[n].copy_(originals[n] + deltas[n])
+                    else:
+                        write(m)
+                        share = float(kept_share(m))
+                    rows.append(dict(variant=variant, frac_kept=share, **accuracies()))
+                soft = mask_values()
+                hard = mask_values(hard=True)
     finally:
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_(originals[n])
-        for n, p in params.items():
-            p.requires_grad_(flags[n])
         hf.train(was_training)
 
     masks = {n: expand(n, soft).detach().cpu() for n in names}
@@ -296,29 +281,5 @@ def mask_analysis(model, result, task, config: MaskConfig | None = None, *, seed
     accuracy = accuracy.assign(localization=result.localization, task=task.name, seed=seed)
     meta = dict(asdict(config), seed=seed, localization=result.localization, task=task.name, objective=objective,
                 n_delta_params=int(total), seconds=round(time.perf_counter() - t0, 2))
-    return MaskResult(components.assign(localization=result.localization), accuracy, pd.DataFrame(hist), masks, delta, meta)
-
-
-def plot_mask(components: pd.DataFrame, ax=None, title: str = "Share of the edit's delta the mask keeps",
-              shade: list[int] | None = None, shade_label: str = "fact lookup"):
-    """Seaborn bars: per block, the share of the delta kept in the attention layer and the MLP.
-
-    Args:
-        components: :attr:`MaskResult.components`.
-        shade: blocks to shade (e.g. the fact-lookup layers).
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.5))
-    data = components[components["kind"].isin(["attn", "mlp"])]
-    sns.barplot(data=data, x="layer", y="frac_kept", hue="kind", hue_order=["mlp", "attn"], ax=ax)
-    layers = sorted(data["layer"].unique())
-    if shade:
-        pos = [layers.index(l) for l in shade if l in layers]
-        if pos:
-            ax.axvspan(min(pos) - 0.5, max(pos) + 0.5, color="tab:green", alpha=0.12, label=shade_label)
-            ax.legend()
-    ax.set(ylim=(0, 1.02), xlabel="block", ylabel="share of delta kept", title=title)
-    return ax
+    return MaskResult(components.assign(localization=result.localization), accuracy,
+                      history.reindex(columns=["step", "loss", "edit_loss", "kept"]), masks, delta, meta)

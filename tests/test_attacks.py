@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mechunlearn_nb import attacks, data, editing, latent, masking, models, tasks
+from mechunlearn_nb import attacks, data, editing, latent, masking, models, tasks, train
 from mechunlearn_nb.localization import Localization
 
 EDIT = dict(steps=3, lr=1e-2, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_every=0, eval_facts=8)
@@ -93,7 +93,7 @@ def test_attack_restores_model_after_an_error(tiny, task, result, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyboardInterrupt("interrupted mid-attack")
 
-    monkeypatch.setattr(editing, "lm_loss", broken)
+    monkeypatch.setattr(train, "lm_loss", broken)
     cfg = attacks.RelearnConfig(eval_steps=(0, 2), rank=4, lm_tokens=16, lm_window=16, **{**QUICK, "lm_coef": 1.0})
     with pytest.raises(KeyboardInterrupt):
         attacks.relearn(tiny, result, task, cfg, progress=False)
@@ -106,20 +106,20 @@ def test_lora_adapters_cover_targets_change_outputs_and_leave_cleanly(tiny):
     from mechunlearn_nb import scoring
 
     ids, mask, last = scoring.pad_right(scoring.encode_prompts(tiny, ["Fact: Tom Brady plays the sport of"]), 0)
-    before = attacks.last_logits(tiny, ids, mask, last)
+    before = train.last_logits(tiny, ids, mask, last)
     targets = attacks.linear_targets(tiny, ("mlp",), layers=[1])
     assert sorted(t.weight.split(".")[-2] for t in targets) == ["down_proj", "gate_proj", "up_proj"]
     with attacks.lora_adapters(tiny, rank=2, target_modules=("mlp",), layers=[1]) as adapters:
         assert len(adapters) == 2 * len(targets)
         assert all(p.requires_grad for p in adapters.values())
-        torch.testing.assert_close(attacks.last_logits(tiny, ids, mask, last), before)  # B = 0 at init
+        torch.testing.assert_close(train.last_logits(tiny, ids, mask, last), before)  # B = 0 at init
         with torch.no_grad():
             for n, p in adapters.items():
                 if "lora_B" in n:
                     p.fill_(0.05)
-        assert not torch.allclose(attacks.last_logits(tiny, ids, mask, last), before)
+        assert not torch.allclose(train.last_logits(tiny, ids, mask, last), before)
     snap.assert_unchanged()
-    assert torch.equal(attacks.last_logits(tiny, ids, mask, last), before)
+    assert torch.equal(train.last_logits(tiny, ids, mask, last), before)
 
 
 def test_soft_prompt_changes_outputs_is_seeded_and_leaves_model(tiny, task, result):
@@ -139,11 +139,11 @@ def test_soft_prompt_changes_outputs_is_seeded_and_leaves_model(tiny, task, resu
     from mechunlearn_nb import scoring
 
     ids, mask, last = scoring.pad_right(scoring.encode_prompts(tiny, ["Fact: Tom Brady plays the sport of", "Hi"]), 0)
-    plain = attacks.last_logits(tiny, ids, mask, last)
-    prompted = attacks.last_logits(tiny, ids, mask, last, sp.prefix)
+    plain = train.last_logits(tiny, ids, mask, last)
+    prompted = train.last_logits(tiny, ids, mask, last, sp.prefix)
     assert plain.shape == prompted.shape and not torch.allclose(plain, prompted)
     # the prefix goes after BOS and lengthens every prompt by k, padding stays on the right
-    emb, mask2, last2 = attacks.insert_prefix(tiny, ids, mask, last, sp.prefix)
+    emb, mask2, last2 = train.insert_prefix(tiny, ids, mask, last, sp.prefix)
     assert emb.shape[1] == ids.shape[1] + 3 and torch.equal(last2, last + 3)
     torch.testing.assert_close(emb[:, 1:4], sp.prefix.expand(2, 3, -1))
     snap.assert_unchanged()

@@ -178,3 +178,18 @@ def test_evaluate_table_shape_and_model_untouched(tiny, task, result):
     b = table[(table["stage"] == "before") & (table["metric"] == "lm_loss")]["value"].item()
     assert b == base[base["metric"] == "lm_loss"]["value"].item()
     assert np.isfinite(table[table["metric"] == "lm_loss"]["value"]).all()
+
+
+def test_defaults_follow_the_localization_kind_not_its_name(tiny, result):
+    from mechunlearn_nb import localization
+    from mechunlearn_nb.localization import Kind
+
+    assert editing.EditConfig.for_localization(localization.all_mlps(tiny)).lr == editing.DEFAULTS[Kind.ALL_MLPS]["lr"]
+    assert editing.EditConfig.for_localization(localization.non_localized(tiny)).lr == 3e-5
+    assert editing.EditConfig.for_localization(Kind.ALL_MLPS).lr == editing.EditConfig.for_localization("all_mlps").lr == 1e-4
+    # a name is a label: a set of components called "non-localized" is still a localized (budget-matched) set
+    named = Localization.from_components(tiny, ["m1"], name="non-localized MLP")
+    assert editing.EditConfig.for_localization(named, steps=5).lr == 2e-4
+    with pytest.raises(ValueError, match="Unknown localization kind 'everything'.*non_localized"):
+        editing.EditConfig.for_localization("everything")
+    assert result.manifest["localization"]["kind"] == "localized"  # saved manifests keep the string value

@@ -1,0 +1,87 @@
+"""The shared training loop (train.py) on the tiny model: seeds, frozen weights, restores, accuracy."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mechunlearn_nb import data, models, tasks, train
+
+
+@pytest.fixture(scope="module")
+def task(tiny):
+    known = data.load_sports().head(200)  # the tiny random model knows nothing: treat these as known
+    return tasks.forget_sport(tiny, "basketball", "golf", known=known, max_forget=4, max_maintain=8)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in models.named_parameters(model).items()}
+
+
+def run(model, task, trainable: dict, seed: int, steps: int = 3, fail_at: int | None = None) -> pd.DataFrame:
+    """An injection with a maintain term and general text, training ``trainable`` in place."""
+    rng = np.random.default_rng(seed)
+    forget = train.tokenise_facts(model, task, "forget", need_new=True)
+    maintain = train.tokenise_facts(model, task, "maintain_train")
+    terms = [train.FactTerm("forget_loss", forget, train.Sampler(len(forget), 2, rng), train.inject_loss),
+             train.FactTerm("maintain_loss", maintain, train.Sampler(len(maintain), 2, rng), train.maintain_loss, 0.5)]
+    general = train.GeneralText(model, train.general_text("train", exclude=task.subjects), 16, 16, rng)
+
+    def step_loss(step):
+        if step == fail_at:
+            raise KeyboardInterrupt("interrupted mid-training")
+        return train.fact_step(model, terms, general)
+
+    return train.train(trainable, step_loss, steps, 1e-2, schedule=train.cosine_schedule(1, steps), grad_clip=1.0,
+                       evaluate=lambda step: {"acc": train.accuracy(model, forget)["acc_new"]}, eval_steps=(0, steps),
+                       progress=False)
+
+
+def test_same_seed_same_history_and_only_trainable_weights_move(tiny, task):
+    before = weights(tiny)
+    flags = {n: p.requires_grad for n, p in models.named_parameters(tiny).items()}
+    params = {n: p for n, p in models.named_parameters(tiny).items() if ".layers.1.mlp." in n}
+    assert params, "the tiny model has no layer-1 MLP weights"
+    with train.restored(params) as originals, train.only_trainable(tiny, params):
+        first = run(tiny, task, params, seed=0)
+        moved = {n for n, p in models.named_parameters(tiny).items() if not torch.equal(p.detach(), before[n])}
+        assert moved == set(params), f"weights outside the trainable set changed: {sorted(moved - set(params))[:3]}"
+        assert all(torch.equal(originals[n], before[n]) for n in params)
+    assert all(torch.equal(p.detach(), before[n]) for n, p in models.named_parameters(tiny).items()), "not restored"
+    assert {n: p.requires_grad for n, p in models.named_parameters(tiny).items()} == flags
+    with train.restored(params), train.only_trainable(tiny, params):
+        again = run(tiny, task, params, seed=0)
+    with train.restored(params), train.only_trainable(tiny, params):
+        other = run(tiny, task, params, seed=1)
+    keep = ["step", "lr", "loss", "forget_loss", "maintain_loss", "lm_loss", "grad_norm", "acc"]
+    pd.testing.assert_frame_equal(first[keep], again[keep])
+    assert not first["loss"].equals(other["loss"]), "another seed drew the same batches"
+    assert list(first["step"]) == [0, 1, 2, 3] and first["acc"].notna().tolist() == [True, False, False, True]
+    # warm-up of one step: the first step runs at learning rate 0, the second at the peak
+    assert first["lr"].tolist()[1:3] == [0.0, 1e-2]
+
+
+def test_weights_restored_after_an_error_inside_the_loop(tiny, task):
+    before = weights(tiny)
+    flags = {n: p.requires_grad for n, p in models.named_parameters(tiny).items()}
+    params = {n: p for n, p in models.named_parameters(tiny).items() if ".layers.0.self_attn." in n}
+    with pytest.raises(KeyboardInterrupt):
+        with train.restored(params), train.only_trainable(tiny, params):
+            run(tiny, task, params, seed=0, steps=3, fail_at=3)  # two steps have changed the weights by then
+    assert all(torch.equal(p.detach(), before[n]) for n, p in models.named_parameters(tiny).items())
+    assert {n: p.requires_grad for n, p in models.named_parameters(tiny).items()} == flags
+
+
+def test_accuracy_counts_the_top_candidate(tiny, task):
+    facts = train.tokenise_facts(tiny, task, "forget", need_new=True)
+    acc = train.accuracy(tiny, facts)
+    logp = train.last_token_logprobs(tiny, facts.ids)
+    pred = logp.gather(1, facts.cands).argmax(-1)
+    assert acc["n"] == len(facts)
+    assert acc["acc_true"] == pytest.approx(float((pred == facts.true_pos).float().mean()))
+    assert acc["acc_new"] == pytest.approx(float((pred == facts.new_pos).float().mean()))
+    # one prompt per batch measures the same (right padding does not leak into the last token)
+    assert train.accuracy(tiny, facts, batch_size=1)["acc_true"] == acc["acc_true"]
+    assert np.isnan(train.accuracy(tiny, facts, idx=[])["acc_true"])
+    sub = facts.subset([2, 0])
+    assert sub.ids == [facts.ids[2], facts.ids[0]] and torch.equal(sub.true, facts.true[[2, 0]])
