@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as _data
-from .editing import EditResult, general_text, lm_loss
+from .editing import EditResult, general_text, lm_loss, require_base_model
 from .models import hf_model
 from .prompts import SPORTS, SPORTS_FORMATS, counterfact_prompts, sports_prompts
 from .scoring import device_of, pad_right, score_set
@@ -200,6 +200,8 @@ def evaluate(model, task, result: EditResult | None = None, *, baseline: pd.Data
     if result is not None and result.delta.is_applied(model):
         raise RuntimeError("The edit's delta is already applied to this model; evaluate() needs the base model "
                            "and applies the delta itself. Fix: result.revert(model) first.")
+    # "before" must be the base model: another edit left applied would be measured as the baseline
+    require_base_model(model, "evaluate()")
     if unrelated is None and n_unrelated:
         unrelated = unrelated_facts(model, task, n=n_unrelated)
     args = (formats, unrelated, n_paragraphs, lm_tokens, n_generate, max_new_tokens, batch_size, progress)
