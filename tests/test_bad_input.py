@@ -107,3 +107,168 @@ def test_load_mmlu_loads_every_shipped_subject_keeping_literal_none():
     ccs = df[df["subject"] == "college_computer_science"].reset_index(drop=True)
     # rows 10 and 94 have the literal answer text "None" (read as missing before)
     assert (ccs.loc[[10, 94], ["choice0", "choice1", "choice2", "choice3"]] == "None").any(axis=1).all()
+
+
+# ---------------------------------------------------------------------------
+# The model cache (always in a temporary MECHUNLEARN_CACHE)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def temp_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MECHUNLEARN_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def small_hf_folder(tmp_path_factory):
+    """A small saved HF model folder (config + safetensors) standing in for a real build."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=32)
+    folder = tmp_path_factory.mktemp("small-hf")
+    Gemma3ForCausalLM(cfg).save_pretrained(str(folder))
+    return folder
+
+
+def _fake_build(source, calls: list):
+    import shutil
+
+    def build(folder):
+        calls.append(folder)
+        for f in source.iterdir():
+            shutil.copy2(f, folder / f.name)
+    return build
+
+
+def test_truncated_cache_is_detected_named_and_rebuilt(temp_cache, small_hf_folder, monkeypatch):
+    calls = []
+    monkeypatch.setattr(models, "_build_embedded", _fake_build(small_hf_folder, calls))
+    folder = models.embedded_model_dir()
+    assert folder.parent.parent == temp_cache and len(calls) == 1
+    assert (folder / models.CACHE_MANIFEST).exists()
+    assert models.embedded_model_dir() == folder and len(calls) == 1  # verified, not rebuilt
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as f:  # truncate the copy in the temporary cache
+        f.truncate(weights.stat().st_size // 2)
+    assert "model.safetensors" in models.cache_problem(folder)
+    with pytest.warns(models.CacheWarning, match=rf"{folder}.*damaged.*model.safetensors.*rebuilding"):
+        assert models.embedded_model_dir() == folder
+    assert len(calls) == 2 and models.cache_problem(folder, full=True) is None
+
+
+def test_changed_file_of_same_size_is_caught_by_its_hash(temp_cache, small_hf_folder, monkeypatch):
+    monkeypatch.setattr(models, "_build_embedded", _fake_build(small_hf_folder, []))
+    folder = models.embedded_model_dir()
+    cfg = folder / "config.json"
+    text = cfg.read_text()
+    cfg.write_text(text.replace('"', "'", 1).replace("'", '"', 1)[:-1] + " ")  # same size, other bytes
+    assert cfg.stat().st_size == len(text.encode())
+    assert "config.json has changed" in models.cache_problem(folder)
+
+
+def test_a_cache_without_manifest_still_gets_its_weights_checked(tmp_path, small_hf_folder):
+    import shutil
+
+    folder = tmp_path / "old-cache"
+    shutil.copytree(small_hf_folder, folder)
+    assert models.cache_problem(folder) is None
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(100)
+    assert "truncated" in models.cache_problem(folder) or "bytes long" in models.cache_problem(folder)
+    # a user's own folder: a clear error naming the file and the fix instead of a raw SafetensorError
+    with pytest.raises(OSError, match=r"model.safetensors.*Fix: save or download that folder again"):
+        models.load_model(folder)
+
+
+def test_not_enough_disk_space_names_cache_gb_and_fix(temp_cache, small_hf_folder, monkeypatch):
+    calls = []
+    monkeypatch.setattr(models, "_build_embedded", _fake_build(small_hf_folder, calls))
+    monkeypatch.setattr(models, "_free_bytes", lambda folder: int(0.3e9))
+    with pytest.raises(models.CacheError, match=rf"{temp_cache / 'models'}.*1\.6 GB free.*0\.3 GB.*MECHUNLEARN_CACHE"):
+        models.embedded_model_dir()
+    assert calls == []
+
+
+def test_out_of_disk_while_building_names_cache_and_leaves_no_partial(temp_cache, monkeypatch):
+    import errno
+
+    def full_disk(folder):
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(models, "_build_embedded", full_disk)
+    with pytest.raises(models.CacheError, match=r"ran out of disk space.*1\.6 GB.*MECHUNLEARN_CACHE"):
+        models.embedded_model_dir()
+    assert [p.name for p in (temp_cache / "models").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def _write_gguf(path, n: int = 1000):
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("token_embd.weight", np.zeros((n,), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_path_is_dequantised_once_into_a_folder_keyed_by_its_hash(temp_cache, small_hf_folder, monkeypatch, tmp_path):
+    calls = []
+    fake = _fake_build(small_hf_folder, calls)
+    monkeypatch.setattr(models, "_dequantise", lambda gguf_file, folder: fake(folder))
+    src = tmp_path / "my-model.gguf"
+    _write_gguf(src)
+    folder = models.gguf_model_dir(src)
+    assert folder.parent == temp_cache / "models" and folder.name.startswith("gguf-my-model-")
+    assert models.gguf_model_dir(src) == folder and len(calls) == 1
+    assert models._resolve(str(src)) == ("my-model", str(folder))
+    _write_gguf(src, n=2000)  # another file under the same name: another folder
+    assert models.gguf_model_dir(src) != folder and len(calls) == 2
+
+
+def test_folder_of_gguf_files_says_to_pass_the_file(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(FileNotFoundError, match=r"no config.json.*GGUF file.*m\.gguf.*Fix"):
+        models.load_model(tmp_path)
+    with pytest.raises(models.CacheError, match=r"not a readable GGUF file.*Fix"):
+        models.load_model(tmp_path / "m.gguf")
+
+
+_BUILD_SCRIPT = """
+import json, sys, time
+from mechunlearn_nb import models
+t = time.perf_counter()
+folder = models.embedded_model_dir()
+manifest = json.loads((folder / models.CACHE_MANIFEST).read_text())
+print(json.dumps(dict(built=bool(models.LAST_BUILD), build_id=manifest["build_id"], s=time.perf_counter() - t)))
+"""
+
+
+@pytest.mark.slow
+def test_three_processes_on_an_empty_cache_build_it_once(temp_cache):
+    """N workers starting together on a fresh machine: one builds, the others wait and reuse it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, MECHUNLEARN_CACHE=str(temp_cache)))
+             for _ in range(3)]
+    outs = [json.loads(p.communicate(timeout=900)[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(o["built"] for o in outs) == 1
+    assert len({o["build_id"] for o in outs}) == 1
+    folder = temp_cache / "models" / models._EMBEDDED_FOLDER
+    assert models.cache_problem(folder, full=True) is None
+    assert not [p for p in folder.parent.iterdir() if "partial" in p.name]
+    t = time.perf_counter()
+    assert models.cache_problem(folder) is None
+    assert time.perf_counter() - t < 0.5  # the check at every load stays cheap (no hashing)
