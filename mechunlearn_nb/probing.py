@@ -63,6 +63,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from .checks import check_template
 from .models import hf_model
 from .prompts import FACT_TEMPLATE
 from .scoring import device_of, encode_prompts, pad_right
@@ -241,6 +242,7 @@ def fact_residuals(model, facts: pd.DataFrame, template: str = FACT_TEMPLATE, po
     if unknown:
         raise ValueError(f"Unknown position(s) {unknown}; choose among 'first_subject', 'last_subject', 'final'.")
     athletes = facts["athlete"].astype(str).tolist()
+    check_template("template", template, fields=("athlete",))
     prompts = [template.format(athlete=a) for a in athletes]
     pos = fact_positions(model, prompts, athletes)
     return residuals(model, prompts, {p: pos[p].to_numpy() for p in positions}, batch_size=batch_size, progress=progress)

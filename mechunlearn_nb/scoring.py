@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
+from .checks import ParameterError, check_int, check_str
 from .models import hf_model
 
 
@@ -196,7 +197,15 @@ def candidate_logprobs(model, prompts: Sequence[str], candidates: Sequence[Seque
     Returns:
         For each prompt, an array of log-probabilities, one per candidate.
     """
+    if isinstance(prompts, str):
+        raise ParameterError(f"prompts must be a list of strings, got one string {prompts[:40]!r}... (it would be "
+                             "scored character by character). Fix: pass [prompt].")
+    batch_size = check_int("batch_size", batch_size, min=1)
+    check_str("mode", mode, ("first", "full"))
     prompts = list(prompts)
+    if isinstance(candidates, str):
+        raise ParameterError(f"candidates must be a list of strings (or one list per prompt), got one string "
+                             f"{candidates!r}. Fix: pass [{candidates!r}].")
     if candidates and isinstance(candidates[0], str):
         candidates = [list(candidates)] * len(prompts)
     if len(candidates) != len(prompts):

@@ -272,3 +272,117 @@ def test_three_processes_on_an_empty_cache_build_it_once(temp_cache):
     t = time.perf_counter()
     assert models.cache_problem(folder) is None
     assert time.perf_counter() - t < 0.5  # the check at every load stays cheap (no hashing)
+
+
+# ---------------------------------------------------------------------------
+# Parameters: types and ranges at the edges
+# ---------------------------------------------------------------------------
+
+from mechunlearn_nb import checks, prompts, tasks  # noqa: E402
+
+
+@pytest.mark.parametrize("spec, value, message", [
+    (bool, "False", r"FAST must be True or False \(a bool\), got 'False' \(of type str\)\. Fix: write FAST=False without quotes"),
+    (bool, 0, r"FAST must be True or False.*got 0 .*Fix: write FAST=True or FAST=False"),
+    (int, "0", r"FAST must be an int, got '0' \(of type str\)\. Fix: write FAST=0 without quotes"),
+    (int, 2.5, r"FAST must be an int, got 2\.5 \(of type float\)\. Fix: pass a whole number, e.g\. FAST=2 or FAST=3"),
+    (int, True, r"FAST must be an int, got True"),
+    (float, "0.5", r"FAST must be a number, got '0\.5' \(of type str\)\. Fix: write FAST=0\.5 without quotes"),
+    (float, float("nan"), r"FAST must be a number, got NaN\. Fix"),
+    (checks.Float(0, 1), 7, r"FAST must be a number in \[0, 1\], got 7\.0\. Fix: pass a value in \[0, 1\]"),
+    (checks.Int(min=1), 0, r"FAST must be an int ≥ 1, got 0\. Fix: pass a value ≥ 1"),
+    (checks.Str(("a", "b")), "c", r"FAST must be one of \['a', 'b'\], got 'c'\. Fix"),
+    (checks.ListOf(int), "0,1", r"FAST must be a list, got '0,1'.*Fix: pass a list"),
+])
+def test_parameter_checks_name_parameter_expected_type_value_and_fix(spec, value, message):
+    with pytest.raises(checks.ParameterError, match=message):
+        checks.parameters({"FAST": value}, FAST=spec)
+
+
+def test_parameters_lists_every_wrong_parameter_in_one_message_and_returns_values():
+    with pytest.raises(checks.ParameterError, match=r"3 parameters are wrong:\n- FAST.*\n- SEED.*\n- N_FACTS is not defined\. Fix"):
+        checks.parameters(dict(FAST="False", SEED="1", THRESHOLD=0.5), FAST=bool, SEED=int, THRESHOLD=float, N_FACTS=int)
+    import numpy as np
+
+    ok = checks.parameters(dict(FAST=False, SEED=np.int64(3), THRESHOLD=1, SEEDS=(0, 1)), FAST=bool, SEED=int,
+                           THRESHOLD=checks.Float(0, 1), SEEDS=checks.ListOf(checks.Int(min=0)))
+    assert ok == dict(FAST=False, SEED=3, THRESHOLD=1.0, SEEDS=[0, 1]) and type(ok["SEED"]) is int
+    # both kinds of caller keep working
+    assert issubclass(checks.ParameterError, TypeError) and issubclass(checks.ParameterError, ValueError)
+
+
+def _scores():
+    import pandas as pd
+
+    return pd.DataFrame(dict(sport=["golf", "golf"], p_true_norm=[0.2, 0.9], correct=[False, True]))
+
+
+def test_knowledge_summary_threshold_out_of_range_or_string():
+    with pytest.raises(checks.ParameterError, match=r"threshold must be a number in \[0\.0, 1\.0\], got 7\.0\. Fix"):
+        tasks.knowledge_summary(_scores(), threshold=7)
+    with pytest.raises(checks.ParameterError, match=r"threshold must be a number.*got '0\.5'.*Fix: write threshold=0\.5"):
+        tasks.knowledge_summary(_scores(), threshold="0.5")
+    assert tasks.knowledge_summary(_scores(), threshold=0.5)["known"].tolist() == [1]
+
+
+def test_known_facts_threshold_string_fails_before_scoring(tiny):
+    with pytest.raises(checks.ParameterError, match=r"threshold must be a number.*'0\.5'.*Fix: write threshold=0\.5"):
+        tasks.known_facts(tiny, threshold="0.5")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_forget=0), r"max_forget must be an int ≥ 1, got 0\. Fix"),
+    (dict(seed="0"), r"seed must be an int ≥ 0, got '0' \(of type str\)\. Fix: write seed=0 without quotes"),
+    (dict(seed=1.5), r"seed must be an int ≥ 0, got 1\.5.*Fix: pass a whole number"),
+    (dict(max_maintain="8"), r"max_maintain must be an int ≥ 1.*Fix: write max_maintain=8"),
+    (dict(train_frac="0.5"), r"train_frac must be a number.*Fix: write train_frac=0\.5"),
+])
+def test_forget_sport_checks_its_parameters(tiny, kwargs, message):
+    known = data.load_sports().head(200)
+    with pytest.raises(checks.ParameterError, match=message):
+        tasks.forget_sport(tiny, "basketball", "golf", known=known, **kwargs)
+
+
+def test_edit_athletes_seed_as_string_fails_at_the_edge(tiny):
+    with pytest.raises(checks.ParameterError, match=r"seed must be an int.*Fix: write seed=3"):
+        tasks.edit_athletes(tiny, n=2, seed="3", known=data.load_sports().head(50))
+
+
+def _cf(prompt: str):
+    import pandas as pd
+
+    return pd.DataFrame([dict(case_id=7, prompt=prompt, subject="Danielle Darrieux", relation_id="P103",
+                              target_true="French", target_new="English")])
+
+
+def test_counterfact_prompt_without_subject_slot():
+    with pytest.raises(checks.ParameterError, match=r"row 0 \(case 7\) 'The mother tongue is' has no field.*Fix: put \{\} where"):
+        prompts.counterfact_prompts(_cf("The mother tongue is"))
+    with pytest.raises(checks.ParameterError, match=r"uses the field\(s\) \{name\}; the fields allowed are \{\}\. Fix"):
+        prompts.counterfact_prompts(_cf("The mother tongue of {name} is"))
+    with pytest.raises(checks.ParameterError, match=r"has 2 '\{\}'; it needs exactly one.*Fix"):
+        prompts.counterfact_prompts(_cf("{} and {} speak"))
+    ok = prompts.counterfact_prompts(_cf("The mother tongue of {} is"))
+    assert ok.prompts == ["The mother tongue of Danielle Darrieux is"]
+
+
+def test_template_with_unknown_field_names_field_and_allowed_fields(tiny):
+    from mechunlearn_nb import patching, probing
+
+    facts = data.load_sports().head(4)
+    with pytest.raises(checks.ParameterError, match=r"template 'Fact: \{name\} plays' uses the field\(s\) \{name\}; "
+                                                    r"the fields allowed are \{athlete\}\. Fix"):
+        probing.fact_residuals(tiny, facts, template="Fact: {name} plays")
+    with pytest.raises(checks.ParameterError, match=r"\{name\}.*allowed are \{athlete\}"):
+        patching.corrupt_subjects(tiny, facts, template="Fact: {name} plays")
+    with pytest.raises(checks.ParameterError, match=r"not a valid format string.*Fix: write literal braces"):
+        probing.fact_residuals(tiny, facts, template="Fact: {athlete plays")
+
+
+def test_scoring_a_single_string_or_bad_batch_size(tiny):
+    from mechunlearn_nb import scoring
+
+    with pytest.raises(checks.ParameterError, match=r"prompts must be a list of strings, got one string.*Fix: pass \[prompt\]"):
+        scoring.score(tiny, "Fact: Tiger Woods plays", [" golf"])
+    with pytest.raises(checks.ParameterError, match=r"batch_size must be an int ≥ 1, got 0\. Fix"):
+        scoring.score(tiny, ["Fact: Tiger Woods plays"], [" golf"], batch_size=0)
