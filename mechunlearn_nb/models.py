@@ -354,6 +354,23 @@ def _resolve(name: str | os.PathLike | None) -> tuple[str, str]:
     return name, name
 
 
+def check_model_name(name: str | os.PathLike | None) -> None:
+    """Fail fast, before any notebook runs, on a model name that cannot load.
+
+    Checks what :func:`load_model` would resolve without booting or building anything: the
+    embedded aliases and ``.gguf`` files pass; a missing or non-model folder, or an HF id that is
+    not in the local HF cache while offline, raises the same error ``load_model`` would.
+    """
+    if name in EMBEDDED_ALIASES:
+        return
+    path = Path(str(name)).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist. Fix: give the path of an existing .gguf file.")
+        return
+    _resolve(name)
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 

@@ -8,6 +8,7 @@ test builds the embedded model for real and is marked ``slow``.
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 import torch
@@ -386,3 +387,54 @@ def test_scoring_a_single_string_or_bad_batch_size(tiny):
         scoring.score(tiny, "Fact: Tiger Woods plays", [" golf"])
     with pytest.raises(checks.ParameterError, match=r"batch_size must be an int ≥ 1, got 0\. Fix"):
         scoring.score(tiny, ["Fact: Tiger Woods plays"], [" golf"], batch_size=0)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--only", "99"], r"--only: Unknown notebook\(s\) \['99'\].*Fix: pass numbers or names from .*list"),
+    (["run", "--model", "/no/such/model"], r"--model: Model folder '/no/such/model' does not exist\. Fix"),
+    (["run", "--workers", "0"], r"--workers must be at least 1, got 0\. Fix"),
+])
+def test_cli_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mechunlearn_nb", *args, "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_failed_notebook_reports_its_own_cell_and_exception(tmp_path, capsys):
+    import json
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from mechunlearn_nb import runner
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    nb = new_notebook()
+    params = new_code_cell("FAST = False\nOUTPUT_DIR = 'out'\nMODEL_NAME = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, new_code_cell("x = 1"),
+                new_code_cell("raise FileNotFoundError(\"Model folder '/bad' does not exist. Fix: give a folder\")")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, books / "00_bad.ipynb")
+    run = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=books, report=False)
+    out = capsys.readouterr().out
+    assert re.search(r"00_bad: .* FAILED at In \[\d+\]: FileNotFoundError: Model folder '/bad' does not exist\. "
+                     r"Fix: give a folder \(executed notebook: .*00_bad\.ipynb\)", out), out
+    entry = json.loads((run / "summary.json").read_text())["notebooks"]["00_bad"]
+    assert entry["error"].startswith("In [") and "FileNotFoundError: Model folder '/bad'" in entry["error"]
+    assert "PapermillExecutionError" not in entry["error"]
+
