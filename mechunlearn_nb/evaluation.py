@@ -40,7 +40,7 @@ from . import data as _data
 from .editing import EditResult, general_text, lm_loss, require_base_model
 from .models import hf_model
 from .prompts import SPORTS, SPORTS_FORMATS, counterfact_prompts, sports_prompts
-from .scoring import device_of, pad_right, score_set
+from .scoring import device_of, encode_prompts, pad_right, score_set
 
 COLUMNS = ["task", "dataset", "localization", "seed", "stage", "set", "format", "metric", "value", "n", "item", "text"]
 
@@ -101,9 +101,9 @@ def _unrelated_rows(model, facts: pd.DataFrame, batch_size: int) -> list[dict]:
 
 @torch.no_grad()
 def general_text_loss(model, paragraphs: list[str], tokens: int = 128, batch_size: int = 8) -> float:
-    """Mean next-token loss over the first ``tokens`` tokens of each paragraph (BOS added)."""
+    """Mean next-token loss over the first ``tokens`` tokens of each paragraph (BOS first if the model's tokenizer adds it)."""
     tok = model.tokenizer
-    seqs = [tok(p, add_special_tokens=True)["input_ids"][: tokens + 1] for p in paragraphs]
+    seqs = [ids[: tokens + 1] for ids in encode_prompts(model, paragraphs)]
     total, count = 0.0, 0
     for s in range(0, len(seqs), batch_size):
         ids, mask, _ = pad_right(seqs[s : s + batch_size], tok.pad_token_id or 0)

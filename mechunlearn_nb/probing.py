@@ -102,7 +102,8 @@ def subject_span(model, prompt: str, subject: str) -> tuple[int, int]:
         SubjectNotFoundError: the subject is not in the prompt text, or no token covers it.
     """
     tok = model.tokenizer
-    ids = tok(prompt, add_special_tokens=True)["input_ids"]
+    ids = encode_prompts(model, [prompt])[0]
+    shift = len(ids) - len(tok(prompt, add_special_tokens=False)["input_ids"])  # 1 when BOS leads
     for text in (" " + subject.strip(), subject.strip()):
         sub = tok(text, add_special_tokens=False)["input_ids"]
         start = _find_sublist(ids, sub) if sub else -1
@@ -116,7 +117,7 @@ def subject_span(model, prompt: str, subject: str) -> tuple[int, int]:
         )
     char_end = char_start + len(subject.strip())
     try:
-        offsets = tok(prompt, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+        offsets = [(0, 0)] * shift + list(tok(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
     except (NotImplementedError, TypeError, ValueError) as err:
         raise SubjectNotFoundError(
             f"Subject {subject!r} is in the prompt but its tokens differ in context and this tokenizer "

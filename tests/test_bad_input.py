@@ -438,3 +438,54 @@ def test_failed_notebook_reports_its_own_cell_and_exception(tmp_path, capsys):
     assert entry["error"].startswith("In [") and "FileNotFoundError: Model folder '/bad'" in entry["error"]
     assert "PapermillExecutionError" not in entry["error"]
 
+
+
+# ---------------------------------------------------------------------------
+# BOS: each model scored the way its own tokenizer tokenizes
+# ---------------------------------------------------------------------------
+
+
+def _tiny_folder(tmp_path, add_bos: bool):
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = AutoTokenizer.from_pretrained(str(models.embedded_model_dir()), add_bos_token=add_bos)
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    folder = tmp_path / f"tiny-bos-{add_bos}"
+    Gemma3ForCausalLM(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder, tok
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_prompts_are_scored_as_the_models_own_tokenizer_tokenizes(tmp_path, add_bos):
+    from mechunlearn_nb import scoring
+
+    folder, own = _tiny_folder(tmp_path, add_bos)
+    model = models.load_model(folder)
+    prompt = "Fact: Tiger Woods plays the sport of"
+    assert model.tokenizer(prompt)["input_ids"][0] == own.bos_token_id  # the bridge always adds BOS
+    ids = scoring.encode_prompts(model, [prompt])[0]
+    assert ids == own(prompt)["input_ids"]  # we follow the model's own tokenizer
+    assert scoring.prepends_bos(model) is add_bos
+    # the probability scored is the one of a plain forward pass on the own tokenizer's ids
+    got = scoring.score(model, [prompt], [" golf", " tennis"], progress=False)["probs"][0]
+    with torch.no_grad():
+        logits = models.hf_model(model)(torch.tensor([own(prompt)["input_ids"]])).logits[0, -1]
+    want = torch.softmax(logits.double(), -1)[[scoring.single_token_id(model, " golf"), scoring.single_token_id(model, " tennis")]]
+    assert torch.allclose(torch.tensor(got, dtype=torch.float64), want, rtol=1e-4)
+    # the subject span counts the BOS only when there is one
+    from mechunlearn_nb import probing
+
+    start, end = probing.subject_span(model, prompt, "Tiger Woods")
+    assert own.convert_ids_to_tokens(own(prompt)["input_ids"][start:end + 1]) == own.tokenize(" Tiger Woods")
+
+
+def test_embedded_tokenizer_keeps_its_bos_so_results_do_not_change(tiny):
+    from mechunlearn_nb import scoring
+
+    ps = prompts.sports_prompts(data.load_sports().head(50), "qa").prompts
+    assert scoring.prepends_bos(tiny) is True
+    assert scoring.encode_prompts(tiny, ps) == tiny.tokenizer(ps, add_special_tokens=True)["input_ids"]
