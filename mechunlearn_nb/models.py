@@ -36,8 +36,10 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
+import struct
 import time
 import uuid
 import warnings
@@ -149,15 +151,70 @@ def gguf_model_dir(gguf_file: str | os.PathLike, cache: Path | None = None) -> P
 
 
 def _gguf_build_bytes(path: Path) -> int:
-    """Disk space the float32 folder of a GGUF file takes: 4 bytes per weight (plus 10%)."""
-    try:
-        from gguf import GGUFReader
+    """Disk space the float32 folder of a GGUF file takes: 4 bytes per weight (plus 10%).
 
-        n = sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
-    except Exception as err:  # not a readable GGUF file: say so before spending a minute on it
-        raise CacheError(f"{path} is not a readable GGUF file ({type(err).__name__}: {err}). "
+    The weight count is read from the file's header (tensor shapes) without loading any data:
+    ``gguf.GGUFReader`` builds every array and takes a minute on a CPU for the embedded model.
+    """
+    try:
+        n = sum(math.prod(shape) for shape in _gguf_tensor_shapes(path))
+    except (OSError, ValueError, struct.error) as err:  # not a GGUF file: say so before spending a minute on it
+        raise CacheError(f"{path} is not a readable GGUF file ({err}). "
                          "Fix: check the file (a complete download?), or load a Hugging Face folder instead.") from err
     return int(n * 4 * 1.1)
+
+
+# value types of GGUF metadata: fixed sizes in bytes; 8 is a string, 9 an array
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _gguf_tensor_shapes(path: Path) -> list[tuple[int, ...]]:
+    """The shape of every tensor of a GGUF file (v2/v3), read from its header only."""
+    with open(path, "rb") as f:
+        def read(fmt):
+            size = struct.calcsize(fmt)
+            data = f.read(size)
+            if len(data) < size:
+                raise ValueError("the file ends inside its header (truncated?)")
+            return struct.unpack(fmt, data)
+
+        def skip_string():
+            (n,) = read("<Q")
+            f.seek(n, os.SEEK_CUR)
+
+        def skip_value(kind):
+            if kind == 8:
+                skip_string()
+            elif kind == 9:
+                item, count = read("<IQ")
+                if item == 8:
+                    for _ in range(count):
+                        skip_string()
+                elif item in _GGUF_SIZES:
+                    f.seek(_GGUF_SIZES[item] * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip_value(item)
+            elif kind in _GGUF_SIZES:
+                f.seek(_GGUF_SIZES[kind], os.SEEK_CUR)
+            else:
+                raise ValueError(f"unknown metadata type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("it does not start with the GGUF magic bytes")
+        version, n_tensors, n_kv = read("<IQQ")
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old (2 or later is read)")
+        for _ in range(n_kv):
+            skip_string()
+            skip_value(read("<I")[0])
+        shapes = []
+        for _ in range(n_tensors):
+            skip_string()
+            (n_dims,) = read("<I")
+            shapes.append(read(f"<{n_dims}Q"))
+            read("<IQ")  # type, offset
+        return shapes
 
 
 def _sha256(path: Path) -> str:

