@@ -17,7 +17,7 @@ from enum import Enum
 import pandas as pd
 import torch
 
-from .checks import check_int
+from .checks import check_float, check_int
 from .models import Component, named_parameters, weight_names
 
 
@@ -417,9 +417,8 @@ class FactLookupRule:
 
     def __post_init__(self):
         for name in ("probe_rise", "mlp_threshold", "head_threshold", "final_rise"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"FactLookupRule.{name} is a share between 0 and 1; got {v}.")
+            check_float(f"FactLookupRule.{name} (a share)", getattr(self, name), 0.0, 1.0)
+        check_float("FactLookupRule.min_effect", self.min_effect)
 
     def describe(self) -> str:
         """The rule in words, with this rule's thresholds."""

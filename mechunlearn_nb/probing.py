@@ -63,7 +63,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from .checks import check_template
+from .checks import check_float, check_template
 from .models import hf_model
 from .prompts import FACT_TEMPLATE
 from .scoring import device_of, encode_prompts, pad_right
@@ -287,6 +287,7 @@ def known_fact_residuals(model, facts: pd.DataFrame, label_column: str = "sport"
     """
     from .prompts import SPORTS
 
+    threshold = check_float("threshold", threshold, 0.0, 1.0)
     answers = list(answers) if answers is not None else list(SPORTS)
     facts = facts.reset_index(drop=True)
     unknown = sorted(set(facts[label_column]) - set(answers))
