@@ -417,7 +417,7 @@ class FactLookupRule:
 
     def __post_init__(self):
         for name in ("probe_rise", "mlp_threshold", "head_threshold", "final_rise"):
-            check_float(f"FactLookupRule.{name} (a share)", getattr(self, name), 0.0, 1.0)
+            check_float(f"FactLookupRule.{name} (a share between 0 and 1)", getattr(self, name), 0.0, 1.0)
         check_float("FactLookupRule.min_effect", self.min_effect)
 
     def describe(self) -> str:

@@ -511,8 +511,8 @@ def test_a_real_gguf_file_loads_once_dequantised_into_the_cache(temp_cache, tmp_
 def test_fact_lookup_rule_thresholds_are_checked():
     from mechunlearn_nb.localization import FactLookupRule
 
-    with pytest.raises(checks.ParameterError, match=r"FactLookupRule\.mlp_threshold \(a share\) must be a number in "
+    with pytest.raises(checks.ParameterError, match=r"FactLookupRule\.mlp_threshold \(a share between 0 and 1\) must be a number in "
                                                     r"\[0\.0, 1\.0\], got '0\.3'.*Fix: write"):
         FactLookupRule(mlp_threshold="0.3")
-    with pytest.raises(checks.ParameterError, match=r"head_threshold \(a share\) must be a number in \[0\.0, 1\.0\], got 5\.0"):
+    with pytest.raises(checks.ParameterError, match=r"head_threshold \(a share between 0 and 1\) must be a number in \[0\.0, 1\.0\], got 5\.0"):
         FactLookupRule(head_threshold=5)
