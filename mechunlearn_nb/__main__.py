@@ -25,7 +25,8 @@ def _main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the notebook series headless (papermill) into a new run folder")
     run.add_argument("--fast", action="store_true", help="small sizes (minutes instead of hours)")
-    run.add_argument("--model", default=None, help="HF id or local folder (default: the embedded Gemma 3 270M)")
+    run.add_argument("--model", default=None,
+                     help="HF id, local folder or .gguf file (default: the embedded Gemma 3 270M)")
     run.add_argument("--only", default=None, help="comma-separated notebook numbers or names, e.g. 00,03")
     run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
     run.add_argument("--relocate", action="store_true",

@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as _data
+from .checks import check_int
 from .editing import EditResult, general_text, lm_loss, require_base_model
 from .models import hf_model
 from .prompts import SPORTS, SPORTS_FORMATS, counterfact_prompts, sports_prompts
@@ -193,6 +194,11 @@ def evaluate(model, task, result: EditResult | None = None, *, baseline: pd.Data
         The long table: ``task, dataset, localization, seed, stage, set, format, metric, value, n,
         item, text`` (``item``/``text`` only for generation samples).
     """
+    for name, value in dict(n_unrelated=n_unrelated, n_paragraphs=n_paragraphs, n_generate=n_generate).items():
+        check_int(name, value, min=0)
+    for name, value in dict(lm_tokens=lm_tokens, max_new_tokens=max_new_tokens, batch_size=batch_size).items():
+        check_int(name, value, min=1)
+    seed = check_int("seed", seed, min=0, none=True)
     formats = tuple(formats or task.formats)
     unknown = [f for f in formats if f not in task.formats]
     if unknown:

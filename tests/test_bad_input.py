@@ -516,3 +516,12 @@ def test_fact_lookup_rule_thresholds_are_checked():
         FactLookupRule(mlp_threshold="0.3")
     with pytest.raises(checks.ParameterError, match=r"head_threshold \(a share between 0 and 1\) must be a number in \[0\.0, 1\.0\], got 5\.0"):
         FactLookupRule(head_threshold=5)
+
+
+def test_evaluate_checks_its_sizes_and_seed(tiny):
+    from mechunlearn_nb import evaluation
+
+    with pytest.raises(checks.ParameterError, match=r"n_paragraphs must be an int ≥ 0, got '8'.*Fix: write n_paragraphs=8"):
+        evaluation.evaluate(tiny, _FakeTask(), n_paragraphs="8")
+    with pytest.raises(checks.ParameterError, match=r"seed must be an int ≥ 0, got 1\.5.*Fix: pass a whole number"):
+        evaluation.evaluate(tiny, _FakeTask(), seed=1.5)
