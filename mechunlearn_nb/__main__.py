@@ -8,12 +8,25 @@ import json
 import sys
 
 
+class UsageError(Exception):
+    """A mistake on the command line: printed as one line, exit status 2 (like argparse's own errors)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except UsageError as err:
+        print(f"python -m mechunlearn_nb: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mechunlearn_nb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the notebook series headless (papermill) into a new run folder")
     run.add_argument("--fast", action="store_true", help="small sizes (minutes instead of hours)")
-    run.add_argument("--model", default=None, help="HF id or local folder (default: the embedded Gemma 3 270M)")
+    run.add_argument("--model", default=None,
+                     help="HF id, local folder or .gguf file (default: the embedded Gemma 3 270M)")
     run.add_argument("--only", default=None, help="comma-separated notebook numbers or names, e.g. 00,03")
     run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
     run.add_argument("--relocate", action="store_true",
@@ -50,11 +63,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grid-status":
         return _grid_status(args.folder, args.workers, args.tasks, args.localizations, args.seeds)
     only = args.only.split(",") if args.only else None
+    _check_run_arguments(runner, only, args.model, args.workers)
     run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only,
                                 reuse_localizations=not args.relocate, workers=args.workers)
     summary = json.loads((run_dir / "summary.json").read_text())
     failed = [k for k, v in summary["notebooks"].items() if v["status"] != "ok"]
+    for name in failed:
+        print(f"{name} failed at {summary['notebooks'][name]['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _check_run_arguments(runner, only: list[str] | None, model: str | None, workers: int) -> None:
+    """The run's arguments, checked before the first notebook starts (each mistake: one line, exit 2)."""
+    from . import models
+
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}. Fix: --workers 1 (or more).")
+    try:
+        runner.list_notebooks(only)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--only: {err} Fix: pass numbers or names from `python -m mechunlearn_nb list`.") from None
+    try:
+        models.check_model_name(model)
+    except OSError as err:  # FileNotFoundError included
+        raise UsageError(f"--model: {err}") from None
 
 
 def _grid_status(folder: str, workers: int, tasks: str | None = None, localizations: str | None = None,
@@ -62,7 +94,7 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     from . import comparison
 
     if workers < 1:
-        raise SystemExit(f"--workers must be at least 1, got {workers}.")
+        raise UsageError(f"--workers must be at least 1, got {workers}. Fix: --workers 1 (or more).")
 
     def items(text):
         return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -72,15 +104,15 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     try:
         plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else comparison.SEEDS
     except ValueError:
-        raise SystemExit(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
+        raise UsageError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
     try:
         comparison.check_selection(**plan)  # names the unknown task or localization and the choices
     except ValueError as err:
-        raise SystemExit(str(err)) from None
+        raise UsageError(str(err)) from None
     try:
         table = comparison.grid_progress(folder, **plan)
     except FileNotFoundError as err:  # names the folder and the fix
-        raise SystemExit(str(err)) from None
+        raise UsageError(str(err)) from None
     print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))
           .to_string(index=False))
     left = table["seconds_left"].sum() / workers

@@ -76,6 +76,7 @@ import torch
 from jaxtyping import Float
 
 from . import train
+from .checks import ParameterError, check_float, check_int
 from .models import hf_model, model_name, named_parameters
 from .scoring import device_of
 
@@ -489,6 +490,13 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
     Returns:
         A :class:`SoftPromptResult`.
     """
+    n_tokens, steps, batch_size = (check_int(n, v, min=1) for n, v in
+                                   (("n_tokens", n_tokens), ("steps", steps), ("batch_size", batch_size)))
+    maintain_batch_size, eval_maintain = (check_int(n, v, min=0) for n, v in
+                                          (("maintain_batch_size", maintain_batch_size), ("eval_maintain", eval_maintain)))
+    lr, maintain_coef = check_float("lr", lr), check_float("maintain_coef", maintain_coef, min=0)
+    if not lr > 0:
+        raise ParameterError(f"soft_prompt_attack: lr must be positive, got {lr}. Fix: pass e.g. lr=3e-2.")
     facts_a, facts_b, control, maintain = _attack_sets(model, task, seed, split_seed, eval_maintain)
     rng = np.random.default_rng(seed)
     terms = _fact_terms(facts_a, maintain, batch_size, maintain_batch_size, maintain_coef, rng)

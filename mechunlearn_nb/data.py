@@ -190,7 +190,9 @@ def load_mmlu(subjects: list[str] | None = None) -> pd.DataFrame:
         available = {s: available[s] for s in subjects}
     frames = []
     for subject, f in available.items():
-        df = _check_columns(pd.read_csv(f), f, {"question": "str", "choice0": "str", "choice1": "str",
+        # Answers are text: "None", "NA" or "null" are literal choices here, not missing values
+        # (pandas would read them as NaN), so only truly empty cells count as missing.
+        df = _check_columns(pd.read_csv(f, keep_default_na=False, na_values=[""]), f, {"question": "str", "choice0": "str", "choice1": "str",
                                                 "choice2": "str", "choice3": "str", "answer": "int"})
         df.insert(0, "subject", subject)
         frames.append(df)

@@ -59,11 +59,13 @@ import pandas as pd
 import torch
 
 from . import train
+from .checks import ParameterError, check_float, check_int, check_str
 from .io import atomic_path
 from .localization import Kind, Localization
 from .models import cache_dir, hf_model, model_name, named_parameters
 
 OBJECTIVES = tuple(train.FORGET_LOSSES)  # ("injection", "unlearning")
+DEFAULT_FIX = {"lr": 2e-4, "grad_clip": 1.0}  # examples named in error messages
 
 
 # ---------------------------------------------------------------------------
@@ -94,18 +96,19 @@ class EditConfig:
     eval_facts: int = 64          # at most this many forget / maintain facts in those accuracies
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {OBJECTIVES}.")
+        # types first (steps=2.5 or lr="1e-3" would otherwise pass here and fail deep inside edit)
+        check_str("EditConfig.objective", self.objective, choices=OBJECTIVES)
         for name in ("steps", "batch_size", "lm_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EditConfig.{name} must be >= 1, got {getattr(self, name)}.")
+            setattr(self, name, check_int(f"EditConfig.{name}", getattr(self, name), min=1))
         for name in ("maintain_batch_size", "lm_tokens", "warmup_steps", "eval_every", "eval_facts"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"EditConfig.{name} must be >= 0, got {getattr(self, name)}.")
-        if not self.lr > 0:
-            raise ValueError(f"EditConfig.lr must be positive, got {self.lr}.")
-        if min(self.forget_coef, self.maintain_coef, self.lm_coef) < 0 or not self.grad_clip > 0:
-            raise ValueError("Loss coefficients must be >= 0 and grad_clip > 0.")
+            setattr(self, name, check_int(f"EditConfig.{name}", getattr(self, name), min=0))
+        for name in ("lr", "grad_clip"):
+            setattr(self, name, check_float(f"EditConfig.{name}", getattr(self, name)))
+            if not getattr(self, name) > 0:
+                raise ParameterError(f"EditConfig.{name} must be positive, got {getattr(self, name)}. "
+                                     f"Fix: pass a positive number, e.g. {name}={DEFAULT_FIX[name]}.")
+        for name in ("forget_coef", "maintain_coef", "lm_coef"):
+            setattr(self, name, check_float(f"EditConfig.{name}", getattr(self, name), min=0))
 
     @classmethod
     def for_localization(cls, loc: Localization | Kind | str, **overrides) -> EditConfig:
@@ -165,6 +168,51 @@ for budget-matched localizations; rates below 3e-5 for non-localized edits were 
 # ---------------------------------------------------------------------------
 
 
+#: attribute of the Hugging Face model that holds its ledger of applied deltas
+_LEDGER = "_mechunlearn_applied_deltas"
+
+
+def _ledger(model) -> list[tuple[Delta, dict[str, torch.Tensor]]]:
+    """The model's applied deltas, oldest first, each with the weights it replaced.
+
+    The ledger lives on the model object itself (not on the deltas), so two deltas
+    applied to one model know about each other, and a model freed and another loaded
+    at the same address never inherits a stale entry.
+    """
+    hf = hf_model(model)
+    ledger = hf.__dict__.get(_LEDGER)
+    if ledger is None:
+        ledger = []
+        hf.__dict__[_LEDGER] = ledger
+    return ledger
+
+
+def applied_deltas(model) -> list[Delta]:
+    """The deltas applied to ``model`` now, in the order they were applied (empty: the base model)."""
+    return [d for d, _ in _ledger(model)]
+
+
+def revert_all(model):
+    """Revert every applied delta, last applied first: the model is the base model again; returns it."""
+    for delta in reversed(applied_deltas(model)):
+        delta.revert(model)
+    return model
+
+
+def require_base_model(model, what: str) -> None:
+    """Raise when any delta is applied: ``what`` (e.g. ``"evaluate()"``) needs the unedited model.
+
+    Raises:
+        RuntimeError: naming the applied deltas and the fix (:func:`revert_all`).
+    """
+    applied = applied_deltas(model)
+    if applied:
+        names = ", ".join(d.label for d in applied)
+        raise RuntimeError(f"{what} needs the base model, but {len(applied)} delta(s) are applied to it: {names}. "
+                           "Fix: revert them first (result.revert(model), last applied first, or "
+                           "editing.revert_all(model)).")
+
+
 class Delta:
     """The change an edit makes: ``edited - original`` for each localized tensor.
 
@@ -172,19 +220,38 @@ class Delta:
         tensors: parameter name (as in :func:`models.named_parameters`) → difference tensor.
         masks: parameter name → boolean mask of the entries that may change, or ``None`` (whole tensor).
         model: the name of the model the delta belongs to.
+        name: a label for messages (e.g. the localization and seed); optional.
 
     :meth:`apply` adds the differences in place and keeps a copy of the original tensors, which
     :meth:`revert` copies back: a revert restores every weight bit for bit.
+
+    **Several deltas on one model.** Each model keeps a ledger of the deltas applied to it, in
+    order (:func:`applied_deltas`). Revert them in the reverse order (last applied first), or
+    with :func:`revert_all`. Reverting a delta while a *later* one that changes a weight in
+    common is still applied raises an error naming the order (``revert B first: applied A then
+    B``): copying A's saved weights back would silently drop B's change to the shared weight and
+    leave part of A's change once B is reverted. A delta that shares no weight with the deltas
+    applied after it may be reverted at any time; the result is exact either way.
     """
 
-    def __init__(self, tensors: dict[str, torch.Tensor], masks: dict[str, torch.Tensor | None], model: str):
+    def __init__(self, tensors: dict[str, torch.Tensor], masks: dict[str, torch.Tensor | None], model: str,
+                 name: str = ""):
         missing = set(tensors) ^ set(masks)
         if missing:
             raise ValueError(f"Delta: tensors and masks name different weights: {sorted(missing)[:3]}.")
         self.tensors = tensors
         self.masks = masks
         self.model = model
-        self._backups: dict[int, dict[str, torch.Tensor]] = {}
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """``name`` when set, else a short description (weights changed)."""
+        if self.name:
+            return repr(self.name)
+        first = next(iter(self.tensors), "no weights")
+        more = f" +{len(self.tensors) - 1} more" if len(self.tensors) > 1 else ""
+        return f"<delta on {first}{more}>"
 
     @property
     def n_params(self) -> int:
@@ -205,32 +272,46 @@ class Delta:
         return params
 
     def is_applied(self, model) -> bool:
-        return id(hf_model(model)) in self._backups
+        return any(d is self for d, _ in _ledger(model))
 
     @torch.no_grad()
     def apply(self, model, strict: bool = True):
         """Add the delta to the model's weights in place (keeping the originals for :meth:`revert`); returns the model."""
-        key = id(hf_model(model))
-        if key in self._backups:
-            raise RuntimeError("This delta is already applied to this model. Fix: revert it first (delta.revert(model)).")
+        if self.is_applied(model):
+            raise RuntimeError(f"Delta {self.label} is already applied to this model. Fix: revert it first (delta.revert(model)).")
         params = self._check(model, strict)
         backup = {}
         for n, t in self.tensors.items():
             p = params[n]
             backup[n] = p.detach().clone()
             p.add_(t.to(device=p.device, dtype=p.dtype))
-        self._backups[key] = backup
+        _ledger(model).append((self, backup))
         return model
 
     @torch.no_grad()
     def revert(self, model):
-        """Restore the weights :meth:`apply` changed, bit for bit; returns the model."""
-        key = id(hf_model(model))
-        if key not in self._backups:
-            raise RuntimeError("This delta is not applied to this model, so there is nothing to revert. "
+        """Restore the weights :meth:`apply` changed, bit for bit; returns the model.
+
+        Raises:
+            RuntimeError: the delta is not applied, or a delta applied after it changes a weight
+                in common and is still applied (revert that one first).
+        """
+        ledger = _ledger(model)
+        pos = next((i for i, (d, _) in enumerate(ledger) if d is self), None)
+        if pos is None:
+            raise RuntimeError(f"Delta {self.label} is not applied to this model, so there is nothing to revert. "
                                "Fix: call apply(model) first, or use `with delta.applied(model): ...`.")
+        later = [d for d, _ in ledger[pos + 1:] if set(d.tensors) & set(self.tensors)]
+        if later:
+            order = " then ".join(d.label for d, _ in ledger)
+            shared = sorted(set(later[-1].tensors) & set(self.tensors))
+            raise RuntimeError(f"Cannot revert {self.label} yet: revert {later[-1].label} first (applied {order}; "
+                               f"both change {shared[0]}{' and more' if len(shared) > 1 else ''}). Reverting out of "
+                               "order would leave part of an edit in the model. Fix: revert last applied first, "
+                               "or call editing.revert_all(model).")
         params = named_parameters(model)
-        for n, original in self._backups.pop(key).items():
+        _, backup = ledger.pop(pos)
+        for n, original in backup.items():
             params[n].copy_(original)
         return model
 
@@ -258,13 +339,14 @@ class Delta:
         return out
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], model: str) -> Delta:
+    def from_state_dict(cls, state: dict[str, torch.Tensor], model: str, name: str = "") -> Delta:
         tensors = {k[len("delta/"):]: v for k, v in state.items() if k.startswith("delta/")}
         masks = {n: state.get(f"mask/{n}") for n in tensors}
-        return cls(tensors, masks, model)
+        return cls(tensors, masks, model, name=name)
 
     def __repr__(self) -> str:
-        return f"Delta({len(self.tensors)} tensors, {self.n_params:,} parameters, model {self.model!r})"
+        label = f", {self.name!r}" if self.name else ""
+        return f"Delta({len(self.tensors)} tensors, {self.n_params:,} parameters, model {self.model!r}{label})"
 
 
 @dataclass
@@ -287,13 +369,20 @@ class EditResult:
 
     # the delta's verbs, for convenience
     def apply(self, model, strict: bool = True):
+        self._name_delta()
         return self.delta.apply(model, strict=strict)
 
     def revert(self, model):
         return self.delta.revert(model)
 
     def applied(self, model, strict: bool = True):
+        self._name_delta()
         return self.delta.applied(model, strict=strict)
+
+    def _name_delta(self) -> None:
+        # so that a message about applied deltas names the edit, not just its weights
+        if not self.delta.name and self.localization:
+            self.delta.name = f"{self.localization} (seed {self.seed})"
 
     @property
     def localization(self) -> str:

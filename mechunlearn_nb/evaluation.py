@@ -37,10 +37,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as _data
-from .editing import EditResult
+from .checks import check_int
+from .editing import EditResult, require_base_model
 from .models import hf_model
 from .prompts import SPORTS, SPORTS_FORMATS, counterfact_prompts, sports_prompts
-from .scoring import device_of, pad_right, score_set
+from .scoring import device_of, encode_prompts, pad_right, score_set
 from .train import general_text, lm_loss
 
 COLUMNS = ["task", "dataset", "localization", "seed", "stage", "set", "format", "metric", "value", "n", "item", "text"]
@@ -102,9 +103,9 @@ def _unrelated_rows(model, facts: pd.DataFrame, batch_size: int) -> list[dict]:
 
 @torch.no_grad()
 def general_text_loss(model, paragraphs: list[str], tokens: int = 128, batch_size: int = 8) -> float:
-    """Mean next-token loss over the first ``tokens`` tokens of each paragraph (BOS added)."""
+    """Mean next-token loss over the first ``tokens`` tokens of each paragraph (BOS first if the model's tokenizer adds it)."""
     tok = model.tokenizer
-    seqs = [tok(p, add_special_tokens=True)["input_ids"][: tokens + 1] for p in paragraphs]
+    seqs = [ids[: tokens + 1] for ids in encode_prompts(model, paragraphs)]
     total, count = 0.0, 0
     for s in range(0, len(seqs), batch_size):
         ids, mask, _ = pad_right(seqs[s : s + batch_size], tok.pad_token_id or 0)
@@ -194,6 +195,11 @@ def evaluate(model, task, result: EditResult | None = None, *, baseline: pd.Data
         The long table: ``task, dataset, localization, seed, stage, set, format, metric, value, n,
         item, text`` (``item``/``text`` only for generation samples).
     """
+    for name, value in dict(n_unrelated=n_unrelated, n_paragraphs=n_paragraphs, n_generate=n_generate).items():
+        check_int(name, value, min=0)
+    for name, value in dict(lm_tokens=lm_tokens, max_new_tokens=max_new_tokens, batch_size=batch_size).items():
+        check_int(name, value, min=1)
+    seed = check_int("seed", seed, min=0, none=True)
     formats = tuple(formats or task.formats)
     unknown = [f for f in formats if f not in task.formats]
     if unknown:
@@ -201,6 +207,8 @@ def evaluate(model, task, result: EditResult | None = None, *, baseline: pd.Data
     if result is not None and result.delta.is_applied(model):
         raise RuntimeError("The edit's delta is already applied to this model; evaluate() needs the base model "
                            "and applies the delta itself. Fix: result.revert(model) first.")
+    # "before" must be the base model: another edit left applied would be measured as the baseline
+    require_base_model(model, "evaluate()")
     if unrelated is None and n_unrelated:
         unrelated = unrelated_facts(model, task, n=n_unrelated)
     args = (formats, unrelated, n_paragraphs, lm_tokens, n_generate, max_new_tokens, batch_size, progress)

@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .editing import require_base_model
 from .probing import apply_probes, fact_residuals, split_indices, train_probes
 
 COLUMNS = ["task", "localization", "seed", "stage", "position", "layer", "frac_true", "frac_edit", "maintain_acc",
@@ -133,6 +134,7 @@ def latent_knowledge(model, task, results: dict, *, position: str = "final", pro
         if res.delta.is_applied(model):
             raise RuntimeError("An edit's delta is already applied to the model; latent_knowledge applies each itself. "
                                "Fix: revert it first.")
+    require_base_model(model, "latent_knowledge()")
     args = (task, probe_facts, train, test, position, C, seed, batch_size, False)
     frames = []
     if base is not None:

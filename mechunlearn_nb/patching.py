@@ -68,6 +68,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from . import scoring
+from .checks import check_int, check_template
 from .prompts import FACT_TEMPLATE, SPORTS
 
 #: TransformerLens hook names of the patchable components (``{}`` is the layer)
@@ -233,6 +234,8 @@ def corrupt_subjects(model, facts: pd.DataFrame, pool: pd.DataFrame | None = Non
     Returns:
         :class:`PatchInputs` with the logit-difference metric.
     """
+    check_template("template", template, fields=("athlete",))
+    seed = check_int("seed", seed, min=0)
     facts = _check_facts(facts, subject_col, answer_col)
     pool = facts if pool is None else _check_facts(pool, subject_col, answer_col)
     if mode not in ("athlete", "random"):

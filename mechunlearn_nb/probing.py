@@ -63,6 +63,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from .checks import check_float, check_template
 from .models import hf_model
 from .prompts import FACT_TEMPLATE
 from .scoring import device_of, encode_prompts, pad_right
@@ -101,7 +102,8 @@ def subject_span(model, prompt: str, subject: str) -> tuple[int, int]:
         SubjectNotFoundError: the subject is not in the prompt text, or no token covers it.
     """
     tok = model.tokenizer
-    ids = tok(prompt, add_special_tokens=True)["input_ids"]
+    ids = encode_prompts(model, [prompt])[0]
+    shift = len(ids) - len(tok(prompt, add_special_tokens=False)["input_ids"])  # 1 when BOS leads
     for text in (" " + subject.strip(), subject.strip()):
         sub = tok(text, add_special_tokens=False)["input_ids"]
         start = _find_sublist(ids, sub) if sub else -1
@@ -115,7 +117,7 @@ def subject_span(model, prompt: str, subject: str) -> tuple[int, int]:
         )
     char_end = char_start + len(subject.strip())
     try:
-        offsets = tok(prompt, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+        offsets = [(0, 0)] * shift + list(tok(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
     except (NotImplementedError, TypeError, ValueError) as err:
         raise SubjectNotFoundError(
             f"Subject {subject!r} is in the prompt but its tokens differ in context and this tokenizer "
@@ -241,6 +243,7 @@ def fact_residuals(model, facts: pd.DataFrame, template: str = FACT_TEMPLATE, po
     if unknown:
         raise ValueError(f"Unknown position(s) {unknown}; choose among 'first_subject', 'last_subject', 'final'.")
     athletes = facts["athlete"].astype(str).tolist()
+    check_template("template", template, fields=("athlete",))
     prompts = [template.format(athlete=a) for a in athletes]
     pos = fact_positions(model, prompts, athletes)
     return residuals(model, prompts, {p: pos[p].to_numpy() for p in positions}, batch_size=batch_size, progress=progress)
@@ -284,6 +287,7 @@ def known_fact_residuals(model, facts: pd.DataFrame, label_column: str = "sport"
     """
     from .prompts import SPORTS
 
+    threshold = check_float("threshold", threshold, 0.0, 1.0)
     answers = list(answers) if answers is not None else list(SPORTS)
     facts = facts.reset_index(drop=True)
     unknown = sorted(set(facts[label_column]) - set(answers))

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .checks import ParameterError, check_template
+
 SPORTS = ("football", "baseball", "basketball")
 #: the multiple-choice options, in the paper's fixed order
 MCQ_SPORTS = ("football", "baseball", "basketball", "golf")
@@ -123,6 +125,19 @@ def _check_cf(facts: pd.DataFrame, need: tuple[str, ...]) -> None:
         raise ValueError("No facts given: the CounterFact DataFrame is empty.")
 
 
+def _check_cf_prompt(prompt, row: int, case_id) -> None:
+    """A CounterFact rewrite prompt has exactly one ``{}`` where the subject goes."""
+    where = f"row {row}" + (f" (case {case_id})" if case_id is not None else "")
+    try:
+        check_template(f"The CounterFact prompt of {where}", prompt, fields=("",))
+    except ParameterError as err:
+        raise ParameterError(f"{err} A CounterFact prompt reads like 'The mother tongue of {{}} is'.") from None
+    if prompt.count("{}") != 1:
+        raise ParameterError(f"The CounterFact prompt of {where} {prompt!r} has {prompt.count('{}')} '{{}}'; it needs "
+                             "exactly one, where the subject goes. Fix: keep one '{}' and write the subject "
+                             "elsewhere in full.")
+
+
 def counterfact_prompts(facts: pd.DataFrame, fmt: str = "cf_prompt", mcq: pd.DataFrame | None = None, seed: int = 0) -> PromptSet:
     """Prompts for CounterFact facts; candidates are ``[target_true, target_new]`` (MCQ: letters).
 
@@ -163,6 +178,8 @@ def counterfact_prompts(facts: pd.DataFrame, fmt: str = "cf_prompt", mcq: pd.Dat
             raise ValueError("None of these CounterFact facts has a multiple-choice question in counterfact_mcq.csv.")
         return PromptSet(prompts, cands, labels, idx, fmt)
     if fmt == "cf_prompt":
+        for i, p in enumerate(rows["prompt"]):
+            _check_cf_prompt(p, i, rows.loc[i, "case_id"] if "case_id" in rows else None)
         texts = [[r["prompt"].format(r["subject"])] for _, r in rows.iterrows()]
     elif fmt in ("cf_paraphrase", "cf_neighborhood"):
         key = "paraphrase_prompts" if fmt == "cf_paraphrase" else "neighborhood_prompts"

@@ -166,6 +166,19 @@ def grid_parameters(notebook: Path) -> dict | None:
     return {k: ast.literal_eval(params[k]["default"]) for k in ("TASKS", "SEEDS")}
 
 
+def describe_error(err: BaseException) -> str:
+    """One line for a failed notebook: its own cell and exception (``In [7]: ValueError: ...``), not papermill's wrapper.
+
+    ``PapermillExecutionError`` carries the failing cell's execution count and the exception the notebook raised;
+    anything else (the kernel died, the notebook is missing ...) is named by its type.
+    """
+    ename = getattr(err, "ename", None)
+    if ename is not None:
+        evalue = " ".join(str(getattr(err, "evalue", "")).split())  # one line, even for a multi-line message
+        return f"In [{getattr(err, 'exec_count', '?')}]: {ename}: {evalue}"
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
 def _grid_part(notebook: Path, run_dir: Path, parameters: dict, kernel: str, threads: int, executed: str) -> dict:
     """One worker process's share of a grid: the notebook with one task and one seed (runs in a child process)."""
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -175,7 +188,7 @@ def _grid_part(notebook: Path, run_dir: Path, parameters: dict, kernel: str, thr
         run_notebook(notebook, run_dir, parameters, kernel=kernel, executed=executed)
         entry["status"] = "ok"
     except Exception as err:  # the final pass computes whatever a failed part left undone
-        entry.update(status="failed", error=f"{type(err).__name__}: {err}")
+        entry.update(status="failed", error=describe_error(err))
     entry["seconds"] = round(time.perf_counter() - t0, 1)
     return entry
 
@@ -259,8 +272,8 @@ def run_series(root: str | Path = "runs", fast: bool = False, model: str | None 
             entry["reproduced"] = not failed
             note = "matches expected values" if not failed else f"outside expected range: {failed}"
         except Exception as err:  # keep going: one failing notebook should not hide the others
-            entry.update(status="failed", error=f"{type(err).__name__}: {err}")
-            note = f"FAILED ({type(err).__name__})"
+            entry.update(status="failed", error=describe_error(err))
+            note = f"FAILED at {entry['error']} (executed notebook: {entry['executed']})"
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         summary["notebooks"][nb.stem] = entry
         save_json(summary, run_dir / "summary.json")

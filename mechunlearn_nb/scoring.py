@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
+from .checks import ParameterError, check_int, check_str
 from .models import hf_model
 
 
@@ -49,11 +50,53 @@ def tokenizer_of(model):
     return model.tokenizer
 
 
+#: source folder or HF id of a tokenizer → whether that tokenizer, as shipped, starts a text with BOS
+_OWN_TOKENIZER_BOS: dict[str, bool] = {}
+
+
+def prepends_bos(model) -> bool:
+    """Whether prompts start with a BOS token: exactly when the model's own tokenizer adds one.
+
+    The bridge reloads every tokenizer with ``add_bos_token=True``, so its ``model.tokenizer``
+    prepends BOS even for models whose own tokenizer never does (SmolLM2, Qwen ...): a token
+    those models rarely saw at the start of a text, which shifts their answer probabilities.
+    Prompts here are tokenised as the model's own tokenizer would (Gemma: with BOS; SmolLM2:
+    without). Found once per tokenizer source by loading its tokenizer as shipped; set
+    ``model.mechunlearn_prepend_bos`` to override.
+    """
+    fixed = getattr(model, "mechunlearn_prepend_bos", None)
+    if fixed is not None:
+        return bool(fixed)
+    tok = model.tokenizer
+    source = str(getattr(tok, "name_or_path", "") or "")
+    if source not in _OWN_TOKENIZER_BOS:
+        _OWN_TOKENIZER_BOS[source] = _own_tokenizer_adds_bos(source, tok)
+    model.mechunlearn_prepend_bos = _OWN_TOKENIZER_BOS[source]
+    return model.mechunlearn_prepend_bos
+
+
+def _own_tokenizer_adds_bos(source: str, bridge_tokenizer) -> bool:
+    if bridge_tokenizer.bos_token_id is None:
+        return False
+    try:
+        from transformers import AutoTokenizer
+
+        own = AutoTokenizer.from_pretrained(source)
+    except Exception:  # the source cannot be read again (e.g. a tokenizer built in memory): keep the bridge's way
+        return bool(bridge_tokenizer("a")["input_ids"][:1] == [bridge_tokenizer.bos_token_id])
+    ids = own("a")["input_ids"]
+    return own.bos_token_id is not None and ids[:1] == [own.bos_token_id]
+
+
 def encode_prompts(model, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt, with the model's BOS token."""
+    """Token ids of each prompt, starting with BOS when the model's own tokenizer adds one (:func:`prepends_bos`)."""
     if len(prompts) == 0:
         raise ValueError("No prompts to score: the prompt list is empty.")
-    return model.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    ids = model.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    if prepends_bos(model):
+        bos = model.tokenizer.bos_token_id
+        ids = [[bos, *x] for x in ids]
+    return ids
 
 
 def answer_tokens(model, answer: str) -> list[int]:
@@ -186,7 +229,7 @@ def candidate_logprobs(model, prompts: Sequence[str], candidates: Sequence[Seque
     """Log-probability of each candidate after each prompt.
 
     Args:
-        prompts: prompt texts (the model's BOS is added).
+        prompts: prompt texts (BOS first when the model's own tokenizer adds one: :func:`prepends_bos`).
         candidates: one list of candidate continuations for all prompts, or one list per prompt.
             Keep leading spaces (``" golf"``).
         batch_size: prompts per forward pass.
@@ -196,7 +239,15 @@ def candidate_logprobs(model, prompts: Sequence[str], candidates: Sequence[Seque
     Returns:
         For each prompt, an array of log-probabilities, one per candidate.
     """
+    if isinstance(prompts, str):
+        raise ParameterError(f"prompts must be a list of strings, got one string {prompts[:40]!r}... (it would be "
+                             "scored character by character). Fix: pass [prompt].")
+    batch_size = check_int("batch_size", batch_size, min=1)
+    check_str("mode", mode, ("first", "full"))
     prompts = list(prompts)
+    if isinstance(candidates, str):
+        raise ParameterError(f"candidates must be a list of strings (or one list per prompt), got one string "
+                             f"{candidates!r}. Fix: pass [{candidates!r}].")
     if candidates and isinstance(candidates[0], str):
         candidates = [list(candidates)] * len(prompts)
     if len(candidates) != len(prompts):

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from . import data as _data
+from .checks import check_float, check_int, check_str
 from .models import cache_dir, hf_model, model_name
 from .prompts import COUNTERFACT_FORMATS, SPORTS, SPORTS_FORMATS, PromptSet, counterfact_prompts, sports_prompts
 from .scoring import score_set
@@ -78,8 +79,9 @@ def known_facts(model, dataset: str = "sports", threshold: float = 0.5, use_cach
     Returns:
         The known rows of the dataset with ``p_true`` and ``p_true_norm``.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold}.")
+    threshold = check_float("threshold", threshold, 0.0, 1.0)
+    check_str("dataset", dataset, ("sports", "counterfact"))
+    batch_size = check_int("batch_size", batch_size, min=1)
     path = cache_dir() / "known_facts" / f"{dataset}-{weights_fingerprint(model)}.json"
     scores = None
     if use_cache and path.exists():
@@ -102,6 +104,7 @@ def known_facts(model, dataset: str = "sports", threshold: float = 0.5, use_cach
 
 def knowledge_summary(scores: pd.DataFrame, threshold: float = 0.5, by: str = "sport") -> pd.DataFrame:
     """Per group: number of facts, number known (≥ threshold), argmax accuracy, mean normalised probability."""
+    threshold = check_float("threshold", threshold, 0.0, 1.0)
     g = scores.groupby(by)
     return pd.DataFrame({
         "n": g.size(),
@@ -214,6 +217,8 @@ class Task:
 
 def _split_maintain(rest: pd.DataFrame, seed: int, train_frac: float, max_train: int | None,
                     max_eval: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    train_frac = check_float("train_frac", train_frac)
+    max_train = check_int("max_maintain", max_train, min=1, none=True)
     if not 0.0 < train_frac < 1.0:
         raise ValueError(f"train_frac must be strictly between 0 and 1, got {train_frac}.")
     shuffled = rest.sample(frac=1.0, random_state=seed).reset_index(drop=True)
@@ -246,6 +251,8 @@ def forget_sport(model, sport: str = "basketball", new: str = "golf", seed: int 
     Returns:
         A :class:`Task` on the ``sports`` dataset.
     """
+    seed = check_int("seed", seed, min=0)
+    max_forget = check_int("max_forget", max_forget, min=1, none=True)
     if sport not in SPORTS:
         raise ValueError(f"Unknown sport {sport!r}; the data's sports are {list(SPORTS)}.")
     if new not in _NEW_SPORTS or new == sport:
@@ -276,6 +283,8 @@ def edit_athletes(model, n: int = 16, seed: int = 0, athletes: list[str] | None 
         max_maintain: cap each maintain split at this many facts.
         known: the known facts (default: :func:`known_facts`).
     """
+    seed = check_int("seed", seed, min=0)
+    n = check_int("n", n)
     known = known_facts(model, "sports") if known is None else known
     rng = np.random.default_rng(seed)
     if athletes is not None:
@@ -324,6 +333,8 @@ def counterfact_edit(model, n: int = 16, seed: int = 0, train_frac: float = 0.5,
     """
     from .scoring import answer_tokens
 
+    seed = check_int("seed", seed, min=0)
+    n = check_int("n", n)
     known = known_facts(model, "counterfact") if known is None else known
     single = known[[len(answer_tokens(model, " " + t)) == 1 for t in known["target_new"]]]
     if not 0 < n <= len(single) - 2:

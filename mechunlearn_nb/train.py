@@ -63,7 +63,8 @@ from tqdm.auto import tqdm
 
 from . import data as _data
 from .models import hf_model, named_parameters
-from .scoring import answer_tokens, device_of, encode_prompts, hidden_states, pad_right, single_token_id, unembed
+from .scoring import (answer_tokens, device_of, encode_prompts, hidden_states, pad_right, prepends_bos, single_token_id,
+                      unembed)
 
 # ---------------------------------------------------------------------------
 # Facts: tokenised once, drawn in seeded batches
@@ -230,7 +231,8 @@ class GeneralText:
                 self.cache[i] = tok(self.paragraphs[i], add_special_tokens=False)["input_ids"]
             toks = self.cache[i]
             start = int(self.rng.integers(0, max(1, len(toks) - self.window + 1)))
-            seqs.append(([tok.bos_token_id] if tok.bos_token_id is not None else []) + toks[start : start + self.window])
+            bos = [tok.bos_token_id] if prepends_bos(self.model) else []  # as the model's own tokenizer does
+            seqs.append(bos + toks[start : start + self.window])
         ids, mask, _ = pad_right(seqs, tok.pad_token_id or 0)
         return ids, mask
 
