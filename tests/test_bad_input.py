@@ -525,3 +525,25 @@ def test_evaluate_checks_its_sizes_and_seed(tiny):
         evaluation.evaluate(tiny, _FakeTask(), n_paragraphs="8")
     with pytest.raises(checks.ParameterError, match=r"seed must be an int ≥ 0, got 1\.5.*Fix: pass a whole number"):
         evaluation.evaluate(tiny, _FakeTask(), seed=1.5)
+
+
+def test_edit_config_types_fail_at_construction():
+    from mechunlearn_nb.checks import ParameterError
+    from mechunlearn_nb.editing import EditConfig
+
+    with pytest.raises(ParameterError, match=r"EditConfig\.steps.*2\.5"):
+        EditConfig(steps=2.5)
+    with pytest.raises(ParameterError, match=r"EditConfig\.lr.*without quotes|EditConfig\.lr.*'1e-3'"):
+        EditConfig(lr="1e-3")
+    with pytest.raises(ParameterError, match=r"lr must be positive.*Fix"):
+        EditConfig(lr=0.0)
+    assert EditConfig(steps=3, lr=1e-3).steps == 3
+
+
+def test_soft_prompt_attack_refuses_zero_steps():
+    from mechunlearn_nb import attacks
+    from mechunlearn_nb.checks import ParameterError
+
+    # checked before any model work: no model or task is needed to see the message
+    with pytest.raises(ParameterError, match=r"steps.*0"):
+        attacks.soft_prompt_attack(None, None, None, steps=0)
