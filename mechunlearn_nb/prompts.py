@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-SPORTS = ("football", "baseball", "basketball")
+from .data import SPORTS  # noqa: F401  (the answers of the sports formats: prompts.SPORTS)
+
 #: the multiple-choice options, in the paper's fixed order
 MCQ_SPORTS = ("football", "baseball", "basketball", "golf")
 LETTERS = ("A", "B", "C", "D")

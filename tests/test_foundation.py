@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mechunlearn_nb import data, expected, models, prompts, scoring, tasks
-from mechunlearn_nb.io import metric_key, save_json
+from mechunlearn_nb.io import save_json, slug
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -224,7 +224,11 @@ def test_embedded_model_loads_from_cache_quickly(gemma):
     assert not list(models.embedded_model_dir().parent.glob(".*partial*"))
 
 
-def test_metric_key_names_localizations_in_metrics():
-    assert metric_key("OT (causal tracing)") == "ot_causal_tracing"
-    assert metric_key("fact lookup") == "fact_lookup" and metric_key("all MLPs") == "all_mlps"
-    assert metric_key("non-localized") == "non_localized"
+def test_slug_names_localizations_in_metrics_and_files():
+    # the notebooks' metric keys (snake case) ...
+    assert slug("OT (causal tracing)", sep="_") == "ot_causal_tracing"
+    assert slug("fact lookup", sep="_") == "fact_lookup" and slug("all MLPs", sep="_") == "all_mlps"
+    assert slug("non-localized", sep="_") == "non_localized"
+    # ... and the grid's cell files and metric keys (kebab case, parts joined by "__")
+    assert slug("OT (causal tracing)") == "ot-causal-tracing"
+    assert slug("counterfact 16", "all MLPs", 0) == "counterfact-16__all-mlps__0"
