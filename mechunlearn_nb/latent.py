@@ -31,6 +31,9 @@ Probes are refitted on the model that is probed (the edited model for
 own representation; ``probes_from="base"`` keeps the base model's probes
 instead. A probe is only as good as its held-out accuracy on maintain
 athletes, which is reported per layer next to the fractions.
+
+:func:`fractions_by_edit` condenses a table to one row per edit; :func:`.plots.plot_latent`
+draws it layer by layer.
 """
 
 from __future__ import annotations

@@ -42,6 +42,10 @@ cannot reach them (attention is causal), so restoring them does nothing.
 **Efficiency.** Every restored run is one row of a batch: one forward pass
 restores a different (layer, position) in each row (:func:`.patching.run_patches`),
 and only the last position is unembedded.
+
+Position kinds and the subject span come from :mod:`.positions`. The figures of these
+tables are :func:`.plots.plot_trace`, :func:`.plots.plot_heads` and
+:func:`.plots.plot_fact`; :func:`.widgets.trace_explorer` shows one fact at a time.
 """
 
 from __future__ import annotations
