@@ -74,7 +74,7 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
 
     traced, attributed = results["tracing"], results["attribution_patching"]
-    table = patching.compare(patching.summarise(traced), patching.summarise(attributed), components=("head", "mlp"))
+    table = patching.compare(patching.average_over_facts(traced), patching.average_over_facts(attributed), components=("head", "mlp"))
     n_traced = len(traced.drop_duplicates(["fact", "component", "layer", "head", "position"]))
     per_position = attributed[(attributed.position_kind != "all") & attributed.component.isin(["head", "mlp"])]
     n_attributed = len(per_position.drop_duplicates(["fact", "component", "layer", "head", "position"]))

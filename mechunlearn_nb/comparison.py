@@ -246,10 +246,10 @@ def locate(model, dataset: str = "sports", names: tuple[str, ...] = LOCALIZATION
                                          seed=seed)
         trace = None
         if _needs_trace(names):  # the same noise inputs, restored state by state
-            trace = patching.summarise(patching.run_patches(model, ap_inputs, components=("attn", "mlp"), progress=progress))
+            trace = patching.average_over_facts(patching.run_patches(model, ap_inputs, components=("attn", "mlp"), progress=progress))
     else:
         raise ValueError(f"Unknown dataset {dataset!r}; choose 'sports' or 'counterfact'.")
-    attribution = patching.summarise(patching.attribution_patching(model, ap_inputs, components=("head", "mlp"),
+    attribution = patching.average_over_facts(patching.attribution_patching(model, ap_inputs, components=("head", "mlp"),
                                                                    progress=progress))
     flu = localization.fact_lookup(model, probes, attribution)
     evidence.update(probes=probes, attribution=attribution, trace=trace, flu_layers=flu.meta.get("layers"),
@@ -377,7 +377,7 @@ def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: p
     out["probe_true"] = np.nan
     if probe is not None and len(probe):
         for stage, suffix in (("after", ""), ("before", "_base")):
-            s = latent.summarise(probe[probe["stage"] == stage], last_k=LATE_LAYERS, window=probe_window)
+            s = latent.fractions_by_edit(probe[probe["stage"] == stage], last_k=LATE_LAYERS, window=probe_window)
             late = float(s["late_frac_true"].iloc[0])
             out["probe_true" + suffix] = late if probe_window is None else float(s["window_frac_true"].iloc[0])
             out["probe_true_late" + suffix] = late

@@ -242,30 +242,18 @@ def accuracy_table(tables: pd.DataFrame | list[pd.DataFrame], stage: str = "afte
     return wide.reset_index()
 
 
-def plot_accuracies(tables: pd.DataFrame | list[pd.DataFrame], task: str | None = None, stage: str = "after"):
-    """Seaborn bars: forget / edit / maintain accuracy per format, one colour per localization.
-
-    Returns:
-        The ``sns.FacetGrid``.
-    """
-    import seaborn as sns
-
-    table = pd.concat(tables, ignore_index=True) if isinstance(tables, list) else tables
-    rows = table[(table["stage"] == stage) & (((table["set"] == "forget") & table["metric"].isin(["acc_true", "acc_new"]))
-                                               | ((table["set"] == "maintain") & (table["metric"] == "acc_true")))]
-    if task is not None:
-        rows = rows[rows["task"] == task]
-    if rows.empty:
-        raise ValueError("No accuracy rows to plot (check task/stage).")
-    names = {("forget", "acc_true"): "forget acc (true answer) ↓", ("forget", "acc_new"): "edit acc (new answer) ↑",
-             ("maintain", "acc_true"): "maintain acc ↑"}
-    rows = rows.assign(measure=[names[(s, m)] for s, m in zip(rows["set"], rows["metric"])])
-    g = sns.catplot(data=rows, x="format", y="value", hue="localization", col="measure", row="task" if task is None else None,
-                    kind="bar", height=3, aspect=1.2, col_order=list(names.values()))
-    g.set(ylim=(0, 1))
-    g.set_axis_labels("", "accuracy")
-    g.set_titles("{col_name}" if task is not None else "{row_name} · {col_name}")
-    return g
+def sport_probabilities(model, athlete: str, formats=SPORTS_FORMATS) -> pd.DataFrame:
+    """Normalised probability of each sport for one athlete, in every sports format (tidy)."""
+    athlete = athlete.strip()
+    if not athlete:
+        raise ValueError("Type an athlete's name.")
+    facts = pd.DataFrame({"athlete": [athlete]})
+    rows = []
+    for fmt in formats:
+        sc = score_set(model, sports_prompts(facts, fmt), progress=False)
+        for label, p in zip(sc["labels"][0], sc["probs_norm"][0]):
+            rows.append(dict(format=fmt, sport=label, probability=float(p)))
+    return pd.DataFrame(rows)
 
 
 def athlete_before_after(model, athlete: str, results: dict[str, EditResult], formats=SPORTS_FORMATS) -> pd.DataFrame:
@@ -274,39 +262,8 @@ def athlete_before_after(model, athlete: str, results: dict[str, EditResult], fo
     Returns:
         Tidy: ``model, format, sport, probability`` (``model`` is ``"base"`` or the edit's name).
     """
-    from .widgets import sport_probabilities
-
     frames = [sport_probabilities(model, athlete, formats).assign(model="base")]
     for name, res in results.items():
         with res.applied(model):
             frames.append(sport_probabilities(model, athlete, formats).assign(model=name))
     return pd.concat(frames, ignore_index=True)[["model", "format", "sport", "probability"]]
-
-
-def edit_explorer(model, results: dict[str, EditResult], athletes: list[str], formats=SPORTS_FORMATS):
-    """A widget: pick an athlete and an edit, see the sport probabilities before and after, in every format."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from IPython.display import display
-
-    if not athletes:
-        raise ValueError("No athletes to choose from. Fix: pass the edited athletes, e.g. task.subjects.")
-    who = widgets.Dropdown(options=list(athletes), description="Athlete:")
-    which = widgets.Dropdown(options=list(results), description="Edit:")
-    out = widgets.Output()
-
-    def show(*_):
-        out.clear_output(wait=True)
-        with out:
-            table = athlete_before_after(model, who.value, {which.value: results[which.value]}, formats)
-            g = sns.catplot(data=table, x="sport", y="probability", hue="model", col="format", kind="bar",
-                            height=2.4, aspect=1.0, palette=["#999999", "#d62728"])
-            g.set(ylim=(0, 1))
-            plt.show()
-            display(table.pivot_table(index=["format", "sport"], columns="model", values="probability").round(3))
-
-    who.observe(show, names="value")
-    which.observe(show, names="value")
-    show()
-    return widgets.VBox([widgets.HBox([who, which]), out])

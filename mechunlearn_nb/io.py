@@ -1,4 +1,4 @@
-"""Writing results: one atomic writer, JSON files and the notebooks' ``metrics.json``.
+"""Writing results: one atomic writer, JSON files, the notebooks' ``metrics.json`` and its keys.
 
 A partially written file never replaces a good one: everything is written to a
 temporary path in the same folder and renamed over the target when complete
@@ -73,9 +73,9 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; returns the path."""
+    """Write ``text`` to ``path`` atomically, as UTF-8; returns the path."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -96,11 +96,12 @@ def output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def metric_key(name: str) -> str:
-    """A localization or edit name as part of a ``metrics.json`` key: ``"OT (causal tracing)"`` → ``"ot_causal_tracing"``."""
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_").replace("__", "_")
+def slug(*parts, sep: str = "-") -> str:
+    """A file- and metric-name-safe key: each part lower-cased, every run of other characters than
+    ``a-z0-9`` replaced by ``sep``, the parts joined by ``"__"``.
 
-
-def slug(*parts) -> str:
-    """A file- and metric-name-safe key: ``slug("OT (causal tracing)", 0)`` → ``"ot-causal-tracing__0"``."""
-    return "__".join(re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in parts)
+    ``slug("OT (causal tracing)", 0)`` → ``"ot-causal-tracing__0"`` (the grid's cell files and metric keys);
+    ``slug("OT (causal tracing)", sep="_")`` → ``"ot_causal_tracing"`` (the notebooks' metric keys,
+    e.g. ``f"edit_acc_{slug(name, sep='_')}"``).
+    """
+    return "__".join(re.sub(r"[^a-z0-9]+", sep, str(p).lower()).strip(sep) for p in parts)

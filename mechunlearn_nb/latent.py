@@ -12,7 +12,7 @@ often it reads
 - the **edit label** (the sport the edit injected): the new fact has replaced
   it there.
 
-The read-out is taken at the final token of the fact prompt (``" of"`` in
+The read-out is taken at the last token of the fact prompt (``" of"`` in
 ``"... LeBron James plays the sport of"``), where the answer is assembled; the
 last subject token can be probed too (``position="last_subject"``). Layer ``i``
 is the residual stream after ``i`` blocks (0: embeddings), as in
@@ -31,6 +31,9 @@ Probes are refitted on the model that is probed (the edited model for
 own representation; ``probes_from="base"`` keeps the base model's probes
 instead. A probe is only as good as its held-out accuracy on maintain
 athletes, which is reported per layer next to the fractions.
+
+:func:`fractions_by_edit` condenses a table to one row per edit; :func:`.plots.plot_latent`
+draws it layer by layer.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .editing import require_base_model
+from .positions import LAST, canonical
 from .probing import apply_probes, fact_residuals, split_indices, train_probes
 
 COLUMNS = ["task", "localization", "seed", "stage", "position", "layer", "frac_true", "frac_edit", "maintain_acc",
@@ -96,7 +100,7 @@ def _stage_rows(model, task, probe_facts, train, test, position, C, seed, batch_
     return table.assign(position=position, n_edited=len(true), n_probe_train=len(train)), probes
 
 
-def latent_knowledge(model, task, results: dict, *, position: str = "final", probe_facts: pd.DataFrame | None = None,
+def latent_knowledge(model, task, results: dict, *, position: str = LAST, probe_facts: pd.DataFrame | None = None,
                      probes_from: str = "edited", test_size: float = 0.25, C: float = 0.1, seed: int = 0,
                      batch_size: int = 32, progress: bool = True, base: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per layer, how often probes trained on maintain athletes read the edited athletes' true sport and edit label.
@@ -105,7 +109,8 @@ def latent_knowledge(model, task, results: dict, *, position: str = "final", pro
         model: the base model (each edit's delta is applied while it is probed, then reverted).
         task: a sports task (its forget set is the edited athletes, with ``true_answer`` and ``new_answer``).
         results: ``{name: EditResult}``; the names label the rows (``localization``).
-        position: ``"final"`` (the prompt's last token) or ``"last_subject"``.
+        position: ``"last"`` (the prompt's last token; ``"final"``, its earlier name, is read the same) or
+            ``"last_subject"`` (:mod:`.positions`).
         probe_facts: known athletes to train the probes on (default: the task's maintain sets).
         probes_from: ``"edited"`` (refit on each edited model) or ``"base"`` (fit once on the base model).
         test_size: share of ``probe_facts`` held out to measure the probes (``maintain_acc``).
@@ -120,6 +125,7 @@ def latent_knowledge(model, task, results: dict, *, position: str = "final", pro
         n_probe_train``: stage ``"before"`` (localization ``"base"``, the unedited model) and ``"after"``
         (one block per edit). ``frac_true + frac_edit <= 1`` at every layer (the two labels differ).
     """
+    position = canonical(position)
     if probes_from not in ("edited", "base"):
         raise ValueError(f"probes_from must be 'edited' or 'base', got {probes_from!r}.")
     if probe_facts is None:
@@ -142,11 +148,11 @@ def latent_knowledge(model, task, results: dict, *, position: str = "final", pro
             raise ValueError("base= reuses the base model's read-outs, not its probes; with probes_from='base' "
                              "the probes must be fitted again. Fix: drop base= or use probes_from='edited'.")
         before = base[base["stage"] == "before"]
-        if before.empty or set(before["task"]) != {task.name} or set(before["position"]) != {position} \
+        if before.empty or set(before["task"]) != {task.name} or set(before["position"].map(canonical)) != {position} \
                 or set(before["seed"]) != {seed}:
             raise ValueError(f"base= must hold the 'before' rows of task {task.name!r}, position {position!r}, seed "
                              f"{seed} (from an earlier latent_knowledge call). Fix: pass that call's table, or drop base=.")
-        frames.append(before.drop(columns=["task", "seed"]))
+        frames.append(before.drop(columns=["task", "seed"]).assign(position=position))
     stages = tqdm([*(["base"] if base is None else []), *results], desc="latent probes", disable=not progress,
                   leave=False)
     base_probes = None
@@ -179,29 +185,7 @@ def long_form(table: pd.DataFrame) -> pd.DataFrame:
     return long
 
 
-def plot_latent(table: pd.DataFrame, col_wrap: int = 3, title: str | None = None):
-    """Seaborn small multiples: per edit, the fraction of edited athletes read as ground truth / edit label per layer.
-
-    Solid lines: after the edit; dashed: the base model (before). Returns the ``sns.FacetGrid``.
-    """
-    import seaborn as sns
-
-    long = long_form(table)
-    if long.empty:
-        raise ValueError("No edits in the table to plot.")
-    g = sns.relplot(data=long, x="layer", y="fraction", hue="prediction", style="stage", col="localization",
-                    col_wrap=min(col_wrap, long["localization"].nunique()), kind="line", markers=True,
-                    style_order=["after", "before"], hue_order=["ground truth", "edit label"], height=2.6, aspect=1.25,
-                    palette=["tab:blue", "tab:red"])
-    g.set(ylim=(-0.02, 1.02))
-    g.set_axis_labels("after block (0: embeddings)", "share of edited athletes")
-    g.set_titles("{col_name}")
-    if title:
-        g.figure.suptitle(title, y=1.03)
-    return g
-
-
-def summarise(table: pd.DataFrame, last_k: int | None = None, window: tuple[int, int] | None = None) -> pd.DataFrame:
+def fractions_by_edit(table: pd.DataFrame, last_k: int | None = None, window: tuple[int, int] | None = None) -> pd.DataFrame:
     """Per edit: the largest fraction of ground-truth read-outs over the layers, and at the last layer.
 
     Args:

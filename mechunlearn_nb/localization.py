@@ -19,6 +19,7 @@ import torch
 
 from .checks import check_float, check_int
 from .models import Component, named_parameters, weight_names
+from .positions import FIRST_SUBJECT, LAST, LAST_SUBJECT, canonical
 
 
 def _head_mask(model, param_name: str, param: torch.Tensor, head: int) -> torch.Tensor | None:
@@ -129,10 +130,6 @@ class Localization:
             if m is not None and params[n].grad is not None:
                 params[n].grad.mul_(m.to(params[n].grad.device))
 
-    def summary(self) -> pd.DataFrame:
-        """One row per weight tensor: ``weight, n_trainable``."""
-        return pd.DataFrame([dict(weight=p, n_trainable=None if m is None else int(m.sum())) for p, m in self.weights.items()])
-
     def __repr__(self) -> str:
         comps = ", ".join(self.components[:8]) + (" ..." if len(self.components) > 8 else "")
         return f"Localization({self.name!r}: {len(self.components)} components [{comps}], {self.n_params:,} parameters)"
@@ -196,7 +193,7 @@ def component_scores(scores: pd.DataFrame, mlp_only: bool = False) -> pd.DataFra
     ignored.
 
     Args:
-        scores: a table of :func:`.tracing.causal_trace`, :func:`.patching.summarise` (activation
+        scores: a table of :func:`.tracing.causal_trace`, :func:`.patching.average_over_facts` (activation
             or attribution patching): ``component, layer, effect`` (``head``, ``position_kind``).
         mlp_only: rank MLPs only.
 
@@ -206,7 +203,7 @@ def component_scores(scores: pd.DataFrame, mlp_only: bool = False) -> pd.DataFra
     need = {"component", "layer", "effect"}
     if not need <= set(scores.columns):
         raise ValueError(f"The scores need columns {sorted(need)}; got {list(scores.columns)}. "
-                         "Fix: pass the output of tracing.causal_trace or patching.summarise.")
+                         "Fix: pass the output of tracing.causal_trace or patching.average_over_facts.")
     df = scores[scores["component"].isin(["attn", "head", "mlp"])].copy()
     if df.empty:
         raise ValueError("The scores hold no attention, head or MLP rows. Fix: trace or patch components "
@@ -347,7 +344,7 @@ def _layers_of(model):
 #       ``mlp[l]`` = the normalised effect (clean = 1, corrupted = 0) of
 #       restoring MLP ``l``'s output at the subject tokens, the larger of the
 #       ``first_subject`` and ``last_subject`` kinds; ``mlp_rel = mlp / max(mlp)``.
-# (iii) extraction heads (per-head patching at the final token): ``head[l]`` =
+# (iii) extraction heads (per-head patching at the last token): ``head[l]`` =
 #       the largest effect of one head of layer ``l`` at position kind
 #       ``last``; ``head_rel = head / max(head)``.
 #
@@ -360,9 +357,9 @@ def _layers_of(model):
 #    isotonic (non-decreasing) fit of the accuracies over the blocks, which
 #    keeps one noisy layer from moving the start. No probe table: ``start = 0``.
 # 2. ``extraction`` = the first block after ``start`` with ``head_rel >=
-#    head_threshold`` (0.5): the attribute is carried to the final token there.
-#    Without head rows, the first block after which the final-token probe
-#    reaches ``final_rise`` (0.5) of its gain stands in. ``end = extraction - 1``
+#    head_threshold`` (0.5): the attribute is carried to the last token there.
+#    Without head rows, the first block after which the last-token probe
+#    reaches ``last_rise`` (0.5) of its gain stands in. ``end = extraction - 1``
 #    (the heads of block ``e`` read the residual stream written by MLPs ``< e``);
 #    with no extraction evidence at all, ``end`` is the last block.
 # 3. Candidates: blocks in ``[start, end]`` with ``mlp_rel >= mlp_threshold``
@@ -391,32 +388,33 @@ class FactLookupRule:
         mlp_threshold: an MLP is a candidate when its subject-position effect is at least this
             share of the largest MLP's.
         min_effect: and at least this absolute normalised effect.
-        head_threshold: a head extracts when its final-position effect is at least this share of
+        head_threshold: a head extracts when its last-position effect is at least this share of
             the largest head's.
-        final_rise: without head rows, extraction is where the final-token probe reaches this share of its gain.
+        last_rise: without head rows, extraction is where the last-token probe reaches this share of its gain.
         contiguous: take the whole range from the first to the last candidate (the paper's FLU are ranges).
         monotone: compute the probes' rises on an isotonic (non-decreasing) fit of their accuracies
             over the blocks (scikit-learn's ``IsotonicRegression``), not on the raw, noisy accuracies.
         subject_kinds: position kinds of the patching table that count as subject positions.
-        extraction_kind: the position kind of the final token in the patching tables.
-        probe_position, final_position: the probe table's ``position`` values for the last subject
-            token and the final token.
+        extraction_kind: the position kind of the last token in the patching tables.
+        probe_position, last_position: the probe table's ``position`` values for the last subject
+            token and the last token (:mod:`.positions`; a table that calls the last token ``"final"``,
+            its earlier name, is read the same).
     """
 
     probe_rise: float = 0.2
     mlp_threshold: float = 0.2
     min_effect: float = 0.0
     head_threshold: float = 0.5
-    final_rise: float = 0.5
+    last_rise: float = 0.5
     contiguous: bool = True
     monotone: bool = True
-    subject_kinds: tuple[str, ...] = ("first_subject", "last_subject")
-    extraction_kind: str = "last"
-    probe_position: str = "last_subject"
-    final_position: str = "final"
+    subject_kinds: tuple[str, ...] = (FIRST_SUBJECT, LAST_SUBJECT)
+    extraction_kind: str = LAST
+    probe_position: str = LAST_SUBJECT
+    last_position: str = LAST
 
     def __post_init__(self):
-        for name in ("probe_rise", "mlp_threshold", "head_threshold", "final_rise"):
+        for name in ("probe_rise", "mlp_threshold", "head_threshold", "last_rise"):
             check_float(f"FactLookupRule.{name} (a share between 0 and 1)", getattr(self, name), 0.0, 1.0)
         check_float("FactLookupRule.min_effect", self.min_effect)
 
@@ -426,8 +424,8 @@ class FactLookupRule:
         return (
             f"start = first block from which on the {self.probe_position} probe keeps >= {self.probe_rise:.0%} of its "
             f"embeddings-to-best accuracy gain{' (on an isotonic fit over the blocks)' if self.monotone else ''}; extraction = first later block with a head whose {self.extraction_kind}-position "
-            f"effect is >= {self.head_threshold:.0%} of the strongest head's (fallback: the {self.final_position} probe reaching "
-            f"{self.final_rise:.0%} of its gain); end = extraction - 1; candidates = blocks in [start, end] whose MLP effect at "
+            f"effect is >= {self.head_threshold:.0%} of the strongest head's (fallback: the {self.last_position} probe reaching "
+            f"{self.last_rise:.0%} of its gain); end = extraction - 1; candidates = blocks in [start, end] whose MLP effect at "
             f"{'/'.join(self.subject_kinds)} is >= {self.mlp_threshold:.0%} of the largest and >= {self.min_effect}; "
             f"FLU = {span}."
         )
@@ -437,7 +435,7 @@ def _check_columns(df: pd.DataFrame, need: tuple[str, ...], what: str) -> None:
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"The {what} table lacks column(s) {missing} (it has {list(df.columns)}). Fix: pass the tidy "
-                         "table of probing.layer_probes(...).accuracy / tracing.causal_trace / patching.summarise.")
+                         "table of probing.layer_probes(...).accuracy / tracing.causal_trace / patching.average_over_facts.")
 
 
 def _relative(values: pd.Series) -> pd.Series:
@@ -468,13 +466,13 @@ def fact_lookup_evidence(probe_df: pd.DataFrame | None, patching_df: pd.DataFram
             after that many blocks, as in :mod:`.probing`); ``None`` to go without probes.
         patching_df: tidy patching / tracing table ``layer, position_kind, component, head, effect``
             (more rows per key, e.g. per fact, are averaged); needs MLP rows at subject positions.
-        head_df: per-head table of the same form (``component == "head"`` rows at the final
+        head_df: per-head table of the same form (``component == "head"`` rows at the last
             position); default: the head rows of ``patching_df``, if any.
         rule: thresholds (default :class:`FactLookupRule`).
         n_layers: number of blocks (default: from the tables).
 
     Returns:
-        Columns ``layer, probe_subject, probe_rise, probe_final, final_rise, mlp_effect, mlp_rel,
+        Columns ``layer, probe_subject, probe_rise, probe_last, last_rise, mlp_effect, mlp_rel,
         head_effect, head_rel, top_head, after_start, before_extraction, candidate, selected``;
         ``attrs["decision"]`` holds ``start, extraction, end, layers`` and where each came from.
     """
@@ -500,12 +498,13 @@ def fact_lookup_evidence(probe_df: pd.DataFrame | None, patching_df: pd.DataFram
     layers_seen = set(mlp_effect.index)
     if heads is not None:
         layers_seen |= set(heads["layer"])
-    probe_sub = probe_fin = None
+    probe_sub = probe_lst = None
     if probe_df is not None:
         _check_columns(probe_df, ("layer", "position", "accuracy"), "probe")
         pdf = probe_df[probe_df["split"] == "test"] if "split" in probe_df.columns else probe_df
+        pdf = pdf.assign(position=pdf["position"].map(canonical))
         probe_sub = pdf[pdf["position"] == rule.probe_position].groupby("layer")["accuracy"].mean()
-        probe_fin = pdf[pdf["position"] == rule.final_position].groupby("layer")["accuracy"].mean()
+        probe_lst = pdf[pdf["position"] == rule.last_position].groupby("layer")["accuracy"].mean()
         if probe_sub.empty:
             raise ValueError(f"The probe table has no test rows at position {rule.probe_position!r} "
                              f"(positions: {sorted(probe_df['position'].unique())}). Fix: probe the last subject token.")
@@ -516,17 +515,17 @@ def fact_lookup_evidence(probe_df: pd.DataFrame | None, patching_df: pd.DataFram
     if probe_sub is not None:
         ev["probe_subject"] = probe_sub.reindex(ev["layer"] + 1).to_numpy()
         ev["probe_rise"] = _rise(ev["probe_subject"], float(probe_sub.get(0, probe_sub.min())), rule.monotone).to_numpy()
-        if not probe_fin.empty:
-            ev["probe_final"] = probe_fin.reindex(ev["layer"] + 1).to_numpy()
-            ev["final_rise"] = _rise(ev["probe_final"], float(probe_fin.get(0, probe_fin.min())), rule.monotone).to_numpy()
+        if not probe_lst.empty:
+            ev["probe_last"] = probe_lst.reindex(ev["layer"] + 1).to_numpy()
+            ev["last_rise"] = _rise(ev["probe_last"], float(probe_lst.get(0, probe_lst.min())), rule.monotone).to_numpy()
         else:
-            ev["probe_final"] = ev["final_rise"] = np.nan
+            ev["probe_last"] = ev["last_rise"] = np.nan
     else:
-        ev["probe_subject"] = ev["probe_rise"] = ev["probe_final"] = ev["final_rise"] = np.nan
+        ev["probe_subject"] = ev["probe_rise"] = ev["probe_last"] = ev["last_rise"] = np.nan
     # (ii) subject-position MLP effect
     ev["mlp_effect"] = mlp_effect.reindex(ev["layer"]).to_numpy()
     ev["mlp_rel"] = _relative(ev["mlp_effect"]).to_numpy()
-    # (iii) extraction heads at the final position
+    # (iii) extraction heads at the last position
     if heads is not None:
         per_head = heads.groupby(["layer", "head"])["effect"].mean().reset_index()
         best = per_head.loc[per_head.groupby("layer")["effect"].idxmax()].set_index("layer")
@@ -554,10 +553,10 @@ def fact_lookup_evidence(probe_df: pd.DataFrame | None, patching_df: pd.DataFram
         hit = ev[(ev["layer"] > start) & (ev["head_rel"] >= rule.head_threshold)]
         if len(hit):
             extraction, extraction_from = int(hit["layer"].iloc[0]), "heads"
-    elif ev["final_rise"].notna().any():
-        hit = ev[(ev["layer"] > start) & (ev["final_rise"] >= rule.final_rise)]
+    elif ev["last_rise"].notna().any():
+        hit = ev[(ev["layer"] > start) & (ev["last_rise"] >= rule.last_rise)]
         if len(hit):
-            extraction, extraction_from = int(hit["layer"].iloc[0]), "final-token probes"
+            extraction, extraction_from = int(hit["layer"].iloc[0]), "last-token probes"
     end = (extraction - 1) if extraction is not None else n_layers - 1
     # 3. candidates, 4. selection
     ev["after_start"] = ev["layer"] >= start
@@ -583,7 +582,7 @@ def fact_lookup(model, probe_df: pd.DataFrame | None, patching_df: pd.DataFrame,
         model: the model the localization's weights belong to.
         probe_df: ``probing.layer_probes(...).accuracy`` (or ``None``).
         patching_df: a causal-tracing / patching summary with MLP rows at the subject positions.
-        head_df: per-head effects at the final position (default: the head rows of ``patching_df``).
+        head_df: per-head effects at the last position (default: the head rows of ``patching_df``).
         rule: the thresholds; or pass them as keywords (``mlp_threshold=0.3`` ...).
 
     Returns:

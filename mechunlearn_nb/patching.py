@@ -49,10 +49,11 @@ row, with hooks that index by row. The same engine (:func:`run_patches`) runs
 causal tracing (:mod:`.tracing`), whose corruption is noise on the subject's
 embeddings instead of another subject.
 
-Positions are grouped into *kinds*: ``first_subject``, ``last_subject`` (one
-token may be both), ``later`` (after the subject, before the last token) and
-``last``. Tokens before the subject are never patched: they are identical in
-both runs, so patching them changes nothing.
+Positions are grouped into *kinds* (:mod:`.positions`): ``first_subject``,
+``last_subject`` (one token may be both), ``later`` (after the subject, before
+the last token) and ``last``. Tokens before the subject are never patched: they
+are identical in both runs, so patching them changes nothing. Figures of these
+tables are in :mod:`.plots` (``plot_patching``, ``plot_comparison``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from tqdm.auto import tqdm
 
 from . import scoring
 from .checks import check_int, check_template
+from .positions import ALL_KINDS, LAST, POSITION_KINDS, position_kind, subject_span, subject_tokens
 from .prompts import FACT_TEMPLATE, SPORTS
 
 #: TransformerLens hook names of the patchable components (``{}`` is the layer)
@@ -79,64 +81,7 @@ HOOKS = {
     "head": "blocks.{}.attn.hook_z",
 }
 EMBED_HOOK = "hook_embed"
-#: the position kinds, in the order plots show them
-POSITION_KINDS = ("first_subject", "last_subject", "later", "last")
-ALL_KINDS = ("before", "first_subject", "middle_subject", "last_subject", "later", "last", "all")
 COMPONENTS = ("resid", "attn", "mlp", "head")
-
-
-# ---------------------------------------------------------------------------
-# Where the subject is
-# ---------------------------------------------------------------------------
-
-
-def subject_tokens(model, subject: str) -> list[int]:
-    """Token ids of a subject as it appears inside a prompt (with a leading space)."""
-    return model.tokenizer(" " + subject.strip(), add_special_tokens=False)["input_ids"]
-
-
-def find_subject_span(model, prompt_ids: Sequence[int], subject: str) -> tuple[int, int]:
-    """``(start, end)`` of the subject's tokens in a tokenised prompt (``end`` exclusive).
-
-    The subject is tokenised on its own, with a leading space and then without, and the
-    *last* occurrence of that token sequence in the prompt is returned (the one-shot
-    example comes first in the fact prompt).
-
-    Raises:
-        ValueError: the subject's tokens do not occur in the prompt as a contiguous run.
-    """
-    ids = list(prompt_ids)
-    tried = []
-    for variant in (" " + subject.strip(), subject.strip()):
-        sub = model.tokenizer(variant, add_special_tokens=False)["input_ids"]
-        tried.append(model.tokenizer.convert_ids_to_tokens(sub))
-        for start in range(len(ids) - len(sub), -1, -1):
-            if sub and ids[start : start + len(sub)] == sub:
-                return start, start + len(sub)
-    raise ValueError(
-        f"Subject {subject!r} not found in the prompt's tokens (tried {tried}; prompt tokens "
-        f"{model.tokenizer.convert_ids_to_tokens(ids)}). The subject must be tokenised the same way alone as inside "
-        "the prompt. Fix: put the subject after a space in the prompt (as in 'Fact: {athlete} plays ...'), "
-        "or pass the exact subject string that occurs in the prompt."
-    )
-
-
-def position_kind(pos: int, start: int, end: int, length: int) -> list[str]:
-    """The kinds of a position (a one-token subject is both ``first_subject`` and ``last_subject``)."""
-    kinds = []
-    if pos < start:
-        kinds.append("before")
-    if pos == start:
-        kinds.append("first_subject")
-    if start < pos < end - 1:
-        kinds.append("middle_subject")
-    if pos == end - 1:
-        kinds.append("last_subject")
-    if end <= pos < length - 1:
-        kinds.append("later")
-    if pos == length - 1:
-        kinds.append("last")
-    return kinds
 
 
 # ---------------------------------------------------------------------------
@@ -256,7 +201,7 @@ def corrupt_subjects(model, facts: pd.DataFrame, pool: pd.DataFrame | None = Non
     clean_ids = scoring.encode_prompts(model, prompts)
     corrupt_ids, spans, true_index, corrupt_names = [], [], [], []
     for ids, subject, sport in zip(clean_ids, facts[subject_col], facts[answer_col]):
-        start, end = find_subject_span(model, ids, subject)
+        start, end = subject_span(model, ids, subject)
         n = end - start
         if mode == "athlete":
             options = [j for s in sports if s != sport for j in by_len.get((n, s), [])]
@@ -332,8 +277,8 @@ def _plan(inputs: PatchInputs, fact: int, components, layers, kinds, head_positi
                 for h in range(n_heads):
                     if head_positions == "all":
                         rows.append(_Row(fact, comp, layer, h, None, ["all"], [(hook.format(layer), None, h)]))
-                    elif head_positions == "last":
-                        rows.append(_Row(fact, comp, layer, h, length - 1, ["last"], [(hook.format(layer), length - 1, h)]))
+                    elif head_positions == LAST:
+                        rows.append(_Row(fact, comp, layer, h, length - 1, [LAST], [(hook.format(layer), length - 1, h)]))
                     elif head_positions == "kinds":
                         for p, ks in positions:
                             rows.append(_Row(fact, comp, layer, h, p, ks, [(hook.format(layer), p, h)]))
@@ -501,7 +446,7 @@ def _tidy(model, records: list[dict], extra: Sequence[str] = ()) -> pd.DataFrame
     return df.sort_values(["fact", "component", "layer", "head", "position"]).reset_index(drop=True)
 
 
-def summarise(per_fact: pd.DataFrame) -> pd.DataFrame:
+def average_over_facts(per_fact: pd.DataFrame) -> pd.DataFrame:
     """Average a per-fact table over facts: one row per ``component, layer, head, position_kind``.
 
     Within a fact, positions of the same kind are averaged first. The effect is normalised
@@ -512,7 +457,7 @@ def summarise(per_fact: pd.DataFrame) -> pd.DataFrame:
     """
     keys = ["component", "layer", "head", "position_kind"]
     if per_fact.empty:
-        raise ValueError("Nothing to summarise: the per-fact table is empty.")
+        raise ValueError("Nothing to average: the per-fact table is empty.")
     pf = (per_fact.groupby(keys + ["fact"], dropna=False, sort=False)
           .agg(value=("value", "mean"), clean=("clean", "first"), corrupt=("corrupt", "first")).reset_index())
     out = (pf.groupby(keys, dropna=False, sort=False)
@@ -540,12 +485,12 @@ def activation_patching(model, facts: pd.DataFrame, pool: pd.DataFrame | None = 
         **kwargs: passed to :func:`run_patches` (``layers``, ``kinds``, ``window``).
 
     Returns:
-        :func:`summarise`'s table (or :func:`run_patches`'s with ``per_fact=True``).
+        :func:`average_over_facts`'s table (or :func:`run_patches`'s with ``per_fact=True``).
     """
     inputs = corrupt_subjects(model, facts, pool=pool, mode=mode, seed=seed)
     table = run_patches(model, inputs, components=components, head_positions=head_positions,
                         batch_size=batch_size, progress=progress, **kwargs)
-    return table if per_fact else summarise(table)
+    return table if per_fact else average_over_facts(table)
 
 
 # ---------------------------------------------------------------------------
@@ -574,7 +519,7 @@ def attribution_patching(model, inputs: PatchInputs, components: Sequence[str] =
     Returns:
         :func:`run_patches`'s per-fact table, with ``value = corrupt - attribution`` (the first-order
         estimate of restoring the activation into the corrupted run) and an ``attribution`` column.
-        Pass it to :func:`summarise` to average over facts.
+        Pass it to :func:`average_over_facts` to average over facts.
     """
     comps = list(components)
     bad = [c for c in comps if c not in ("head", "mlp", "resid")]
@@ -673,8 +618,8 @@ def compare(patching_summary: pd.DataFrame, attribution_summary: pd.DataFrame,
     """Line up activation-patching and attribution-patching effects of the same components.
 
     Args:
-        patching_summary: :func:`summarise` of :func:`run_patches` / :func:`activation_patching`.
-        attribution_summary: :func:`summarise` of :func:`attribution_patching` on the same inputs.
+        patching_summary: :func:`average_over_facts` of :func:`run_patches` / :func:`activation_patching`.
+        attribution_summary: :func:`average_over_facts` of :func:`attribution_patching` on the same inputs.
         components: which components to compare.
 
     Returns:
@@ -703,29 +648,3 @@ def correlation(table: pd.DataFrame, component: str | None = None) -> float:
     if len(table) < 2:
         raise ValueError("A correlation needs at least two rows.")
     return float(np.corrcoef(table["effect_patching"].astype(float), table["effect_attribution"].astype(float))[0, 1])
-
-
-def plot_comparison(table: pd.DataFrame, ax=None, title: str = "Attribution vs activation patching"):
-    """Scatter of attribution-patching effects against activation-patching effects, one colour per component."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4.5))
-    sns.scatterplot(data=table, x="effect_patching", y="effect_attribution", hue="component", style="position_kind",
-                    ax=ax, s=30, alpha=0.8)
-    lo = float(min(table["effect_patching"].min(), table["effect_attribution"].min()))
-    hi = float(max(table["effect_patching"].max(), table["effect_attribution"].max()))
-    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--")
-    ax.set(xlabel="activation patching (effect)", ylabel="attribution patching (estimate)",
-           title=f"{title}\nPearson r = {correlation(table):.3f}")
-    ax.legend(fontsize=7, loc="best")
-    return ax
-
-
-def plot_patching(summary: pd.DataFrame, components: Sequence[str] = ("resid", "attn", "mlp"), title: str = "Activation patching",
-                  axes=None):
-    """Heatmaps of a patching summary: one panel per component, position kinds × layers."""
-    from .tracing import plot_trace
-
-    return plot_trace(summary, components=components, title=title, axes=axes)

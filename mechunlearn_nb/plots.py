@@ -1,15 +1,24 @@
 """Seaborn figures for the series' tidy tables.
 
 Each function takes a DataFrame this package produced, draws one figure on a
-new (or given) matplotlib axis and returns the axis, so a notebook can restyle
-or save it.
+new (or given) matplotlib axis and returns the axis (or the figure / seaborn
+grid it made), so a notebook can restyle it, and :func:`save` writes it next
+to the metrics. This is the view layer: it imports the computation modules,
+none of them imports it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+
+from . import latent, patching, tracing
+from .io import atomic_path
 
 
 def _ax(ax, figsize=(6, 3.5)):
@@ -36,10 +45,232 @@ def accuracy_bars(table: pd.DataFrame, x: str, y: str = "accuracy", hue: str | N
     return ax
 
 
-def save(fig_or_ax, path) -> None:
-    """Save a figure (or an axis's figure) as PNG next to the metrics."""
-    fig = fig_or_ax.figure if hasattr(fig_or_ax, "figure") and not isinstance(fig_or_ax, plt.Figure) else fig_or_ax
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+def save(fig_or_ax, path) -> Path:
+    """Save a figure as PNG next to the metrics: 110 dpi, tight bounding box, folder created if needed.
+
+    Args:
+        fig_or_ax: a matplotlib figure, an axis, or a seaborn grid (anything with a ``.figure``).
+        path: the image file; its suffix gives the format. Written under a temporary name and
+            renamed when complete, so an interrupted save never leaves half an image.
+
+    Returns:
+        The path written.
+    """
+    fig = fig_or_ax if isinstance(fig_or_ax, plt.Figure) else getattr(fig_or_ax, "figure", None)
+    if not isinstance(fig, plt.Figure):
+        raise TypeError(f"Cannot save a {type(fig_or_ax).__name__}: pass a matplotlib figure, an axis or a seaborn grid "
+                        "(e.g. plt.gcf()).")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or None)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Causal tracing and activation / attribution patching (tables of tracing and patching)
+# ---------------------------------------------------------------------------
+
+
+#: heatmap colours per component, as in ROME's figures
+CMAPS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds", "head": "Blues"}
+COMPONENT_TITLES = {"resid": "residual stream", "mlp": "MLP output", "attn": "attention output", "head": "attention heads (last token)"}
+
+
+def _heatmap(grid: pd.DataFrame, ax, cmap: str, vmax: float | None = None):
+    """Sequential colours from 0 when effects are (nearly) all positive; diverging around 0 otherwise."""
+    lo, hi = float(np.nanmin(grid.values)), float(np.nanmax(grid.values))
+    hi = vmax if vmax is not None else hi
+    if lo < -0.1 * max(hi, 1e-12):
+        lim = max(abs(lo), abs(hi))
+        sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, cbar_kws=dict(label="effect"))
+    else:
+        sns.heatmap(grid, ax=ax, cmap=cmap, vmin=0, vmax=hi, cbar_kws=dict(label="effect"))
+
+
+def plot_trace(summary: pd.DataFrame, components: Sequence[str] = ("resid", "mlp", "attn"), axes=None,
+               title: str = "Causal tracing", vmax: float | None = None):
+    """ROME-style heatmaps: one panel per component, position kinds × layers, colour = effect.
+
+    Returns:
+        The matplotlib figure.
+    """
+    comps = [c for c in components if (summary["component"] == c).any()]
+    if not comps:
+        raise ValueError(f"None of {list(components)} in this table.")
+    if axes is None:
+        fig, axes = plt.subplots(len(comps), 1, figsize=(9, 1.9 * len(comps) + 0.6), squeeze=False)
+        axes = axes[:, 0]
+    fig = axes[0].figure
+    for ax, comp in zip(axes, comps):
+        grid = tracing.effect_grid(summary, comp)
+        _heatmap(grid, ax, CMAPS.get(comp, "viridis"), vmax)
+        ax.set(title=COMPONENT_TITLES.get(comp, comp), xlabel="layer", ylabel="")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_heads(summary: pd.DataFrame, ax=None, title: str = "Attention heads at the last token", cmap: str = "RdBu_r"):
+    """Heatmap of every head's effect: heads × layers."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 2.4))
+    grid = tracing.effect_grid(summary, "head")
+    lim = float(np.nanmax(np.abs(grid.values))) or 1.0
+    sns.heatmap(grid, ax=ax, cmap=cmap, center=0, vmin=-lim, vmax=lim, cbar_kws=dict(label="effect"))
+    ax.set(title=title, xlabel="layer", ylabel="head")
+    return ax
+
+
+def plot_fact(per_fact: pd.DataFrame, subject: str, component: str = "mlp", ax=None, cmap: str | None = None):
+    """One fact's trace: its tokens (rows) × layers, colour = that fact's normalised effect."""
+    rows = per_fact[(per_fact["subject"] == subject) & (per_fact["component"] == component)]
+    if rows.empty:
+        raise ValueError(f"No {component!r} rows for {subject!r}; traced subjects: {sorted(per_fact['subject'].unique())[:10]}.")
+    rows = rows.drop_duplicates(["layer", "head", "position"])
+    if component == "head":
+        grid = rows.pivot_table(index="head", columns="layer", values="effect")
+    else:
+        rows = rows.assign(label=[f"{p}: {t}" for p, t in zip(rows["position"], rows["token"])])
+        grid = rows.pivot_table(index="label", columns="layer", values="effect", sort=False)
+        order = rows.drop_duplicates("label").sort_values("position")["label"]
+        grid = grid.loc[order]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 0.35 * len(grid) + 1.2))
+    _heatmap(grid, ax, cmap or CMAPS.get(component, "viridis"))
+    r = rows.iloc[0]
+    ax.set(title=f"{subject}: {COMPONENT_TITLES.get(component, component)} (p clean {r['clean']:.2f}, corrupted {r['corrupt']:.2f})",
+           xlabel="layer", ylabel="")
+    return ax
+
+
+def plot_comparison(table: pd.DataFrame, ax=None, title: str = "Attribution vs activation patching"):
+    """Scatter of attribution-patching effects against activation-patching effects, one colour per component."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5))
+    sns.scatterplot(data=table, x="effect_patching", y="effect_attribution", hue="component", style="position_kind",
+                    ax=ax, s=30, alpha=0.8)
+    lo = float(min(table["effect_patching"].min(), table["effect_attribution"].min()))
+    hi = float(max(table["effect_patching"].max(), table["effect_attribution"].max()))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--")
+    ax.set(xlabel="activation patching (effect)", ylabel="attribution patching (estimate)",
+           title=f"{title}\nPearson r = {patching.correlation(table):.3f}")
+    ax.legend(fontsize=7, loc="best")
+    return ax
+
+
+def plot_patching(summary: pd.DataFrame, components: Sequence[str] = ("resid", "attn", "mlp"), title: str = "Activation patching",
+                  axes=None):
+    """Heatmaps of a patching summary: one panel per component, position kinds × layers."""
+    return plot_trace(summary, components=components, title=title, axes=axes)
+
+
+# ---------------------------------------------------------------------------
+# Probes and the fact-lookup evidence (tables of probing and localization)
+# ---------------------------------------------------------------------------
+
+
+def plot_probe_accuracy(accuracy: pd.DataFrame, majority: float | None = None, split: str = "test", ax=None,
+                        title: str = "Linear probes for the sport, layer by layer"):
+    """Seaborn line plot of probe accuracy against layer, one line per position.
+
+    Args:
+        accuracy: :attr:`LayerProbes.accuracy` (``layer, position, split, accuracy``).
+        majority: draw the majority-class rate (chance for a constant guess) as a dashed line.
+        split: which split to draw.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    data = accuracy[accuracy["split"] == split]
+    if data.empty:
+        raise ValueError(f"No {split!r} rows in the accuracy table (splits: {sorted(accuracy['split'].unique())}).")
+    sns.lineplot(data=data, x="layer", y="accuracy", hue="position", style="position", markers=True, dashes=False, ax=ax)
+    if majority is not None:
+        ax.axhline(majority, color="grey", ls="--", lw=1, label="majority class")
+        ax.legend()
+    ax.set(ylim=(0, 1.02), xlabel="residual stream after this many blocks (0: embeddings)",
+           ylabel=f"{split} accuracy", title=title)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    return ax
+
+
+def plot_fact_lookup(evidence: pd.DataFrame, ax=None, title: str = "Fact-lookup evidence, block by block"):
+    """The three kinds of evidence of :func:`localization.fact_lookup_evidence` on one axis, FLU shaded.
+
+    Lines: the subject probe's rise (share of its gain reached after the block), the MLP's
+    subject-position effect and the strongest head's final-position effect (both relative to
+    their maximum); the chosen blocks are shaded.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6))
+    cols = {"probe_rise": "subject probe: share of its gain", "final_rise": "final-token probe: share of its gain",
+            "mlp_rel": "MLP effect at the subject (rel.)", "head_rel": "best head at the final token (rel.)"}
+    long = evidence.melt(id_vars="layer", value_vars=[c for c in cols if c in evidence], var_name="evidence", value_name="value")
+    long["evidence"] = long["evidence"].map(cols)
+    long = long.dropna(subset=["value"])
+    sns.lineplot(data=long, x="layer", y="value", hue="evidence", style="evidence", markers=True, dashes=False, ax=ax)
+    chosen = evidence.loc[evidence["selected"], "layer"]
+    if len(chosen):
+        ax.axvspan(chosen.min() - 0.5, chosen.max() + 0.5, color="tab:green", alpha=0.12, label="FLU")
+    dec = evidence.attrs.get("decision", {})
+    if dec.get("extraction") is not None:
+        ax.axvline(dec["extraction"], color="tab:red", ls=":", lw=1.2, label="extraction")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set(xlabel="block", ylabel="share of maximum", title=title, xticks=list(evidence["layer"]))
+    return ax
+
+
+# ---------------------------------------------------------------------------
+# Latent knowledge after an edit (tables of latent)
+# ---------------------------------------------------------------------------
+
+
+def plot_latent(table: pd.DataFrame, col_wrap: int = 3, title: str | None = None):
+    """Seaborn small multiples: per edit, the fraction of edited athletes read as ground truth / edit label per layer.
+
+    Solid lines: after the edit; dashed: the base model (before). Returns the ``sns.FacetGrid``.
+    """
+    long = latent.long_form(table)
+    if long.empty:
+        raise ValueError("No edits in the table to plot.")
+    g = sns.relplot(data=long, x="layer", y="fraction", hue="prediction", style="stage", col="localization",
+                    col_wrap=min(col_wrap, long["localization"].nunique()), kind="line", markers=True,
+                    style_order=["after", "before"], hue_order=["ground truth", "edit label"], height=2.6, aspect=1.25,
+                    palette=["tab:blue", "tab:red"])
+    g.set(ylim=(-0.02, 1.02))
+    g.set_axis_labels("after block (0: embeddings)", "share of edited athletes")
+    g.set_titles("{col_name}")
+    if title:
+        g.figure.suptitle(title, y=1.03)
+    return g
+
+
+# ---------------------------------------------------------------------------
+# Robustness of an edit (tables of evaluation)
+# ---------------------------------------------------------------------------
+
+
+def plot_accuracies(tables: pd.DataFrame | list[pd.DataFrame], task: str | None = None, stage: str = "after"):
+    """Seaborn bars: forget / edit / maintain accuracy per format, one colour per localization.
+
+    Returns:
+        The ``sns.FacetGrid``.
+    """
+    table = pd.concat(tables, ignore_index=True) if isinstance(tables, list) else tables
+    rows = table[(table["stage"] == stage) & (((table["set"] == "forget") & table["metric"].isin(["acc_true", "acc_new"]))
+                                               | ((table["set"] == "maintain") & (table["metric"] == "acc_true")))]
+    if task is not None:
+        rows = rows[rows["task"] == task]
+    if rows.empty:
+        raise ValueError("No accuracy rows to plot (check task/stage).")
+    names = {("forget", "acc_true"): "forget acc (true answer) ↓", ("forget", "acc_new"): "edit acc (new answer) ↑",
+             ("maintain", "acc_true"): "maintain acc ↑"}
+    rows = rows.assign(measure=[names[(s, m)] for s, m in zip(rows["set"], rows["metric"])])
+    g = sns.catplot(data=rows, x="format", y="value", hue="localization", col="measure", row="task" if task is None else None,
+                    kind="bar", height=3, aspect=1.2, col_order=list(names.values()))
+    g.set(ylim=(0, 1))
+    g.set_axis_labels("", "accuracy")
+    g.set_titles("{col_name}" if task is not None else "{row_name} · {col_name}")
+    return g
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ whether or not the model goes on to say it. Two places matter for fact recall
   sport of"``): early MLPs *look up* the attribute there, so a probe at this
   token becomes accurate after the layers that do the look-up — the
   fact-lookup (FLU) MLPs;
-- the **final token** (``" of"``): attention heads later *extract* the
+- the **last token** (``" of"``): attention heads later *extract* the
   attribute from the subject and move it here, where it is turned into the
   answer; a probe at this token only becomes accurate after extraction.
 
@@ -21,7 +21,7 @@ look-up *starts* at the first block from which the subject probe keeps at
 least 20% of its gain over the embeddings (on an isotonic fit of its accuracy
 over the blocks, so that one noisy layer does not move it); the attribute is
 *extracted* at the
-first later block holding a head whose final-token patching effect is at least
+first later block holding a head whose last-token patching effect is at least
 half the strongest head's; the fact-lookup MLPs are the blocks from the start
 up to just before extraction whose MLP patching effect at the subject tokens is
 at least 20% of the largest (taken as one range).
@@ -39,9 +39,12 @@ same index in their ``layer`` column. Activations are read with hooks on the
 bridge's modules during a right-padded batched forward pass of the transformer
 body (no unembedding), and only the requested positions are kept. The same
 pass also gives the model's own answer: the final norm and a few rows of the
-unembedding applied to the last residual at the final token
+unembedding applied to the last residual at the last token
 (:func:`answer_probabilities`), which is how :func:`known_fact_residuals`
-keeps the known facts without running them twice.
+keeps the known facts without running them twice. Positions are named as in
+:mod:`.positions` (``first_subject``, ``last_subject``, ``last``; the older
+name ``final`` is read as ``last``). Figures: :func:`.plots.plot_probe_accuracy`,
+:func:`.plots.plot_fact_lookup`; explorer: :func:`.widgets.probe_explorer`.
 
 Probes are scikit-learn pipelines (standardise, then multinomial logistic
 regression), one per layer, trained on a seeded, stratified half of the facts
@@ -65,88 +68,14 @@ from tqdm.auto import tqdm
 
 from .checks import check_float, check_template
 from .models import hf_model
+from .positions import FIRST_SUBJECT, LAST, LAST_SUBJECT, canonical, fact_positions
 from .prompts import FACT_TEMPLATE
 from .scoring import device_of, encode_prompts, pad_right
 
-#: position kinds of a fact prompt, as used by the probe tables
-PROBE_POSITIONS = ("last_subject", "final")
-
-
-class SubjectNotFoundError(ValueError):
-    """The subject's tokens could not be located in the prompt."""
-
-
-# ---------------------------------------------------------------------------
-# Where the subject is
-# ---------------------------------------------------------------------------
-
-
-def _find_sublist(haystack: Sequence[int], needle: Sequence[int]) -> int:
-    """Start of the last occurrence of ``needle`` in ``haystack`` (-1 if absent)."""
-    n = len(needle)
-    for start in range(len(haystack) - n, -1, -1):
-        if list(haystack[start : start + n]) == list(needle):
-            return start
-    return -1
-
-
-def subject_span(model, prompt: str, subject: str) -> tuple[int, int]:
-    """Token indices ``(first, last)`` (inclusive) of the subject in the prompt's tokens (BOS included).
-
-    The subject is tokenized with its leading space (``" LeBron James"``) and looked up as a
-    run of tokens in the prompt; the last occurrence wins (the one-shot example comes first).
-    When the tokenizer merges the subject with its neighbours differently in context, the
-    span falls back to the tokens whose characters overlap the subject's characters.
-
-    Raises:
-        SubjectNotFoundError: the subject is not in the prompt text, or no token covers it.
-    """
-    tok = model.tokenizer
-    ids = encode_prompts(model, [prompt])[0]
-    shift = len(ids) - len(tok(prompt, add_special_tokens=False)["input_ids"])  # 1 when BOS leads
-    for text in (" " + subject.strip(), subject.strip()):
-        sub = tok(text, add_special_tokens=False)["input_ids"]
-        start = _find_sublist(ids, sub) if sub else -1
-        if start >= 0:
-            return start, start + len(sub) - 1
-    char_start = prompt.rfind(subject.strip())
-    if char_start < 0 or not subject.strip():
-        raise SubjectNotFoundError(
-            f"Subject {subject!r} does not occur in the prompt {prompt!r}. "
-            "Fix: pass the subject exactly as it is written in the prompt (same spelling and case)."
-        )
-    char_end = char_start + len(subject.strip())
-    try:
-        offsets = [(0, 0)] * shift + list(tok(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
-    except (NotImplementedError, TypeError, ValueError) as err:
-        raise SubjectNotFoundError(
-            f"Subject {subject!r} is in the prompt but its tokens differ in context and this tokenizer "
-            "gives no character offsets to match them. Fix: use a fast tokenizer, or pass positions yourself."
-        ) from err
-    covered = [i for i, (a, b) in enumerate(offsets) if b > a and a < char_end and b > char_start]
-    if not covered:
-        raise SubjectNotFoundError(f"No token of the prompt {prompt!r} covers the subject {subject!r}.")
-    return covered[0], covered[-1]
-
-
-def fact_positions(model, prompts: Sequence[str], subjects: Sequence[str]) -> pd.DataFrame:
-    """Token positions of each prompt: ``first_subject``, ``last_subject``, ``final`` (and ``n_tokens``).
-
-    Args:
-        prompts: the prompts (BOS is counted as position 0).
-        subjects: the subject of each prompt, as written in it.
-
-    Returns:
-        One row per prompt, integer columns ``first_subject, last_subject, final, n_tokens``.
-    """
-    if len(prompts) != len(subjects):
-        raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects: give one subject per prompt.")
-    lengths = [len(ids) for ids in encode_prompts(model, list(prompts))]
-    rows = []
-    for prompt, subject, n in zip(prompts, subjects, lengths):
-        first, last = subject_span(model, prompt, subject)
-        rows.append(dict(first_subject=first, last_subject=last, final=n - 1, n_tokens=n))
-    return pd.DataFrame(rows)
+#: positions of a fact prompt the probes read by default (:mod:`.positions`)
+PROBE_POSITIONS = (LAST_SUBJECT, LAST)
+#: positions :func:`fact_residuals` can read
+FACT_POSITIONS = (FIRST_SUBJECT, LAST_SUBJECT, LAST)
 
 
 # ---------------------------------------------------------------------------
@@ -173,8 +102,8 @@ def residuals(model, prompts: Sequence[str], positions: Sequence[int] | Mapping[
     Args:
         prompts: prompt texts (the model's BOS is added).
         positions: one token index per prompt (negative indices count from each prompt's own
-            end: ``-1`` is its final token), or a mapping ``name -> indices`` to read several
-            positions in the same pass (e.g. ``{"last_subject": ..., "final": ...}``).
+            end: ``-1`` is its last token), or a mapping ``name -> indices`` to read several
+            positions in the same pass (e.g. ``{"last_subject": ..., "last": ...}``).
         batch_size: prompts per forward pass.
         progress: show a progress bar.
 
@@ -235,13 +164,18 @@ def fact_residuals(model, facts: pd.DataFrame, template: str = FACT_TEMPLATE, po
     Args:
         facts: rows with an ``athlete`` column.
         template: the prompt, with ``{athlete}``.
-        positions: names among ``first_subject``, ``last_subject``, ``final``.
+        positions: names among ``first_subject``, ``last_subject``, ``last`` (``final``, an earlier
+            name of ``last``, is read as ``last``).
+
+    Returns:
+        ``position -> [n, n_layers + 1, d_model]``, keyed by the positions' current names.
     """
     if "athlete" not in facts.columns or len(facts) == 0:
         raise ValueError("fact_residuals needs a non-empty DataFrame with an 'athlete' column.")
-    unknown = [p for p in positions if p not in ("first_subject", "last_subject", "final")]
+    positions = [canonical(p) for p in positions]
+    unknown = [p for p in positions if p not in FACT_POSITIONS]
     if unknown:
-        raise ValueError(f"Unknown position(s) {unknown}; choose among 'first_subject', 'last_subject', 'final'.")
+        raise ValueError(f"Unknown position(s) {unknown}; choose among {list(FACT_POSITIONS)}.")
     athletes = facts["athlete"].astype(str).tolist()
     check_template("template", template, fields=("athlete",))
     prompts = [template.format(athlete=a) for a in athletes]
@@ -279,7 +213,7 @@ def known_fact_residuals(model, facts: pd.DataFrame, label_column: str = "sport"
 
     A fact is known, as in :func:`tasks.known_facts`, when the model's probability of its
     label, normalised over ``answers``, is at least ``threshold``; here that probability comes
-    from the final-token residual the pass already read (:func:`answer_probabilities`), so the
+    from the last-token residual the pass already read (:func:`answer_probabilities`), so the
     facts are not run twice.
 
     Returns:
@@ -293,9 +227,10 @@ def known_fact_residuals(model, facts: pd.DataFrame, label_column: str = "sport"
     unknown = sorted(set(facts[label_column]) - set(answers))
     if unknown:
         raise ValueError(f"Labels {unknown} are not among the answers {answers}. Fix: pass answers=... listing every label.")
-    need = list(dict.fromkeys(list(positions) + ["final"]))
+    positions = [canonical(p) for p in positions]
+    need = list(dict.fromkeys(positions + [LAST]))
     X = fact_residuals(model, facts, template=template, positions=need, batch_size=batch_size, progress=progress)
-    probs = answer_probabilities(model, X["final"][:, -1], [" " + a for a in answers]).numpy()
+    probs = answer_probabilities(model, X[LAST][:, -1], [" " + a for a in answers]).numpy()
     p_true = probs[np.arange(len(facts)), [answers.index(lab) for lab in facts[label_column]]]
     keep = p_true >= threshold
     known = facts.assign(p_true_norm=p_true)[keep].reset_index(drop=True)
@@ -393,7 +328,7 @@ def probe_accuracy(probes: list[Pipeline], X: Float[torch.Tensor, "n layers d_mo
                    **columns) -> pd.DataFrame:
     """Accuracy of each layer's probe on ``(X, y)``: tidy rows ``layer, accuracy, n`` plus constant ``columns``.
 
-    Example: ``probe_accuracy(probes, X_test, y_test, position="final", split="test")``.
+    Example: ``probe_accuracy(probes, X_test, y_test, position="last", split="test")``.
     """
     y = np.asarray(y)
     pred = apply_probes(probes, X)
@@ -448,7 +383,7 @@ def layer_probes(model, facts: pd.DataFrame, label_column: str = "sport", templa
         facts: rows with ``athlete`` and ``label_column`` (typically the facts the model knows).
         label_column: what the probes predict.
         template: the prompt, with ``{athlete}``.
-        positions: among ``first_subject``, ``last_subject``, ``final``.
+        positions: among ``first_subject``, ``last_subject``, ``last`` (``final`` is read as ``last``).
         test_size: fraction held out for testing (0.5: train on one half, test on the other).
         seed: split and solver seed.
         C: the probes' inverse regularisation strength.
@@ -462,6 +397,7 @@ def layer_probes(model, facts: pd.DataFrame, label_column: str = "sport", templa
     if label_column not in facts.columns:
         raise ValueError(f"facts has no column {label_column!r} (columns: {list(facts.columns)}).")
     facts = facts.reset_index(drop=True)
+    positions = [canonical(p) for p in positions]
     y = facts[label_column].to_numpy()
     train, test = split_indices(y, test_size=test_size, seed=seed)
     if X is None:
@@ -479,93 +415,3 @@ def layer_probes(model, facts: pd.DataFrame, label_column: str = "sport", templa
     majority = float(pd.Series(y[test]).value_counts(normalize=True).iloc[0])
     return LayerProbes(acc, probes, X, facts.assign(split=split_col), label_column,
                        meta=dict(majority=majority, seed=seed, C=C, test_size=test_size, n=len(facts)))
-
-
-# ---------------------------------------------------------------------------
-# Figures and explorer
-# ---------------------------------------------------------------------------
-
-
-def plot_probe_accuracy(accuracy: pd.DataFrame, majority: float | None = None, split: str = "test", ax=None,
-                        title: str = "Linear probes for the sport, layer by layer"):
-    """Seaborn line plot of probe accuracy against layer, one line per position.
-
-    Args:
-        accuracy: :attr:`LayerProbes.accuracy` (``layer, position, split, accuracy``).
-        majority: draw the majority-class rate (chance for a constant guess) as a dashed line.
-        split: which split to draw.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.5))
-    data = accuracy[accuracy["split"] == split]
-    if data.empty:
-        raise ValueError(f"No {split!r} rows in the accuracy table (splits: {sorted(accuracy['split'].unique())}).")
-    sns.lineplot(data=data, x="layer", y="accuracy", hue="position", style="position", markers=True, dashes=False, ax=ax)
-    if majority is not None:
-        ax.axhline(majority, color="grey", ls="--", lw=1, label="majority class")
-        ax.legend()
-    ax.set(ylim=(0, 1.02), xlabel="residual stream after this many blocks (0: embeddings)",
-           ylabel=f"{split} accuracy", title=title)
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    return ax
-
-
-def plot_fact_lookup(evidence: pd.DataFrame, ax=None, title: str = "Fact-lookup evidence, block by block"):
-    """The three kinds of evidence of :func:`localization.fact_lookup_evidence` on one axis, FLU shaded.
-
-    Lines: the subject probe's rise (share of its gain reached after the block), the MLP's
-    subject-position effect and the strongest head's final-position effect (both relative to
-    their maximum); the chosen blocks are shaded.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.6))
-    cols = {"probe_rise": "subject probe: share of its gain", "final_rise": "final-token probe: share of its gain",
-            "mlp_rel": "MLP effect at the subject (rel.)", "head_rel": "best head at the final token (rel.)"}
-    long = evidence.melt(id_vars="layer", value_vars=[c for c in cols if c in evidence], var_name="evidence", value_name="value")
-    long["evidence"] = long["evidence"].map(cols)
-    long = long.dropna(subset=["value"])
-    sns.lineplot(data=long, x="layer", y="value", hue="evidence", style="evidence", markers=True, dashes=False, ax=ax)
-    chosen = evidence.loc[evidence["selected"], "layer"]
-    if len(chosen):
-        ax.axvspan(chosen.min() - 0.5, chosen.max() + 0.5, color="tab:green", alpha=0.12, label="FLU")
-    dec = evidence.attrs.get("decision", {})
-    if dec.get("extraction") is not None:
-        ax.axvline(dec["extraction"], color="tab:red", ls=":", lw=1.2, label="extraction")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.set(xlabel="block", ylabel="share of maximum", title=title, xticks=list(evidence["layer"]))
-    return ax
-
-
-def probe_explorer(lp: LayerProbes, default: str | None = None):
-    """Pick an athlete: each layer's probe probability of its true sport, at both positions."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from IPython.display import display
-
-    probs = pd.concat([lp.true_label_probabilities(p) for p in lp.probes], ignore_index=True)
-    athletes = sorted(lp.facts["athlete"])
-    pick = widgets.Dropdown(options=athletes, value=default if default in athletes else athletes[0], description="Athlete:")
-    out = widgets.Output()
-
-    def show(*_):
-        out.clear_output(wait=True)
-        with out:
-            rows = probs[probs["athlete"] == pick.value]
-            fact = lp.facts[lp.facts["athlete"] == pick.value].iloc[0]
-            _, ax = plt.subplots(figsize=(7, 3))
-            sns.lineplot(data=rows, x="layer", y="p_true", hue="position", markers=True, style="position", dashes=False, ax=ax)
-            ax.set(ylim=(0, 1.02), ylabel=f"probe p({fact[lp.label_column]})",
-                   title=f"{pick.value} ({fact[lp.label_column]}; {fact['split']} half)",
-                   xlabel="residual stream after this many blocks")
-            plt.show()
-
-    pick.observe(show, names="value")
-    show()
-    return widgets.VBox([pick, out])

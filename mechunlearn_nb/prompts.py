@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from .checks import ParameterError, check_template
+from .data import SPORTS  # noqa: F401  (the answers of the sports formats: prompts.SPORTS)
 
-SPORTS = ("football", "baseball", "basketball")
 #: the multiple-choice options, in the paper's fixed order
 MCQ_SPORTS = ("football", "baseball", "basketball", "golf")
 LETTERS = ("A", "B", "C", "D")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .io import write_text
+
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{border-bottom:2px solid #444} h2{margin-top:2em;border-bottom:1px solid #ccc}
@@ -44,9 +46,7 @@ def _render_notebook_html(ipynb: Path) -> Path | None:
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
     except Exception:  # nbconvert missing or a notebook it cannot render: the .ipynb link remains
         return None
-    out = ipynb.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
-    return out
+    return write_text(ipynb.with_suffix(".html"), body)
 
 
 def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
@@ -101,8 +101,4 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
                              f"<figcaption class='meta'>{html.escape(png.stem)}</figcaption></figure>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>mechunlearn_nb run {html.escape(run_dir.name)}</title>" \
            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
-    out = run_dir / "report.html"
-    tmp = out.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text(run_dir / "report.html", page)

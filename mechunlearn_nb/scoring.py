@@ -46,10 +46,6 @@ class MultiTokenAnswerError(ValueError):
     """An answer spans several tokens where exactly one is needed."""
 
 
-def tokenizer_of(model):
-    return model.tokenizer
-
-
 #: source folder or HF id of a tokenizer → whether that tokenizer, as shipped, starts a text with BOS
 _OWN_TOKENIZER_BOS: dict[str, bool] = {}
 
@@ -312,8 +308,3 @@ def score_set(model, prompt_set, answers: Sequence[str] | None = None, **kwargs)
     df["labels"] = prompt_set.labels
     return df
 
-
-def label_probs(scores: pd.DataFrame, label: str, normalised: bool = True) -> np.ndarray:
-    """Probability of the candidate carrying ``label`` in each row of :func:`score_set` (NaN if absent)."""
-    col = "probs_norm" if normalised else "probs"
-    return np.array([p[lab.index(label)] if label in lab else np.nan for p, lab in zip(scores[col], scores["labels"])])

@@ -19,6 +19,7 @@ import torch
 
 from . import data as _data
 from .checks import check_float, check_int, check_str
+from .io import write_text
 from .models import cache_dir, hf_model, model_name
 from .prompts import COUNTERFACT_FORMATS, SPORTS, SPORTS_FORMATS, PromptSet, counterfact_prompts, sports_prompts
 from .scoring import score_set
@@ -92,10 +93,7 @@ def known_facts(model, dataset: str = "sports", threshold: float = 0.5, use_cach
     if scores is None:
         scores = score_facts(model, dataset, batch_size=batch_size, progress=progress)
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(scores.to_json(orient="records"))
-            tmp.replace(path)
+            write_text(path, scores.to_json(orient="records"))
     known = scores[scores["p_true_norm"] >= threshold].reset_index(drop=True)
     known.attrs["n_scored"] = len(scores)
     known.attrs["threshold"] = threshold
@@ -204,11 +202,6 @@ class Task:
             return ["target_true"] * len(facts), new
         new_col = facts["new_answer"] if "new_answer" in facts else pd.Series([None] * len(facts))
         return facts["true_answer"].tolist(), [None if pd.isna(v) else str(v) for v in new_col]
-
-    def summary(self) -> pd.DataFrame:
-        """Sizes of the fact sets."""
-        return pd.DataFrame([dict(task=self.name, set=w, n=len(self.facts(w)))
-                             for w in ("forget", "maintain_train", "maintain_eval")])
 
     def __repr__(self) -> str:
         return (f"Task({self.name!r}, {self.dataset}: {len(self.forget)} to edit, "

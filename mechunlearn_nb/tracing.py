@@ -42,28 +42,25 @@ cannot reach them (attention is causal), so restoring them does nothing.
 **Efficiency.** Every restored run is one row of a batch: one forward pass
 restores a different (layer, position) in each row (:func:`.patching.run_patches`),
 and only the last position is unembedded.
+
+Position kinds and the subject span come from :mod:`.positions`. The figures of these
+tables are :func:`.plots.plot_trace`, :func:`.plots.plot_heads` and
+:func:`.plots.plot_fact`; :func:`.widgets.trace_explorer` shows one fact at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 from jaxtyping import Float
 
 from . import scoring
 from .models import hf_model
-from .patching import POSITION_KINDS, PatchInputs, find_subject_span, run_patches, subject_tokens, summarise
+from .patching import PatchInputs, average_over_facts, run_patches
+from .positions import ALL_KINDS, LAST, LAST_SUBJECT, POSITION_KINDS, subject_span, subject_tokens
 from .prompts import FACT_TEMPLATE
-
-#: heatmap colours per component, as in ROME's figures
-CMAPS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds", "head": "Blues"}
-COMPONENT_TITLES = {"resid": "residual stream", "mlp": "MLP output", "attn": "attention output", "head": "attention heads (last token)"}
-
 
 @torch.no_grad()
 def embedding_std(model, subjects: Sequence[str]) -> float:
@@ -108,7 +105,7 @@ def noise_inputs(model, facts: pd.DataFrame, prompts: Sequence[str] | None = Non
     if len(prompts) != len(facts):
         raise ValueError(f"{len(facts)} facts but {len(prompts)} prompts.")
     clean_ids = scoring.encode_prompts(model, list(prompts))
-    spans = [find_subject_span(model, ids, s) for ids, s in zip(clean_ids, subjects)]
+    spans = [subject_span(model, ids, s) for ids, s in zip(clean_ids, subjects)]
     answers = [[scoring.single_token_id(model, " " + str(a).strip())] for a in facts[answer_col]]
     std = embedding_std(model, subjects) if noise_std is None else float(noise_std)
     gen = torch.Generator().manual_seed(int(seed))
@@ -121,7 +118,7 @@ def noise_inputs(model, facts: pd.DataFrame, prompts: Sequence[str] | None = Non
 def trace_facts(model, facts: pd.DataFrame, components: Sequence[str] = ("resid", "attn", "mlp", "head"),
                 window: int = 1, noise_scale: float = 3.0, noise_std: float | None = None, seed: int = 0,
                 layers: Sequence[int] | None = None, kinds: Sequence[str] = POSITION_KINDS,
-                head_positions: str = "last", prompts: Sequence[str] | None = None, batch_size: int = 64,
+                head_positions: str = LAST, prompts: Sequence[str] | None = None, batch_size: int = 64,
                 progress: bool = True) -> pd.DataFrame:
     """Causal tracing, fact by fact.
 
@@ -148,13 +145,13 @@ def trace_facts(model, facts: pd.DataFrame, components: Sequence[str] = ("resid"
 def causal_trace(model, facts: pd.DataFrame, **kwargs) -> pd.DataFrame:
     """Causal tracing averaged over facts: one row per ``component, layer, head, position_kind``.
 
-    Takes :func:`trace_facts`'s arguments; returns :func:`.patching.summarise`'s table, whose
+    Takes :func:`trace_facts`'s arguments; returns :func:`.patching.average_over_facts`'s table, whose
     ``effect`` is the normalised indirect effect.
     """
-    return summarise(trace_facts(model, facts, **kwargs))
+    return average_over_facts(trace_facts(model, facts, **kwargs))
 
 
-def peak(summary: pd.DataFrame, component: str = "mlp", position_kind: str = "last_subject") -> pd.Series:
+def peak(summary: pd.DataFrame, component: str = "mlp", position_kind: str = LAST_SUBJECT) -> pd.Series:
     """The row of the largest effect of one component at one position kind."""
     rows = summary[(summary["component"] == component) & (summary["position_kind"] == position_kind)]
     if rows.empty:
@@ -163,7 +160,7 @@ def peak(summary: pd.DataFrame, component: str = "mlp", position_kind: str = "la
 
 
 # ---------------------------------------------------------------------------
-# Figures and explorers
+# Tables for figures (drawn by plots.plot_trace and plots.plot_heads)
 # ---------------------------------------------------------------------------
 
 
@@ -175,97 +172,13 @@ def effect_grid(summary: pd.DataFrame, component: str) -> pd.DataFrame:
     if component == "head":
         return rows.pivot_table(index="head", columns="layer", values="effect", aggfunc="mean")
     grid = rows.pivot_table(index="position_kind", columns="layer", values="effect", aggfunc="mean")
-    order = [k for k in ("before", "first_subject", "middle_subject", "last_subject", "later", "last", "all") if k in grid.index]
+    order = [k for k in ALL_KINDS if k in grid.index]
     return grid.loc[order]
 
 
-def _heatmap(grid: pd.DataFrame, ax, cmap: str, vmax: float | None = None):
-    """Sequential colours from 0 when effects are (nearly) all positive; diverging around 0 otherwise."""
-    lo, hi = float(np.nanmin(grid.values)), float(np.nanmax(grid.values))
-    hi = vmax if vmax is not None else hi
-    if lo < -0.1 * max(hi, 1e-12):
-        lim = max(abs(lo), abs(hi))
-        sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, cbar_kws=dict(label="effect"))
-    else:
-        sns.heatmap(grid, ax=ax, cmap=cmap, vmin=0, vmax=hi, cbar_kws=dict(label="effect"))
-
-
-def plot_trace(summary: pd.DataFrame, components: Sequence[str] = ("resid", "mlp", "attn"), axes=None,
-               title: str = "Causal tracing", vmax: float | None = None):
-    """ROME-style heatmaps: one panel per component, position kinds × layers, colour = effect.
-
-    Returns:
-        The matplotlib figure.
-    """
-    comps = [c for c in components if (summary["component"] == c).any()]
-    if not comps:
-        raise ValueError(f"None of {list(components)} in this table.")
-    if axes is None:
-        fig, axes = plt.subplots(len(comps), 1, figsize=(9, 1.9 * len(comps) + 0.6), squeeze=False)
-        axes = axes[:, 0]
-    fig = axes[0].figure
-    for ax, comp in zip(axes, comps):
-        grid = effect_grid(summary, comp)
-        _heatmap(grid, ax, CMAPS.get(comp, "viridis"), vmax)
-        ax.set(title=COMPONENT_TITLES.get(comp, comp), xlabel="layer", ylabel="")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_heads(summary: pd.DataFrame, ax=None, title: str = "Attention heads at the last token", cmap: str = "RdBu_r"):
-    """Heatmap of every head's effect: heads × layers."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(9, 2.4))
-    grid = effect_grid(summary, "head")
-    lim = float(np.nanmax(np.abs(grid.values))) or 1.0
-    sns.heatmap(grid, ax=ax, cmap=cmap, center=0, vmin=-lim, vmax=lim, cbar_kws=dict(label="effect"))
-    ax.set(title=title, xlabel="layer", ylabel="head")
-    return ax
-
-
-def plot_fact(per_fact: pd.DataFrame, subject: str, component: str = "mlp", ax=None, cmap: str | None = None):
-    """One fact's trace: its tokens (rows) × layers, colour = that fact's normalised effect."""
-    rows = per_fact[(per_fact["subject"] == subject) & (per_fact["component"] == component)]
-    if rows.empty:
-        raise ValueError(f"No {component!r} rows for {subject!r}; traced subjects: {sorted(per_fact['subject'].unique())[:10]}.")
-    rows = rows.drop_duplicates(["layer", "head", "position"])
-    if component == "head":
-        grid = rows.pivot_table(index="head", columns="layer", values="effect")
-    else:
-        rows = rows.assign(label=[f"{p}: {t}" for p, t in zip(rows["position"], rows["token"])])
-        grid = rows.pivot_table(index="label", columns="layer", values="effect", sort=False)
-        order = rows.drop_duplicates("label").sort_values("position")["label"]
-        grid = grid.loc[order]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(9, 0.35 * len(grid) + 1.2))
-    _heatmap(grid, ax, cmap or CMAPS.get(component, "viridis"))
-    r = rows.iloc[0]
-    ax.set(title=f"{subject}: {COMPONENT_TITLES.get(component, component)} (p clean {r['clean']:.2f}, corrupted {r['corrupt']:.2f})",
-           xlabel="layer", ylabel="")
-    return ax
-
-
-def trace_explorer(per_fact: pd.DataFrame, components: Sequence[str] | None = None):
-    """Pick a traced fact and a component: see that fact's trace."""
-    import ipywidgets as widgets
-
-    subjects = list(dict.fromkeys(per_fact["subject"]))
-    comps = list(components or [c for c in ("resid", "mlp", "attn", "head") if (per_fact["component"] == c).any()])
-    pick = widgets.Dropdown(options=subjects, description="Athlete:")
-    comp = widgets.ToggleButtons(options=comps, value=comps[min(1, len(comps) - 1)], description="Component:")
-    out = widgets.Output()
-
-    def show(*_):
-        out.clear_output(wait=True)
-        with out:
-            ax = plot_fact(per_fact, pick.value, comp.value)
-            plt.show(ax.figure)
-
-    pick.observe(show, names="value")
-    comp.observe(show, names="value")
-    show()
-    return widgets.VBox([widgets.HBox([pick, comp]), out])
+# ---------------------------------------------------------------------------
+# Attention patterns (viewed with circuitsvis)
+# ---------------------------------------------------------------------------
 
 
 @torch.no_grad()

@@ -2,31 +2,24 @@
 
 Every explorer computes with this package's functions and returns the widget
 (display it as a cell's last expression). The computation behind each one is
-also a plain function, so the same numbers can be had without a widget.
+also a plain function, so the same numbers can be had without a widget. This
+is the view layer, with :mod:`.plots`: it imports the computation modules,
+none of them imports it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import ipywidgets as widgets
+import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 from IPython.display import display
 
-from .prompts import SPORTS_FORMATS, sports_prompts
-from .scoring import score_set
-
-
-def sport_probabilities(model, athlete: str, formats=SPORTS_FORMATS) -> pd.DataFrame:
-    """Normalised probability of each sport for one athlete, in every sports format (tidy)."""
-    athlete = athlete.strip()
-    if not athlete:
-        raise ValueError("Type an athlete's name.")
-    facts = pd.DataFrame({"athlete": [athlete]})
-    rows = []
-    for fmt in formats:
-        sc = score_set(model, sports_prompts(facts, fmt), progress=False)
-        for label, p in zip(sc["labels"][0], sc["probs_norm"][0]):
-            rows.append(dict(format=fmt, sport=label, probability=float(p)))
-    return pd.DataFrame(rows)
+from . import comparison, evaluation, plots, probing
+from .evaluation import sport_probabilities
+from .prompts import SPORTS_FORMATS
 
 
 def athlete_explorer(model, default: str = "LeBron James", formats=("fact", "qa")) -> widgets.VBox:
@@ -52,11 +45,6 @@ def athlete_explorer(model, default: str = "LeBron James", formats=("fact", "qa"
 def grid_explorer(out_dir) -> widgets.VBox:
     """Pick a task, a localization and a seed of a comparison grid: see that cell's metrics, its whole
     evaluation table before and after the edit, and its relearning curve (reads the saved cells only)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from . import comparison
-
     cells = comparison.saved_cells(out_dir)
     pick = {col: widgets.Dropdown(options=list(dict.fromkeys(cells[col])), description=f"{col.capitalize()}:")
             for col in ("task", "localization", "seed")}
@@ -88,3 +76,86 @@ def grid_explorer(out_dir) -> widgets.VBox:
         w.observe(show, names="value")
     show()
     return widgets.VBox([widgets.HBox(list(pick.values())), out])
+
+
+# ---------------------------------------------------------------------------
+# Causal tracing and patching: one fact at a time
+# ---------------------------------------------------------------------------
+
+
+def trace_explorer(per_fact: pd.DataFrame, components: Sequence[str] | None = None):
+    """Pick a traced fact and a component: see that fact's trace."""
+    subjects = list(dict.fromkeys(per_fact["subject"]))
+    comps = list(components or [c for c in ("resid", "mlp", "attn", "head") if (per_fact["component"] == c).any()])
+    pick = widgets.Dropdown(options=subjects, description="Athlete:")
+    comp = widgets.ToggleButtons(options=comps, value=comps[min(1, len(comps) - 1)], description="Component:")
+    out = widgets.Output()
+
+    def show(*_):
+        out.clear_output(wait=True)
+        with out:
+            ax = plots.plot_fact(per_fact, pick.value, comp.value)
+            plt.show(ax.figure)
+
+    pick.observe(show, names="value")
+    comp.observe(show, names="value")
+    show()
+    return widgets.VBox([widgets.HBox([pick, comp]), out])
+
+
+# ---------------------------------------------------------------------------
+# Probes: one athlete at a time
+# ---------------------------------------------------------------------------
+
+
+def probe_explorer(lp: probing.LayerProbes, default: str | None = None):
+    """Pick an athlete: each layer's probe probability of its true sport, at both positions."""
+    probs = pd.concat([lp.true_label_probabilities(p) for p in lp.probes], ignore_index=True)
+    athletes = sorted(lp.facts["athlete"])
+    pick = widgets.Dropdown(options=athletes, value=default if default in athletes else athletes[0], description="Athlete:")
+    out = widgets.Output()
+
+    def show(*_):
+        out.clear_output(wait=True)
+        with out:
+            rows = probs[probs["athlete"] == pick.value]
+            fact = lp.facts[lp.facts["athlete"] == pick.value].iloc[0]
+            _, ax = plt.subplots(figsize=(7, 3))
+            sns.lineplot(data=rows, x="layer", y="p_true", hue="position", markers=True, style="position", dashes=False, ax=ax)
+            ax.set(ylim=(0, 1.02), ylabel=f"probe p({fact[lp.label_column]})",
+                   title=f"{pick.value} ({fact[lp.label_column]}; {fact['split']} half)",
+                   xlabel="residual stream after this many blocks")
+            plt.show()
+
+    pick.observe(show, names="value")
+    show()
+    return widgets.VBox([pick, out])
+
+
+# ---------------------------------------------------------------------------
+# Edits: one athlete before and after
+# ---------------------------------------------------------------------------
+
+
+def edit_explorer(model, results: dict, athletes: list[str], formats=SPORTS_FORMATS):
+    """A widget: pick an athlete and an edit, see the sport probabilities before and after, in every format."""
+    if not athletes:
+        raise ValueError("No athletes to choose from. Fix: pass the edited athletes, e.g. task.subjects.")
+    who = widgets.Dropdown(options=list(athletes), description="Athlete:")
+    which = widgets.Dropdown(options=list(results), description="Edit:")
+    out = widgets.Output()
+
+    def show(*_):
+        out.clear_output(wait=True)
+        with out:
+            table = evaluation.athlete_before_after(model, who.value, {which.value: results[which.value]}, formats)
+            g = sns.catplot(data=table, x="sport", y="probability", hue="model", col="format", kind="bar",
+                            height=2.4, aspect=1.0, palette=["#999999", "#d62728"])
+            g.set(ylim=(0, 1))
+            plt.show()
+            display(table.pivot_table(index=["format", "sport"], columns="model", values="probability").round(3))
+
+    who.observe(show, names="value")
+    which.observe(show, names="value")
+    show()
+    return widgets.VBox([widgets.HBox([who, which]), out])

@@ -183,11 +183,11 @@ def test_latent_probe_fractions(tiny, task, result):
     assert len(table) == 2 * n_layers
     assert ((table["frac_true"] + table["frac_edit"]) <= 1 + 1e-9).all()
     assert table[["frac_true", "frac_edit", "maintain_acc"]].stack().between(0, 1).all()
-    summary = latent.summarise(table, last_k=1, window=(1, 2))
+    summary = latent.fractions_by_edit(table, last_k=1, window=(1, 2))
     assert list(summary["localization"]) == ["base", "tiny loc"]
     assert summary[["late_frac_true", "window_frac_true", "window_frac_edit"]].stack().between(0, 1).all()
     with pytest.raises(ValueError, match="No layer in window"):
-        latent.summarise(table, window=(7, 9))
+        latent.fractions_by_edit(table, window=(7, 9))
     long = latent.long_form(table)
     assert set(long["prediction"]) == {"ground truth", "edit label"} and set(long["localization"]) == {"tiny loc"}
     # the base model's read-outs reused from an earlier call (one edit per call): the same table

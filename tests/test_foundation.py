@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mechunlearn_nb import data, expected, models, prompts, scoring, tasks
-from mechunlearn_nb.io import metric_key, save_json
+from mechunlearn_nb.io import save_json, slug
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -224,7 +224,40 @@ def test_embedded_model_loads_from_cache_quickly(gemma):
     assert not list(models.embedded_model_dir().parent.glob(".*partial*"))
 
 
-def test_metric_key_names_localizations_in_metrics():
-    assert metric_key("OT (causal tracing)") == "ot_causal_tracing"
-    assert metric_key("fact lookup") == "fact_lookup" and metric_key("all MLPs") == "all_mlps"
-    assert metric_key("non-localized") == "non_localized"
+def test_slug_names_localizations_in_metrics_and_files():
+    # the notebooks' metric keys (snake case) ...
+    assert slug("OT (causal tracing)", sep="_") == "ot_causal_tracing"
+    assert slug("fact lookup", sep="_") == "fact_lookup" and slug("all MLPs", sep="_") == "all_mlps"
+    assert slug("non-localized", sep="_") == "non_localized"
+    # ... and the grid's cell files and metric keys (kebab case, parts joined by "__")
+    assert slug("OT (causal tracing)") == "ot-causal-tracing"
+    assert slug("counterfact 16", "all MLPs", 0) == "counterfact-16__all-mlps__0"
+
+
+def test_incomplete_embedded_model_folder_is_a_clear_error(tmp_path):
+    folder = tmp_path / "models" / models._EMBEDDED_FOLDER
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="incomplete.*Fix: delete that folder"):
+        models.embedded_model_dir(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]  # left as it was
+
+
+def test_plots_save_writes_the_figure_into_a_new_folder(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from mechunlearn_nb import plots
+
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [0, 1])
+    path = plots.save(ax, tmp_path / "new" / "line.png")
+    assert path == tmp_path / "new" / "line.png" and sorted(p.name for p in path.parent.iterdir()) == ["line.png"]
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.info["dpi"][0] == pytest.approx(110, abs=0.5)
+    with pytest.raises(TypeError, match="matplotlib figure"):
+        plots.save("not a figure", tmp_path / "x.png")
+    plt.close(fig)

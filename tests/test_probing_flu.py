@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mechunlearn_nb import localization, probing, prompts
+from mechunlearn_nb import localization, positions, probing, prompts, scoring
 
 ATHLETES = ["LeBron James", "Tom Brady", "Anthony DeSclafani", "DeForest Buckner", "Derek Jeter"]
 
@@ -23,31 +23,39 @@ def test_subject_span_matches_the_subject_tokens(tiny):
     tok = tiny.tokenizer
     for a in ATHLETES:
         p = _fact(a)
-        first, last = probing.subject_span(tiny, p, a)
         ids = tok(p)["input_ids"]
-        assert ids[first : last + 1] == tok(" " + a, add_special_tokens=False)["input_ids"]
+        start, end = positions.subject_span(tiny, ids, a, prompt=p)
+        # end exclusive, as a Python slice
+        assert ids[start:end] == tok(" " + a, add_special_tokens=False)["input_ids"]
         # the one-shot athlete comes first: the span is the queried athlete's, after it
-        assert first > 4
-    pos = probing.fact_positions(tiny, [_fact(a) for a in ATHLETES], ATHLETES)
-    assert list(pos.columns) == ["first_subject", "last_subject", "final", "n_tokens"]
-    assert (pos["final"] == pos["n_tokens"] - 1).all() and (pos["last_subject"] < pos["final"]).all()
+        assert start > 4
+    pos = positions.fact_positions(tiny, [_fact(a) for a in ATHLETES], ATHLETES)
+    assert list(pos.columns) == ["first_subject", "last_subject", "last", "n_tokens"]
+    assert (pos["last"] == pos["n_tokens"] - 1).all() and (pos["last_subject"] < pos["last"]).all()
     assert (pos["first_subject"] <= pos["last_subject"]).all()
+    spans = [positions.subject_span(tiny, ids, a) for ids, a in zip(scoring.encode_prompts(tiny, [_fact(a) for a in ATHLETES]), ATHLETES)]
+    assert pos["first_subject"].tolist() == [s for s, _ in spans] and pos["last_subject"].tolist() == [e - 1 for _, e in spans]
 
 
 def test_subject_span_falls_back_to_character_offsets(tiny):
     # glued to its neighbours the subject tokenizes differently than on its own
     prompt = "Who is(LeBron Jamesx)?"
-    first, last = probing.subject_span(tiny, prompt, "LeBron James")
-    toks = tiny.tokenizer.convert_ids_to_tokens(tiny.tokenizer(prompt)["input_ids"])
-    text = "".join(toks[first : last + 1]).replace("▁", " ")
+    ids = tiny.tokenizer(prompt)["input_ids"]
+    start, end = positions.subject_span(tiny, ids, "LeBron James", prompt=prompt)
+    toks = tiny.tokenizer.convert_ids_to_tokens(ids)
+    text = "".join(toks[start:end]).replace("▁", " ")
     assert "LeBron" in text and "James" in text
 
 
 def test_subject_not_in_prompt_is_a_clear_error(tiny):
-    with pytest.raises(probing.SubjectNotFoundError, match="does not occur in the prompt"):
-        probing.subject_span(tiny, _fact("LeBron James"), "Michael Jordan")
+    p = _fact("LeBron James")
+    with pytest.raises(positions.SubjectNotFoundError, match="does not occur in the prompt"):
+        positions.subject_span(tiny, tiny.tokenizer(p)["input_ids"], "Michael Jordan", prompt=p)
     with pytest.raises(ValueError, match="one subject per prompt"):
-        probing.fact_positions(tiny, [_fact("Tom Brady")], [])
+        positions.fact_positions(tiny, [_fact("Tom Brady")], [])
+    # without the prompt's text, a subject missing from the tokens is the same error
+    with pytest.raises(positions.SubjectNotFoundError, match="not found in the prompt's tokens"):
+        positions.subject_span(tiny, tiny.tokenizer(p)["input_ids"], "Michael Jordan")
 
 
 # ---------------------------------------------------------------------------
@@ -57,18 +65,18 @@ def test_subject_not_in_prompt_is_a_clear_error(tiny):
 
 def test_residual_shapes_and_batch_equals_single(tiny):
     ps = [_fact(a) for a in ATHLETES]
-    pos = probing.fact_positions(tiny, ps, ATHLETES)
+    pos = positions.fact_positions(tiny, ps, ATHLETES)
     n_points = tiny.cfg.n_layers + 1
     X = probing.residuals(tiny, ps, pos["last_subject"].to_numpy(), batch_size=3, progress=False)
     assert X.shape == (len(ps), n_points, tiny.cfg.d_model) and X.dtype == torch.float32
-    both = probing.residuals(tiny, ps, {"last_subject": pos["last_subject"], "final": [-1] * len(ps)},
+    both = probing.residuals(tiny, ps, {"last_subject": pos["last_subject"], "last": [-1] * len(ps)},
                              batch_size=len(ps), progress=False)
-    assert set(both) == {"last_subject", "final"}
+    assert set(both) == {"last_subject", "last"}
     torch.testing.assert_close(both["last_subject"], X, atol=1e-4, rtol=1e-4)
     single = torch.cat([probing.residuals(tiny, [p], [-1], progress=False) for p in ps])
-    torch.testing.assert_close(both["final"], single, atol=1e-4, rtol=1e-4)
-    # -1 and the absolute final index are the same position; different layers differ
-    torch.testing.assert_close(probing.residuals(tiny, ps[:2], pos["final"][:2], progress=False), single[:2])
+    torch.testing.assert_close(both["last"], single, atol=1e-4, rtol=1e-4)
+    # -1 and the absolute last index are the same position; different layers differ
+    torch.testing.assert_close(probing.residuals(tiny, ps[:2], pos["last"][:2], progress=False), single[:2])
     assert not torch.allclose(X[:, 0], X[:, -1])
 
 
@@ -100,7 +108,11 @@ def test_answer_probabilities_match_scoring(tiny):
     known, Xk = probing.known_fact_residuals(tiny, facts, threshold=0.3, progress=False)
     expect = ref[np.arange(5), [["football", "baseball", "basketball"].index(s) for s in facts["sport"]]] >= 0.3
     assert known["athlete"].tolist() == facts["athlete"][expect].tolist()
-    assert Xk["last_subject"].shape[0] == len(known) and set(Xk) == {"last_subject", "final"}
+    assert Xk["last_subject"].shape[0] == len(known) and set(Xk) == {"last_subject", "last"}
+    # "final", the last token's earlier name, is read as "last"
+    _, Xo = probing.known_fact_residuals(tiny, facts, threshold=0.3, positions=("last_subject", "final"), progress=False)
+    assert set(Xo) == {"last_subject", "last"}
+    torch.testing.assert_close(Xo["last"], Xk["last"])
     with pytest.raises(ValueError, match="not among the answers"):
         probing.known_fact_residuals(tiny, facts.assign(sport="golf"), progress=False)
 
@@ -148,10 +160,10 @@ def test_layer_probes_on_the_tiny_model(tiny):
                           "sport": ["basketball", "football", "baseball", "football", "baseball"] * 2 + ["basketball", "football"]})
     lp = probing.layer_probes(tiny, facts, progress=False)
     acc = lp.accuracy
-    assert set(acc["position"]) == {"last_subject", "final"} and set(acc["split"]) == {"train", "test"}
+    assert set(acc["position"]) == {"last_subject", "last"} and set(acc["split"]) == {"train", "test"}
     assert len(acc) == 2 * 2 * (tiny.cfg.n_layers + 1)
     assert acc["accuracy"].between(0, 1).all()
-    assert lp.X["final"].shape == (len(facts), tiny.cfg.n_layers + 1, tiny.cfg.d_model)
+    assert lp.X["last"].shape == (len(facts), tiny.cfg.n_layers + 1, tiny.cfg.d_model)
     assert (lp.facts["split"] == "test").sum() == (acc["n"][acc["split"] == "test"]).iloc[0]
     tl = lp.true_label_probabilities("last_subject")
     assert set(tl.columns) == {"athlete", "split", "layer", "p_true", "position"} and len(tl) == len(facts) * (tiny.cfg.n_layers + 1)
@@ -166,9 +178,9 @@ N_LAYERS = 12
 
 
 def _probe_df(subject=(0.4, 0.4, 0.45, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9),
-              final=(0.35, 0.35, 0.35, 0.35, 0.4, 0.4, 0.4, 0.45, 0.5, 0.9, 0.95, 0.95, 0.95)):
+              last=(0.35, 0.35, 0.35, 0.35, 0.4, 0.4, 0.4, 0.45, 0.5, 0.9, 0.95, 0.95, 0.95)):
     rows = [dict(layer=i, position="last_subject", split="test", accuracy=a) for i, a in enumerate(subject)]
-    rows += [dict(layer=i, position="final", split="test", accuracy=a) for i, a in enumerate(final)]
+    rows += [dict(layer=i, position="last", split="test", accuracy=a) for i, a in enumerate(last)]
     rows += [dict(layer=i, position="last_subject", split="train", accuracy=1.0) for i in range(len(subject))]
     return pd.DataFrame(rows)
 
@@ -215,12 +227,15 @@ def test_flu_rule_picks_the_expected_layers():
     assert tight.attrs["decision"]["layers"] == [4]
 
 
-def test_flu_rule_without_heads_uses_the_final_probe():
+def test_flu_rule_without_heads_uses_the_last_token_probe():
     pdf = _patching_df()
     ev = localization.fact_lookup_evidence(_probe_df(), pdf[pdf["component"] != "head"])
     dec = ev.attrs["decision"]
-    # the final-token probe reaches half its gain after block 8 (probe layer 9): end = 7
-    assert dec["extraction"] == 8 and dec["extraction_from"] == "final-token probes"
+    # the last-token probe reaches half its gain after block 8 (probe layer 9): end = 7
+    assert dec["extraction"] == 8 and dec["extraction_from"] == "last-token probes"
+    # a probe table that calls the last token "final" (its earlier name) gives the same decision
+    old = _probe_df().replace({"position": {"last": "final"}})
+    assert localization.fact_lookup_evidence(old, pdf[pdf["component"] != "head"]).attrs["decision"] == dec
     assert dec["layers"] == [2, 3, 4, 5]
     no_probes = localization.fact_lookup_evidence(None, pdf[pdf["component"] != "head"], n_layers=N_LAYERS)
     assert no_probes.attrs["decision"]["start"] == 0 and no_probes.attrs["decision"]["layers"] == list(range(0, 9))
@@ -248,7 +263,7 @@ def test_flu_rule_errors_on_empty_or_contradicting_evidence(tiny):
 
 def test_fact_lookup_builds_a_localization(tiny):
     # tiny has 2 blocks: probes rise after block 0, MLPs 0 and 1 matter at the subject, no extraction head
-    probe = _probe_df(subject=(0.3, 0.8, 0.9), final=(0.3, 0.3, 0.3))
+    probe = _probe_df(subject=(0.3, 0.8, 0.9), last=(0.3, 0.3, 0.3))
     loc = localization.fact_lookup(tiny, probe, _patching_df(mlp=[0.4, 0.5], heads=None), mlp_threshold=0.5)
     assert loc.components == ["m0", "m1"] and loc.name == "fact lookup"
     both = localization.Localization.from_components(tiny, ["m0", "m1"])

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mechunlearn_nb import localization, models, patching, tracing
+from mechunlearn_nb import localization, models, patching, positions, tracing
 
 FACTS = pd.DataFrame({
     "athlete": ["Magic Johnson", "Tom Brady", "Derek Jeter", "Kobe Bryant"],
@@ -27,16 +27,16 @@ def traced(tiny):
 
 def test_subject_span_and_kinds(tiny):
     ids = tiny.tokenizer("Fact: Tiger Woods plays golf\nFact: Magic Johnson plays the sport of")["input_ids"]
-    start, end = patching.find_subject_span(tiny, ids, "Magic Johnson")
+    start, end = positions.subject_span(tiny, ids, "Magic Johnson")
     assert tiny.tokenizer.decode(ids[start:end]).strip() == "Magic Johnson"
-    start_tw, _ = patching.find_subject_span(tiny, ids, "Tiger Woods")
+    start_tw, _ = positions.subject_span(tiny, ids, "Tiger Woods")
     assert start_tw < start
-    kinds = [patching.position_kind(p, start, end, len(ids)) for p in range(len(ids))]
+    kinds = [positions.position_kind(p, start, end, len(ids)) for p in range(len(ids))]
     assert kinds[start] == ["first_subject"] and kinds[end - 1] == ["last_subject"]
     assert kinds[-1] == ["last"] and kinds[end] == ["later"] and kinds[0] == ["before"]
-    assert patching.position_kind(3, 3, 4, 6) == ["first_subject", "last_subject"]
+    assert positions.position_kind(3, 3, 4, 6) == ["first_subject", "last_subject"]
     with pytest.raises(ValueError, match="not found"):
-        patching.find_subject_span(tiny, ids, "Shaquille O'Neal")
+        positions.subject_span(tiny, ids, "Shaquille O'Neal")
 
 
 def test_tracing_endpoints(traced, tiny):
@@ -47,10 +47,10 @@ def test_tracing_endpoints(traced, tiny):
     np.testing.assert_allclose(top["value"], top["clean"], rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(top["effect"], 1.0, atol=1e-3)
     # every kind, every layer, every head at the last token is there
-    assert set(traced["position_kind"]) == set(patching.POSITION_KINDS)
+    assert set(traced["position_kind"]) == set(positions.POSITION_KINDS)
     heads = traced[traced.component == "head"]
     assert len(heads) == 2 * tiny.cfg.n_layers * tiny.cfg.n_heads and (heads.position_kind == "last").all()
-    summary = patching.summarise(traced)
+    summary = patching.average_over_facts(traced)
     assert {"layer", "position_kind", "component", "head", "effect"} <= set(summary.columns)
     assert summary["head"].isna().sum() == (summary["component"] != "head").sum()
     assert tracing.peak(summary, "resid", "last")["layer"] == last_layer
@@ -114,7 +114,7 @@ def test_activation_patching_endpoints(tiny):
     pf = patching.run_patches(tiny, inputs, components=("resid", "head"), head_positions="all", progress=False)
     last = pf[(pf.component == "resid") & (pf.layer == tiny.cfg.n_layers - 1) & (pf.position_kind == "last")]
     np.testing.assert_allclose(last["value"], last["clean"], rtol=1e-4, atol=1e-5)
-    s = patching.summarise(pf)
+    s = patching.average_over_facts(pf)
     row = s[(s.component == "resid") & (s.layer == tiny.cfg.n_layers - 1) & (s.position_kind == "last")]
     assert row["effect"].item() == pytest.approx(1.0, abs=1e-3)
     assert (pf[pf.component == "head"]["position_kind"] == "all").all()
@@ -135,8 +135,8 @@ def test_attribution_patching_matches_small_changes(tiny):
     inputs = tracing.noise_inputs(tiny, FACTS.head(2), noise_scale=1e-3, seed=0)
     inputs.metric = "logit_diff"
     inputs.candidates = [[models_tok(tiny, s) for s in (" basketball", " football", " baseball")]] * 2
-    ap = patching.summarise(patching.attribution_patching(tiny, inputs, progress=False))
-    act = patching.summarise(patching.run_patches(tiny, inputs, components=("attn", "mlp", "head"), progress=False))
+    ap = patching.average_over_facts(patching.attribution_patching(tiny, inputs, progress=False))
+    act = patching.average_over_facts(patching.run_patches(tiny, inputs, components=("attn", "mlp", "head"), progress=False))
     table = patching.compare(act, ap)
     assert len(table) > 10 and np.isfinite(table[["effect_patching", "effect_attribution"]]).all().all()
     big = table[table["effect_patching"].abs() > 0.05]
