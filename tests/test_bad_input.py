@@ -477,10 +477,10 @@ def test_prompts_are_scored_as_the_models_own_tokenizer_tokenizes(tmp_path, add_
     want = torch.softmax(logits.double(), -1)[[scoring.single_token_id(model, " golf"), scoring.single_token_id(model, " tennis")]]
     assert torch.allclose(torch.tensor(got, dtype=torch.float64), want, rtol=1e-4)
     # the subject span counts the BOS only when there is one
-    from mechunlearn_nb import probing
+    from mechunlearn_nb import positions
 
-    start, end = probing.subject_span(model, prompt, "Tiger Woods")
-    assert own.convert_ids_to_tokens(own(prompt)["input_ids"][start:end + 1]) == own.tokenize(" Tiger Woods")
+    start, end = positions.subject_span(model, ids, "Tiger Woods", prompt=prompt)  # end exclusive
+    assert own.convert_ids_to_tokens(own(prompt)["input_ids"][start:end]) == own.tokenize(" Tiger Woods")
 
 
 def test_embedded_tokenizer_keeps_its_bos_so_results_do_not_change(tiny):

@@ -234,15 +234,6 @@ def test_slug_names_localizations_in_metrics_and_files():
     assert slug("counterfact 16", "all MLPs", 0) == "counterfact-16__all-mlps__0"
 
 
-def test_incomplete_embedded_model_folder_is_a_clear_error(tmp_path):
-    folder = tmp_path / "models" / models._EMBEDDED_FOLDER
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    with pytest.raises(RuntimeError, match="incomplete.*Fix: delete that folder"):
-        models.embedded_model_dir(tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]  # left as it was
-
-
 def test_plots_save_writes_the_figure_into_a_new_folder(tmp_path):
     import matplotlib
 
