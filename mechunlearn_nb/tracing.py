@@ -56,7 +56,7 @@ import torch
 from jaxtyping import Float
 
 from . import scoring
-from .models import hf_model
+from .models import Component, hf_model
 from .patching import POSITION_KINDS, PatchInputs, find_subject_span, run_patches, subject_tokens, summarise
 from .prompts import FACT_TEMPLATE
 
@@ -287,15 +287,28 @@ def attention_pattern(model, prompt: str, layer: int) -> tuple[list[str], Float[
 
 
 def show_head(model, prompt: str, layer: int, head: int | None = None):
-    """circuitsvis view of a layer's attention pattern on a prompt (one head, or all heads)."""
+    """circuitsvis view of a layer's attention pattern on a prompt (one head, or all heads), each head
+    labelled with its component name (``"a3.h2"``: head 2 of layer 3, as in localizations' component lists).
+
+    The view carries circuitsvis's JavaScript inline (~1.3 MB) rather than loading it from a CDN, which
+    circuitsvis does whenever it can reach the internet: the notebook then shows the same thing offline
+    and online, and opening it never makes a request to another machine.
+
+    Returns:
+        An ``IPython.display.HTML`` object; display it (a cell's last expression) to see the view.
+    """
     import circuitsvis.attention as cva
+    from IPython.display import HTML
 
     tokens, pattern = attention_pattern(model, prompt, layer)
+    heads = list(range(pattern.shape[0]))
     if head is not None:
         if not 0 <= head < pattern.shape[0]:
             raise ValueError(f"Head {head} does not exist (layer {layer} has {pattern.shape[0]} heads).")
-        pattern = pattern[head : head + 1]
-    return cva.attention_patterns(tokens=tokens, attention=pattern)
+        pattern, heads = pattern[head : head + 1], [head]
+    view = cva.attention_heads(attention=pattern, tokens=tokens,
+                               attention_head_names=[Component(layer, "head", h).name for h in heads])
+    return HTML(view.local_src)
 
 
 def head_explorer(model, prompts: dict[str, str], default_layer: int | None = None, default_head: int = 0):
@@ -322,7 +335,7 @@ def head_explorer(model, prompts: dict[str, str], default_layer: int | None = No
     def show(*_):
         out.clear_output(wait=True)
         with out:
-            print(f"{pick.value!r}, layer {layer.value}, head {head.value}")
+            print(f"{pick.value!r}, head {Component(layer.value, 'head', head.value).name}")
             display(show_head(model, prompts[pick.value], layer.value, head.value))
 
     for w in (pick, layer, head):

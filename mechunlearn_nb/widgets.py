@@ -58,7 +58,9 @@ def grid_explorer(out_dir) -> widgets.VBox:
     from . import comparison
 
     cells = comparison.saved_cells(out_dir)
-    pick = {col: widgets.Dropdown(options=list(dict.fromkeys(cells[col])), description=f"{col.capitalize()}:")
+    # 'initial' sizes each label to its text; the default fixed width cuts "Localization:" off
+    pick = {col: widgets.Dropdown(options=list(dict.fromkeys(cells[col])), description=f"{col.capitalize()}:",
+                                  style={"description_width": "initial"})
             for col in ("task", "localization", "seed")}
     out = widgets.Output()
 
