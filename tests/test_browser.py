@@ -234,9 +234,10 @@ def _wait_for_change(page, locator, before: str, what: str):
 
 def test_quickstart_athlete_explorer_answers_typing(lab, browser_context, tmp_path):
     """Notebook 00 (FAST) in JupyterLab: Run All, type another athlete, the explorer's table changes."""
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    nb = nbformat.read(REPO / "notebooks" / "00_quickstart.ipynb", as_version=4)
+    nb = load_notebook_node(str(REPO / "notebooks" / "00_quickstart.ipynb"))  # as papermill reads it
     nb = parameterize_notebook(nb, {"FAST": True, "OUTPUT_DIR": str(tmp_path / "00_quickstart")})
     nbformat.write(nb, lab.root / "00_quickstart.ipynb")
     page = browser_context.new_page()
@@ -252,7 +253,7 @@ def test_quickstart_athlete_explorer_answers_typing(lab, browser_context, tmp_pa
     box.fill("Tom Brady")
     box.press("Enter")
     after = _wait_for_change(page, table, before, "athlete_explorer's table after typing 'Tom Brady'")
-    assert "football" in after and "Type an athlete" not in after
+    assert "fact" in after and "qa" in after, f"no sport table for 'Tom Brady':\n{after[:500]}"
     _screenshot(explorer, tmp_path, "00_athlete_explorer")
     assert not requests.outside(), f"requests left the machine: {requests.outside()[:10]}"
     page.close()
