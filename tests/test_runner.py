@@ -144,3 +144,24 @@ def test_full_run_computes_a_grid_in_parts_then_assembles_it(tmp_path):
     assert "parts" not in entry and entry["metrics"]["computed_here"] == 6
     with pytest.raises(ValueError, match="workers"):
         runner.run_series(tmp_path / "runs", notebook_dir=books, workers=0)
+
+
+def test_notebooks_name_the_course_kernel_and_papermill_needs_none(tmp_path):
+    """JupyterLab opens the course on the kernel setup.sh registers (mechunlearn_nb); papermill runs each
+    notebook on this interpreter's own kernel, whatever its metadata names, so a fresh machine (CI) runs them."""
+    import sys
+    from pathlib import Path
+
+    for nb_path in runner.list_notebooks():
+        spec = nbformat.read(nb_path, as_version=4).metadata["kernelspec"]
+        assert spec["name"] == "mechunlearn_nb", f"{nb_path.name} names kernel {spec['name']!r}"
+    books, run = tmp_path / "nb", tmp_path / "run"
+    books.mkdir()
+    run.mkdir()
+    _notebook(books / "00_named.ipynb", "import sys\nfrom mechunlearn_nb import io\n"
+              "io.write_metrics(io.output_dir(OUTPUT_DIR), {'python': sys.executable})")
+    nb = nbformat.read(books / "00_named.ipynb", as_version=4)
+    nb.metadata["kernelspec"] = {"name": "a-kernel-nobody-registered", "display_name": "?", "language": "python"}
+    nbformat.write(nb, books / "00_named.ipynb")
+    python = runner.run_notebook(books / "00_named.ipynb", run, {"FAST": True})["python"]
+    assert Path(python).resolve() == Path(sys.executable).resolve()
