@@ -165,3 +165,20 @@ def test_notebooks_name_the_course_kernel_and_papermill_needs_none(tmp_path):
     nbformat.write(nb, books / "00_named.ipynb")
     python = runner.run_notebook(books / "00_named.ipynb", run, {"FAST": True})["python"]
     assert Path(python).resolve() == Path(sys.executable).resolve()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["grid-status", "--help"]])
+def test_cli_help_is_plain_text(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    assert "usage: python -m mechunlearn_nb" in shown and "``" not in shown
+
+
+def test_cli_version(capsys):
+    import mechunlearn_nb
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"python -m mechunlearn_nb {mechunlearn_nb.__version__}"
