@@ -164,6 +164,10 @@ class Requests:
 
         return [u for u in self.urls if not local(u)]
 
+    def assert_stayed_local(self):
+        assert self.urls, "no request recorded: the page did not load from the server"
+        assert not self.outside(), f"requests left the machine: {self.outside()[:10]}"
+
 
 def _screenshot(locator, tmp_path: Path, name: str) -> Path:
     """Save a view's screenshot in ``tmp_path`` and, when MECHUNLEARN_SCREENSHOTS is set, copy it there."""
@@ -255,7 +259,7 @@ def test_quickstart_athlete_explorer_answers_typing(lab, browser_context, tmp_pa
     after = _wait_for_change(page, table, before, "athlete_explorer's table after typing 'Tom Brady'")
     assert "fact" in after and "qa" in after, f"no sport table for 'Tom Brady':\n{after[:500]}"
     _screenshot(explorer, tmp_path, "00_athlete_explorer")
-    assert not requests.outside(), f"requests left the machine: {requests.outside()[:10]}"
+    requests.assert_stayed_local()
     page.close()
 
 
@@ -283,7 +287,7 @@ def test_grid_explorer_answers_a_dropdown(lab, browser_context, tmp_path):
     dropdown.select_option(label=options[1])
     _wait_for_change(page, table, before, f"grid_explorer's table after choosing {options[1]!r}")
     _screenshot(explorer, tmp_path, "09_grid_explorer")
-    assert not requests.outside(), f"requests left the machine: {requests.outside()[:10]}"
+    requests.assert_stayed_local()
     page.close()
 
 
@@ -315,5 +319,5 @@ def test_circuitsvis_views_name_their_heads(lab, browser_context, tmp_path):
     page.wait_for_function("e => e.childElementCount > 0 && e.innerText.includes('a1.h3')",
                            arg=redrawn.element_handle(timeout=60_000), timeout=60_000)
     _screenshot(explorer, tmp_path, "head_explorer")
-    assert not requests.outside(), f"requests left the machine: {requests.outside()[:10]}"
+    requests.assert_stayed_local()
     page.close()

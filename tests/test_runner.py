@@ -182,3 +182,12 @@ def test_cli_version(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"python -m mechunlearn_nb {mechunlearn_nb.__version__}"
+
+
+def test_run_series_reports_each_notebook_as_it_finishes(series, tmp_path, capsys):
+    """One line per notebook (name, seconds, outcome) and papermill's progress bar over its cells."""
+    runner.run_series(tmp_path / "runs", fast=True, notebook_dir=series, report=False)
+    shown = capsys.readouterr()
+    lines = [line.strip() for line in shown.out.splitlines() if line.strip().startswith(("00_ok:", "01_broken:"))]
+    assert len(lines) == 2 and lines[0].endswith("matches expected values") and "FAILED (" in lines[1], shown.out
+    assert "Executing" in shown.err and "cell/s" in shown.err, shown.err[-500:]
