@@ -1,5 +1,6 @@
 """The series runner, the CLI and the HTML report, on a two-notebook series that needs no model."""
 
+import html
 import json
 
 import pytest
@@ -191,3 +192,16 @@ def test_run_series_reports_each_notebook_as_it_finishes(series, tmp_path, capsy
     lines = [line.strip() for line in shown.out.splitlines() if line.strip().startswith(("00_ok:", "01_broken:"))]
     assert len(lines) == 2 and lines[0].endswith("matches expected values") and "FAILED (" in lines[1], shown.out
     assert "Executing" in shown.err and "cell/s" in shown.err, shown.err[-500:]
+
+
+def test_report_says_widgets_are_live_only_in_jupyterlab(tmp_path):
+    """A headless run keeps no widget state: the rendered notebook says so instead of printing a widget's repr."""
+    from mechunlearn_nb.report import WIDGET_NOTE
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "00_widget.ipynb", "import ipywidgets as w\nw.VBox([w.Text(value='LeBron James')])")
+    run = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=books)
+    rendered = (run / "00_widget.html").read_text()
+    assert html.escape(WIDGET_NOTE) in rendered and "VBox(children" not in rendered
+    assert "live only in JupyterLab" in (run / "report.html").read_text()
