@@ -236,7 +236,7 @@ def _wait_for_change(page, locator, before: str, what: str):
     raise AssertionError(f"{what} did not change within 120 s; it still reads:\n{before[:500]}")
 
 
-def test_quickstart_athlete_explorer_answers_typing(lab, browser_context, tmp_path):
+def test_quickstart_athlete_explorer_answers_typing(browser_context, lab, tmp_path):
     """Notebook 00 (FAST) in JupyterLab: Run All, type another athlete, the explorer's table changes."""
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
@@ -263,7 +263,7 @@ def test_quickstart_athlete_explorer_answers_typing(lab, browser_context, tmp_pa
     page.close()
 
 
-def test_grid_explorer_answers_a_dropdown(lab, browser_context, tmp_path):
+def test_grid_explorer_answers_a_dropdown(browser_context, lab, tmp_path):
     """The shipped grid in grid_explorer: another localization shows another table; labels are not cut off."""
     name = _write_notebook(lab.root / "grid_explorer.ipynb",
                            f"from mechunlearn_nb import widgets\nwidgets.grid_explorer({str(GRID)!r})")
@@ -291,7 +291,7 @@ def test_grid_explorer_answers_a_dropdown(lab, browser_context, tmp_path):
     page.close()
 
 
-def test_circuitsvis_views_name_their_heads(lab, browser_context, tmp_path):
+def test_circuitsvis_views_name_their_heads(browser_context, lab, tmp_path):
     """show_head draws a circuitsvis view labelled 'a1.h2'; head_explorer redraws it for another head."""
     prompt = "Fact: Tiger Woods plays the sport of golf\\nFact: Magic Johnson plays the sport of"
     name = _write_notebook(
