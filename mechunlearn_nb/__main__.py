@@ -1,5 +1,10 @@
-"""Command line: ``python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N]``;
-``python -m mechunlearn_nb grid-status FOLDER [--tasks ...] [--seeds 0,1]`` for how far a comparison grid has got."""
+"""Command line of the mechunlearn_nb course (shown as is by --help):
+
+  python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N]
+      run the notebook series headless into a new folder under runs/
+  python -m mechunlearn_nb grid-status FOLDER [--tasks ...] [--seeds 0,1]
+      how far a comparison grid has got
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mechunlearn_nb", description=__doc__)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="python -m mechunlearn_nb", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the notebook series headless (papermill) into a new run folder")
     run.add_argument("--fast", action="store_true", help="small sizes (minutes instead of hours)")

@@ -38,12 +38,30 @@ def _table(df: pd.DataFrame, max_rows: int = 60) -> str:
     return df.head(max_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, escape=True)
 
 
+#: what a rendered notebook shows in place of an ipywidgets explorer
+WIDGET_NOTE = ("[interactive widget: live only in JupyterLab. Open the notebook there "
+               "(.venv/bin/jupyter lab notebooks/) and run it to use this explorer.]")
+
+
+def _without_live_widgets(nb):
+    """Replace ipywidgets outputs by :data:`WIDGET_NOTE`.
+
+    A headless run saves no widget state, so a rendered page cannot draw a widget: nbconvert would
+    print its Python repr (``VBox(children=(Text(value=...``) instead, which reads like a bug.
+    """
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
+                out["data"] = {"text/plain": WIDGET_NOTE}
+    return nb
+
+
 def _render_notebook_html(ipynb: Path) -> Path | None:
     try:
         import nbformat
         from nbconvert import HTMLExporter
 
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
+        body, _ = HTMLExporter().from_notebook_node(_without_live_widgets(nbformat.read(ipynb, as_version=4)))
     except Exception:  # nbconvert missing or a notebook it cannot render: the .ipynb link remains
         return None
     return write_text(ipynb.with_suffix(".html"), body)
@@ -55,7 +73,9 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     parts = [f"<h1>mechunlearn_nb run {html.escape(run_dir.name)}</h1>",
              f"<p class='meta'>model: {html.escape(str(summary.get('model')))} · size: {summary.get('size')} · "
-             f"started {summary.get('started')} · finished {summary.get('finished', '(running)')}</p>"]
+             f"started {summary.get('started')} · finished {summary.get('finished', '(running)')}</p>",
+             "<p class='meta'>The explorers (ipywidgets) are live only in JupyterLab: "
+             "<code>.venv/bin/jupyter lab notebooks/</code>, then run the notebook.</p>"]
     overview = [dict(notebook=name, status=e.get("status"), seconds=e.get("seconds"),
                      reproduced={True: "yes", False: "no"}.get(e.get("reproduced"), "–"))
                 for name, e in summary["notebooks"].items()]

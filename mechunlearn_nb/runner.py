@@ -134,16 +134,20 @@ def new_run_dir(root: str | Path = "runs") -> Path:
 
 
 def run_notebook(notebook: Path, run_dir: Path, parameters: dict, kernel: str = "python3", timeout: int | None = None,
-                 executed: str | None = None) -> dict:
+                 executed: str | None = None, progress: bool = False) -> dict:
     """Execute one notebook into ``run_dir`` (as ``executed``, default its own name); returns its metrics
-    (``{}`` if it wrote none). Its output folder is ``run_dir/<notebook stem>``."""
+    (``{}`` if it wrote none). Its output folder is ``run_dir/<notebook stem>``. ``progress`` shows papermill's
+    progress bar (cells done) on stderr.
+
+    ``kernel`` is named explicitly so that the notebook's own metadata (the ``mechunlearn_nb`` kernel that
+    ``scripts/setup.sh`` registers for JupyterLab) is not needed: ``python3`` is the kernel of this interpreter."""
     import papermill as pm
 
     out_dir = run_dir / notebook.stem
     params = dict(parameters, OUTPUT_DIR=str(out_dir.resolve()))
     _register_engine()
     pm.execute_notebook(str(notebook), str(run_dir / (executed or notebook.name)), parameters=params, kernel_name=kernel,
-                        cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout, engine_name=ENGINE)
+                        cwd=str(notebook.parent), progress_bar=progress, execution_timeout=timeout, engine_name=ENGINE)
     metrics_path = out_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
 
@@ -260,7 +264,7 @@ def run_series(root: str | Path = "runs", fast: bool = False, model: str | None 
                 if bad:
                     print(f"    {len(bad)} part(s) failed; the final pass computes their cells: "
                           f"{[p['error'] for p in bad]}", flush=True)
-            metrics = run_notebook(nb, run_dir, params, kernel=kernel)
+            metrics = run_notebook(nb, run_dir, params, kernel=kernel, progress=True)
             saved = run_dir / nb.stem / "localizations.json"
             if located is None and saved.exists():  # the evidence-based ones; random and whole groups are rebuilt
                 located = {n: c for n, c in json.loads(saved.read_text()).items() if n in LOCATED}

@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import display
 
-from . import comparison, evaluation, plots, probing
+from . import comparison, evaluation, plots, probing, tracing
 from .evaluation import sport_probabilities
 from .prompts import SPORTS_FORMATS
 
@@ -46,7 +46,9 @@ def grid_explorer(out_dir) -> widgets.VBox:
     """Pick a task, a localization and a seed of a comparison grid: see that cell's metrics, its whole
     evaluation table before and after the edit, and its relearning curve (reads the saved cells only)."""
     cells = comparison.saved_cells(out_dir)
-    pick = {col: widgets.Dropdown(options=list(dict.fromkeys(cells[col])), description=f"{col.capitalize()}:")
+    # 'initial' sizes each label to its text; the default fixed width cuts "Localization:" off
+    pick = {col: widgets.Dropdown(options=list(dict.fromkeys(cells[col])), description=f"{col.capitalize()}:",
+                                  style={"description_width": "initial"})
             for col in ("task", "localization", "seed")}
     out = widgets.Output()
 
@@ -159,3 +161,66 @@ def edit_explorer(model, results: dict, athletes: list[str], formats=SPORTS_FORM
     which.observe(show, names="value")
     show()
     return widgets.VBox([widgets.HBox([who, which]), out])
+
+
+# ---------------------------------------------------------------------------
+# Attention patterns (circuitsvis views of tracing.attention_pattern)
+# ---------------------------------------------------------------------------
+
+
+def show_head(model, prompt: str, layer: int, head: int | None = None):
+    """circuitsvis view of a layer's attention pattern on a prompt (one head, or all heads), each head
+    labelled with its component name (``"a3.h2"``: head 2 of layer 3, as in localizations' component lists).
+
+    The view carries circuitsvis's JavaScript inline (~1.3 MB) rather than loading it from a CDN, which
+    circuitsvis does whenever it can reach the internet: the notebook then shows the same thing offline
+    and online, and opening it never makes a request to another machine.
+
+    Returns:
+        An ``IPython.display.HTML`` object; display it (a cell's last expression) to see the view.
+    """
+    import circuitsvis.attention as cva
+    from IPython.display import HTML
+
+    from .models import Component
+
+    tokens, pattern = tracing.attention_pattern(model, prompt, layer)
+    heads = list(range(pattern.shape[0]))
+    if head is not None:
+        if not 0 <= head < pattern.shape[0]:
+            raise ValueError(f"Head {head} does not exist (layer {layer} has {pattern.shape[0]} heads).")
+        pattern, heads = pattern[head : head + 1], [head]
+    view = cva.attention_heads(attention=pattern, tokens=tokens,
+                               attention_head_names=[Component(layer, "head", h).name for h in heads])
+    return HTML(view.local_src)
+
+
+def head_explorer(model, prompts: dict[str, str], default_layer: int | None = None, default_head: int = 0):
+    """Pick a prompt (by athlete), a layer and a head: see that head's attention pattern (circuitsvis).
+
+    The pattern is drawn when a choice changes, not when the widget is created: a circuitsvis view
+    carries its whole JavaScript bundle (~1.3 MB), which a headless run (papermill) does not
+    handle inside a widget. Show the default head in a cell of its own with :func:`show_head`.
+    """
+    from .models import Component
+
+    if not prompts:
+        raise ValueError("No prompts to explore. Fix: pass {athlete: prompt}.")
+    pick = widgets.Dropdown(options=list(prompts), description="Athlete:")
+    layer = widgets.IntSlider(value=model.cfg.n_layers - 1 if default_layer is None else default_layer,
+                              min=0, max=model.cfg.n_layers - 1, description="Layer:", continuous_update=False)
+    head = widgets.Dropdown(options=list(range(model.cfg.n_heads)), value=default_head, description="Head:")
+    out = widgets.Output()
+    with out:
+        print("Change the athlete, layer or head to draw its attention pattern "
+              "(rows: query tokens, columns: key tokens).")
+
+    def show(*_):
+        out.clear_output(wait=True)
+        with out:
+            print(f"{pick.value!r}, head {Component(layer.value, 'head', head.value).name}")
+            display(show_head(model, prompts[pick.value], layer.value, head.value))
+
+    for w in (pick, layer, head):
+        w.observe(show, names="value")
+    return widgets.VBox([widgets.HBox([pick, layer, head]), out])

@@ -25,7 +25,6 @@ CORE = {"models", "data", "prompts", "scoring", "positions", "io", "checks"}
 #: is checked to still be needed, so that the list only shrinks.
 PENDING = {
     ("comparison", "matplotlib"),                               # plot_metrics
-    ("tracing", "ipywidgets"), ("tracing", "IPython"), ("tracing", "circuitsvis"),  # show_head, head_explorer
 }
 
 

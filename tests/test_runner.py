@@ -1,5 +1,6 @@
 """The series runner, the CLI and the HTML report, on a two-notebook series that needs no model."""
 
+import html
 import json
 
 import pytest
@@ -144,3 +145,63 @@ def test_full_run_computes_a_grid_in_parts_then_assembles_it(tmp_path):
     assert "parts" not in entry and entry["metrics"]["computed_here"] == 6
     with pytest.raises(ValueError, match="workers"):
         runner.run_series(tmp_path / "runs", notebook_dir=books, workers=0)
+
+
+def test_notebooks_name_the_course_kernel_and_papermill_needs_none(tmp_path):
+    """JupyterLab opens the course on the kernel setup.sh registers (mechunlearn_nb); papermill runs each
+    notebook on this interpreter's own kernel, whatever its metadata names, so a fresh machine (CI) runs them."""
+    import sys
+    from pathlib import Path
+
+    for nb_path in runner.list_notebooks():
+        spec = nbformat.read(nb_path, as_version=4).metadata["kernelspec"]
+        assert spec["name"] == "mechunlearn_nb", f"{nb_path.name} names kernel {spec['name']!r}"
+    books, run = tmp_path / "nb", tmp_path / "run"
+    books.mkdir()
+    run.mkdir()
+    _notebook(books / "00_named.ipynb", "import sys\nfrom mechunlearn_nb import io\n"
+              "io.write_metrics(io.output_dir(OUTPUT_DIR), {'python': sys.executable})")
+    nb = nbformat.read(books / "00_named.ipynb", as_version=4)
+    nb.metadata["kernelspec"] = {"name": "a-kernel-nobody-registered", "display_name": "?", "language": "python"}
+    nbformat.write(nb, books / "00_named.ipynb")
+    python = runner.run_notebook(books / "00_named.ipynb", run, {"FAST": True})["python"]
+    assert Path(python).resolve() == Path(sys.executable).resolve()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["grid-status", "--help"]])
+def test_cli_help_is_plain_text(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    assert "usage: python -m mechunlearn_nb" in shown and "``" not in shown
+
+
+def test_cli_version(capsys):
+    import mechunlearn_nb
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"python -m mechunlearn_nb {mechunlearn_nb.__version__}"
+
+
+def test_run_series_reports_each_notebook_as_it_finishes(series, tmp_path, capsys):
+    """One line per notebook (name, seconds, outcome) and papermill's progress bar over its cells."""
+    runner.run_series(tmp_path / "runs", fast=True, notebook_dir=series, report=False)
+    shown = capsys.readouterr()
+    lines = [line.strip() for line in shown.out.splitlines() if line.strip().startswith(("00_ok:", "01_broken:"))]
+    assert len(lines) == 2 and lines[0].endswith("matches expected values") and "FAILED (" in lines[1], shown.out
+    assert "Executing" in shown.err and "cell/s" in shown.err, shown.err[-500:]
+
+
+def test_report_says_widgets_are_live_only_in_jupyterlab(tmp_path):
+    """A headless run keeps no widget state: the rendered notebook says so instead of printing a widget's repr."""
+    from mechunlearn_nb.report import WIDGET_NOTE
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "00_widget.ipynb", "import ipywidgets as w\nw.VBox([w.Text(value='LeBron James')])")
+    run = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=books)
+    rendered = (run / "00_widget.html").read_text()
+    assert html.escape(WIDGET_NOTE) in rendered and "VBox(children" not in rendered
+    assert "live only in JupyterLab" in (run / "report.html").read_text()
