@@ -55,9 +55,9 @@ def grid_explorer(out_dir) -> widgets.VBox:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from . import comparison
+    from . import grid, statistics
 
-    cells = comparison.saved_cells(out_dir)
+    cells = grid.saved_cells(out_dir)
     pick = {col: widgets.Dropdown(options=list(dict.fromkeys(cells[col])), description=f"{col.capitalize()}:")
             for col in ("task", "localization", "seed")}
     out = widgets.Output()
@@ -67,15 +67,15 @@ def grid_explorer(out_dir) -> widgets.VBox:
         with out:
             key = {col: w.value for col, w in pick.items()}
             try:
-                cell = comparison.saved_cell(out_dir, **key)
+                cell = grid.saved_cell(out_dir, **key)
             except FileNotFoundError as err:
                 print(err)
                 return
             m = cell["metrics"]
-            display(pd.Series({k: m.get(k) for k in comparison.METRICS if pd.notna(m.get(k, float("nan")))}, name="metric").round(3)
+            display(pd.Series({k: m.get(k) for k in statistics.METRICS if pd.notna(m.get(k, float("nan")))}, name="metric").round(3)
                     .to_frame("value").T)
             try:
-                display(comparison.evaluation_table(cell).round(3))
+                display(grid.evaluation_table(cell).round(3))
             except ValueError as err:
                 print(err)
             if cell["curve"]:
