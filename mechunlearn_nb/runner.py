@@ -250,11 +250,15 @@ def run_series(root: str | Path = "runs", fast: bool = False, model: str | None 
                 located = {n: c for n, c in json.loads(saved.read_text()).items() if n in registry.LOCATED}
                 summary["localizations_from"] = str(saved.resolve())
             entry.update(status="ok", metrics=metrics)
-            checks = expected.check(nb.stem, metrics, size, model) if nb.stem in expected.EXPECTED else pd.DataFrame()
+            checks = (expected.check(nb.stem, metrics, size, model) if nb.stem in expected.EXPECTED
+                      else pd.DataFrame(columns=expected.COLUMNS))
             entry["checks"] = checks.to_dict(orient="records")
-            failed = checks[~checks["ok"]]["metric"].tolist() if len(checks) else []
-            entry["reproduced"] = not failed
-            note = "matches expected values" if not failed else f"outside expected range: {failed}"
+            entry["reference"] = expected.outcome(checks)
+            # None: no expected values for this model (or notebook), so the run neither reproduced nor failed to
+            entry["reproduced"] = {"reproduced": True, "not reproduced": False}.get(entry["reference"])
+            failed = checks[checks["status"].isin(["out of range", "missing"])]["metric"].tolist()
+            note = {"reproduced": "matches expected values", "not reproduced": f"outside expected range: {failed}",
+                    expected.NO_REFERENCE: "no expected values for this model: nothing to compare"}[entry["reference"]]
         except Exception as err:  # keep going: one failing notebook should not hide the others
             entry.update(status="failed", error=f"{type(err).__name__}: {err}")
             note = f"FAILED ({type(err).__name__})"
