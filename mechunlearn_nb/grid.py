@@ -149,12 +149,6 @@ class GridConfig:
         self.tasks, self.localizations, self.seeds = tuple(self.tasks), tuple(self.localizations), tuple(self.seeds)
 
 
-
-def known_for(model, dataset: str, n_known: int | None = None, seed: int = 0, progress: bool = False) -> pd.DataFrame:
-    """The known facts of a dataset: all of them (disk-cached), or those among a seeded sample of ``n_known``."""
-    return tasks.known_facts(model, dataset, sample=n_known, seed=seed, progress=progress)
-
-
 # ---------------------------------------------------------------------------
 # 1. Localizations, once per model and dataset
 # ---------------------------------------------------------------------------
@@ -408,7 +402,7 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
         bar.set_postfix_str(f"{task_name} · {loc_name} · seed {seed}")
         dataset = dataset_of(task_name)
         if dataset not in known_by_dataset:
-            known_by_dataset[dataset] = known_for(model, dataset, config.n_known, seed=0)
+            known_by_dataset[dataset] = tasks.known_facts(model, dataset, sample=config.n_known, seed=0, progress=False)
         if dataset not in locs_by_dataset:
             locs_by_dataset[dataset] = dataset_localizations(model, dataset, config, out_dir, known_by_dataset[dataset])
         key = (task_name, seed)
@@ -420,7 +414,7 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
             cache_tasks = {key: (task, base, unrelated, probe_base(model, task, config, seed))}  # one task at a time
         task, base, unrelated, base_probe = cache_tasks[key]
         loc = registry.for_seed(model, locs_by_dataset[dataset], loc_name, seed)
-        window = config.probe_window or probe_window_for(model, locs_by_dataset[dataset]["fact lookup"])
+        window = config.probe_window or probe_window_for(model, locs_by_dataset[dataset][registry.FLU.label])
         cell = run_cell(model, task, loc, seed, config, baseline=base, unrelated=unrelated, probe_window=window,
                         base_probe=base_probe)
         save_json(cell, path)

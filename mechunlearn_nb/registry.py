@@ -1,20 +1,16 @@
 """The named localizations of the series, and one call that builds them.
 
-Guo et al. compare seven ways of choosing the weights an edit may change, all
-under the parameter budget of **fact lookup** (FLU, the MLPs that look the
-fact up):
+Guo et al. compare seven ways of choosing the weights an edit may change; all
+but the two whole groups get the parameter count of **fact lookup** (FLU, the
+MLPs that look the fact up), so that they differ in *where*, not *how much*:
 
-==========================  ==================  ============================================
-label                       key                 built from
-==========================  ==================  ============================================
-fact lookup                 fact_lookup         probes + attribution patching (evidence)
-OT (causal tracing)         ot_causal_tracing   causal tracing (evidence), FLU's budget
-OT MLPs only                ot_mlps_only        causal tracing, MLPs only, FLU's budget
-OT (attribution patching)   ot_attribution_...  attribution patching (evidence), FLU's budget
-random                      random              random components, FLU's budget, per seed
-all MLPs                    all_mlps            every MLP (a whole group: no budget)
-non-localized               non_localized       every attention and MLP weight
-==========================  ==================  ============================================
+- **fact lookup** (``fact_lookup``): from probes and attribution patching (evidence);
+- **OT (causal tracing)** (``ot_causal_tracing``): output tracing ranked by causal tracing, FLU's budget;
+- **OT MLPs only** (``ot_mlps_only``): the same, MLPs only;
+- **OT (attribution patching)** (``ot_attribution_patching``): output tracing ranked by attribution patching;
+- **random** (``random``): random components within FLU's budget, drawn anew for each seed;
+- **all MLPs** (``all_mlps``): every MLP, a whole group (no budget);
+- **non-localized** (``non_localized``): every attention and MLP weight.
 
 Each is an :class:`Entry`: the label people read (and the name saved in result
 files), a stable key, the :class:`~mechunlearn_nb.localization.Kind` of weight
