@@ -57,7 +57,8 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
              f"<p class='meta'>model: {html.escape(str(summary.get('model')))} · size: {summary.get('size')} · "
              f"started {summary.get('started')} · finished {summary.get('finished', '(running)')}</p>"]
     overview = [dict(notebook=name, status=e.get("status"), seconds=e.get("seconds"),
-                     reproduced={True: "yes", False: "no"}.get(e.get("reproduced"), "–"))
+                     # a failed notebook has no reference outcome; a model without expected values says so
+                     reproduced={True: "yes", False: "no"}.get(e.get("reproduced"), e.get("reference", "–")))
                 for name, e in summary["notebooks"].items()]
     parts += ["<h2>Overview</h2>", _table(pd.DataFrame(overview))]
     for name, entry in summary["notebooks"].items():
