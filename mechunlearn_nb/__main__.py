@@ -100,7 +100,7 @@ def _check_run_arguments(runner, only: list[str] | None, model: str | None, work
 
 def _grid_status(folder: str, workers: int, tasks: str | None = None, localizations: str | None = None,
                  seeds: str | None = None) -> int:
-    from . import comparison
+    from . import grid, registry
 
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}. Fix: --workers 1 (or more).")
@@ -108,18 +108,18 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     def items(text):
         return tuple(x.strip() for x in text.split(",") if x.strip())
 
-    plan = dict(tasks=items(tasks) if tasks is not None else comparison.TASKS,
-                localizations=items(localizations) if localizations is not None else comparison.LOCALIZATIONS)
+    plan = dict(tasks=items(tasks) if tasks is not None else grid.TASKS,
+                localizations=items(localizations) if localizations is not None else registry.LABELS)
     try:
-        plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else comparison.SEEDS
+        plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else grid.SEEDS
     except ValueError:
         raise UsageError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
     try:
-        comparison.check_selection(**plan)  # names the unknown task or localization and the choices
+        grid.check_selection(**plan)  # names the unknown task or localization and the choices
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
-        table = comparison.grid_progress(folder, **plan)
+        table = grid.grid_progress(folder, **plan)
     except FileNotFoundError as err:  # names the folder and the fix
         raise UsageError(str(err)) from None
     print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))

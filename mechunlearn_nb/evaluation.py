@@ -57,13 +57,13 @@ def unrelated_facts(model, task, n: int = 48, seed: int = 0, batch_size: int = 3
     Returns:
         The facts, with ``attrs["dataset"]`` naming their dataset.
     """
-    from .tasks import score_facts
+    from .tasks import known_among, score_facts
 
     other = "counterfact" if task.dataset == "sports" else "sports"
     pool = _data.load_counterfact() if other == "counterfact" else _data.load_sports()
     sample = pool.sample(min(len(pool), 3 * n), random_state=seed).reset_index(drop=True)
     scored = score_facts(model, other, facts=sample, batch_size=batch_size, progress=False)
-    known = scored[scored["p_true_norm"] >= 0.5].head(n).reset_index(drop=True)
+    known = known_among(scored).head(n).reset_index(drop=True)
     if len(known) == 0:
         raise ValueError(f"The model knows none of {len(sample)} sampled {other} facts; no unrelated set to measure.")
     known.attrs["dataset"] = other

@@ -138,7 +138,7 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "matched_min_ratio": (0.5, 1.0),             # 0.813
         },
     },
-    # FAST: FAST_COMPONENTS (notebook 03's full-size choice: FLU m2-m5), 3 localizations x 2 tasks of 4 facts,
+    # FAST: registry.FAST_COMPONENTS (notebook 03's full-size choice: FLU m2-m5), 3 localizations x 2 tasks of 4 facts,
     # 5-step edits at 3x the tuned learning rate, 200 athletes scored (82 known), seed 0; measured in the comments
     "04_masked_editing": {
         "fast": {
@@ -186,8 +186,7 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
         },
     },
     # FAST: forget basketball, 8 players (halves of 4), fact lookup vs OT (attribution patching) from
-    # FAST_COMPONENTS, 5-step edits,
-    # 3 LoRA steps; measured values in the comments (seed 0)
+    # registry.FAST_COMPONENTS, 5-step edits, 3 LoRA steps; measured values in the comments (seed 0)
     "05_relearning_attacks": {
         "fast": {
             "n_edit": (8, 8),
@@ -197,14 +196,13 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "relearn_b_step0_ot_attribution_patching": (0.0, 0.5),   # 0.0
             "relearn_a_final_fact_lookup": (0.5, 1.0),               # 1.0: the attack relearns what it trains on
             "relearn_a_final_ot_attribution_patching": (0.5, 1.0),   # 1.0
-            "relearn_b_final_fact_lookup": (0.0, 1.0),               # 1.0 after such short edits
-            "relearn_b_final_ot_attribution_patching": (0.0, 1.0),   # 1.0
-            # the held-out maintain control after 3 LoRA steps on 4 players: noisy at this size (FLU m2-m5: 0.31,
-            # OT 0.06 — the short attack taught "basketball" broadly; with FLU m2-m3: 0.69 and 0.94)
-            "relearn_control_final_fact_lookup": (0.0, 1.0),
-            "relearn_control_final_ot_attribution_patching": (0.0, 1.0),
-            "soft_b_fact_lookup": (0.0, 1.0),                        # 0.0
-            "soft_b_ot_attribution_patching": (0.0, 1.0),            # 0.0
+            "relearn_b_final_fact_lookup": (0.5, 1.0),               # 1.0: after such short edits the held-out
+            "relearn_b_final_ot_attribution_patching": (0.5, 1.0),   # 1.0   half comes back with the trained one
+            # not checked: the held-out maintain control after 3 LoRA steps on 4 players (relearn_control_final_*)
+            # swings at this size (FLU m2-m5: 0.31, OT 0.06 — the short attack taught "basketball" broadly; with
+            # FLU m2-m3: 0.69 and 0.94), so no range would both hold and mean something
+            "soft_b_fact_lookup": (0.0, 0.5),                        # 0.0: a soft prompt does not bring it back
+            "soft_b_ot_attribution_patching": (0.0, 0.5),            # 0.0
             "soft_control_fact_lookup": (0.2, 1.0),                  # 0.375 (0.63 with FLU m2-m3)
             "soft_control_ot_attribution_patching": (0.2, 1.0),      # 0.31 (0.5 with FLU m2-m3)
         },
@@ -234,11 +232,13 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "base_maintain_acc_last": (0.5, 1.0),                    # 0.75
             "edit_acc_fact_lookup": (0.4, 1.0),                      # 0.75
             "edit_acc_ot_attribution_patching": (0.4, 1.0),          # 0.75
-            "late_frac_true_fact_lookup": (0.0, 1.0),                # 0.69
-            "late_frac_true_ot_attribution_patching": (0.0, 1.0),    # 0.75
+            "late_frac_true_fact_lookup": (0.35, 1.0),               # 0.69: 5-step edits leave the truth readable
+            "late_frac_true_ot_attribution_patching": (0.35, 1.0),   # 0.75
             "base_window_frac_true": (0.4, 1.0),                     # 0.75 (layers 4-14)
-            "window_frac_edit_fact_lookup": (0.0, 1.0),              # 0.26
-            "max_frac_sum": (0.0, 1.0),                              # true + edit read-outs never exceed 1
+            "window_frac_edit_fact_lookup": (0.05, 0.6),             # 0.26
+            # the largest share of athletes read as their true sport plus the share read as their new one, over
+            # layers and edits: a sum of two shares (up to 2) that stays <= 1 only if no athlete counts twice
+            "max_frac_sum": (0.0, 1.0),
         },
         # full size: 32 athletes, 40-step edits, 6 localizations (evidence-based ones = notebook 03's full-size
         # components), probes refit on 512 maintain athletes per edited model; 33 min on one core
@@ -270,8 +270,8 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "kept_total_non_localized": (0.05, 0.95),                # 0.31
             "edit_acc_full_non_localized": (0.5, 1.0),               # 0.875
             "edit_acc_masked_non_localized": (0.25, 1.0),            # 0.875: the kept rows carry the edit
-            "min_frac_kept": (0.0, 1.0),                             # 0.17
-            "max_frac_kept": (0.0, 1.0),                             # 0.44
+            "min_frac_kept": (0.02, 0.4),                            # 0.17: no component's rows all dropped ...
+            "max_frac_kept": (0.2, 0.8),                             # 0.44: ... nor all kept
         },
         # full size: 16 athletes, 40-step non-localized and all-MLPs edits, row masks, 60 Adam steps at lr 0.1,
         # sparsity 1.0, seed 0; 18 min on one core
@@ -305,8 +305,8 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "min_edit_acc": (0.5, 1.0),                  # 0.75
             "paraphrase_edit_acc__fact-lookup": (0.25, 1.0),  # 0.625: the edit carries over to paraphrases
             "neighborhood_acc_true__fact-lookup": (0.2, 1.0),  # 0.525 (0.81 before): some bleed to neighbours
-            "relearn_acc__fact-lookup": (0.0, 1.0),      # 0.0
-            "relearn_acc__ot-attribution-patching": (0.0, 1.0),  # 0.0
+            "relearn_acc__fact-lookup": (0.0, 0.5),      # 0.0: 3 relearning steps on half A do not bring back half B
+            "relearn_acc__ot-attribution-patching": (0.0, 0.5),  # 0.0
         },
         # full size: 16 known facts (of all 2,715 scored), localized on 64 single-token facts, 6 localizations,
         # 40-step edits, 20-step LoRA relearning on half of them, seed 0; 66 min on one core
@@ -329,7 +329,7 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
         },
     },
     # FAST: 1 task (edit 8 athletes, from 200 scored athletes) x fact lookup and OT (attribution patching) from
-    # FAST_COMPONENTS x seeds 0, 1; 5-step edits, 3-step relearning; measured values in the comments
+    # registry.FAST_COMPONENTS x seeds 0, 1; 5-step edits, 3-step relearning; measured values in the comments
     "09_comparison": {
         "fast": {
             "n_cells": (4, 4),
@@ -343,8 +343,8 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
             "min_maintain_acc": (0.1, 1.0),              # 0.25
             "lm_loss_change__fact-lookup": (-0.2, 0.2),  # -0.016
             "lm_loss_change__ot-attribution-patching": (-0.2, 0.2),  # -0.007
-            "relearn_acc__fact-lookup": (0.0, 1.0),      # 0.5
-            "probe_true__fact-lookup": (0.0, 1.0),       # 0.45
+            "relearn_acc__fact-lookup": (0.0, 0.9),      # 0.5: not every held-out athlete comes back in 3 steps
+            "probe_true__fact-lookup": (0.1, 0.85),      # 0.45: 5-step edits leave some of the truth readable
         },
         # full size: 5 tasks x 7 localizations (evidence-based ones = notebook 03's full-size components) x seeds
         # 0-2 = 105 cells; 40-step edits, 20-step LoRA relearning on half of each forget set, probes on sports;
@@ -377,6 +377,21 @@ EXPECTED: dict[str, dict[str, dict[str, Range]]] = {
 }
 
 
+#: the model every range above was measured on
+REFERENCE_MODEL = "gemma-3-270m"
+COLUMNS = ["metric", "value", "low", "high", "ok", "status"]
+NO_REFERENCE = "no reference"
+
+
+def reference_for(model: str | None) -> str | None:
+    """The model whose expected values apply to ``model`` (a name as given to ``load_model`` or recorded in
+    ``metrics.json``): the embedded Gemma 3 270M under any of its aliases (``models.EMBEDDED_ALIASES``:
+    None, ``"embedded"``, ``"google/gemma-3-270m"`` ...); None for any other model, which has no reference."""
+    from .models import EMBEDDED_ALIASES
+
+    return REFERENCE_MODEL if model in EMBEDDED_ALIASES else None
+
+
 def check(notebook: str, metrics: dict, size: str = "fast", model: str | None = None) -> pd.DataFrame:
     """Compare a notebook's metrics with its expected ranges.
 
@@ -384,18 +399,36 @@ def check(notebook: str, metrics: dict, size: str = "fast", model: str | None = 
         notebook: the notebook's stem (``"00_quickstart"``).
         metrics: the content of its ``metrics.json``.
         size: ``"fast"`` or ``"full"``.
-        model: ranges hold for the embedded model only; for another model nothing is checked.
+        model: the model the notebook ran (None: the embedded one). The ranges were measured on the embedded
+            model (:func:`reference_for`); another model has no reference and nothing is compared.
 
     Returns:
-        One row per expected metric: ``metric, value, low, high, ok``.
+        One row per expected metric: ``metric, value, low, high, ok, status`` with ``status`` one of
+        ``"ok"``, ``"out of range"``, ``"missing"`` (not a number in ``metrics``) or ``"no reference"``
+        (``low``/``high`` NaN and ``ok`` None: nothing to compare with). :func:`outcome` sums them up.
     """
     if notebook not in EXPECTED:
         raise KeyError(f"No expected values for notebook {notebook!r}. Fix: add an entry to mechunlearn_nb/expected.py.")
-    if model not in (None, "gemma-3-270m", "embedded"):
-        return pd.DataFrame(columns=["metric", "value", "low", "high", "ok"])
+    if size not in ("fast", "full"):
+        raise ValueError(f"size must be 'fast' or 'full', got {size!r}.")
+    ranges = EXPECTED[notebook].get(size, {})
+    if reference_for(model) is None:
+        rows = [dict(metric=m, value=metrics.get(m), low=math.nan, high=math.nan, ok=None, status=NO_REFERENCE)
+                for m in ranges]
+        return pd.DataFrame(rows, columns=COLUMNS)
     rows = []
-    for metric, (low, high) in EXPECTED[notebook].get(size, {}).items():
+    for metric, (low, high) in ranges.items():
         value = metrics.get(metric)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) and low <= value <= high
-        rows.append(dict(metric=metric, value=value, low=low, high=high, ok=bool(ok)))
-    return pd.DataFrame(rows, columns=["metric", "value", "low", "high", "ok"])
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        ok = number and low <= value <= high
+        rows.append(dict(metric=metric, value=value, low=low, high=high, ok=bool(ok),
+                         status="ok" if ok else "out of range" if number else "missing"))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def outcome(checks: pd.DataFrame) -> str:
+    """``"reproduced"`` (every expected metric in range), ``"not reproduced"`` (one or more out of range or
+    missing) or ``"no reference"`` (no expected values for this model, notebook or size) for :func:`check`'s rows."""
+    if len(checks) == 0 or (checks["status"] == NO_REFERENCE).all():
+        return NO_REFERENCE
+    return "reproduced" if checks["ok"].astype(bool).all() else "not reproduced"

@@ -336,3 +336,39 @@ def plot_mask(components: pd.DataFrame, ax=None, title: str = "Share of the edit
             ax.legend()
     ax.set(ylim=(0, 1.02), xlabel="block", ylabel="share of delta kept", title=title)
     return ax
+
+
+# ---------------------------------------------------------------------------
+# The comparison grid (tables of statistics.aggregate)
+# ---------------------------------------------------------------------------
+
+
+def plot_metrics(agg: pd.DataFrame, metrics: tuple[str, ...] = ("edit_acc", "maintain_acc", "mcq_edit_acc",
+                                                                 "relearn_acc", "probe_true", "lm_loss_change")):
+    """Bars per metric of a grid's :func:`statistics.aggregate`: localization × task, with the 95% CI as error bars.
+
+    The unedited model's row (``statistics.UNEDITED``) comes first when present, then the localizations in
+    the registry's order. Returns the figure.
+    """
+    import numpy as np
+
+    from .registry import LABELS
+    from .statistics import UNEDITED
+
+    present = [m for m in metrics if m in set(agg["metric"])]
+    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 3.6), squeeze=False, sharey=False)
+    names = list(dict.fromkeys(agg["localization"]))
+    order = [n for n in (UNEDITED, *LABELS) if n in names] + [n for n in names if n not in LABELS and n != UNEDITED]
+    task_names = list(dict.fromkeys(agg["task"]))
+    width = 0.8 / max(1, len(task_names))
+    for ax, m in zip(axes[0], present):
+        sub = agg[agg["metric"] == m]
+        for k, t in enumerate(task_names):
+            s = sub[sub["task"] == t].set_index("localization").reindex(order)
+            x = np.arange(len(order)) + (k - (len(task_names) - 1) / 2) * width
+            ax.bar(x, s["mean"], width, yerr=s["ci95"].fillna(0), label=t, capsize=2)
+        ax.set_xticks(np.arange(len(order)), order, rotation=60, ha="right", fontsize=8)
+        ax.set_title(m, fontsize=10)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -77,7 +77,8 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
              "<p class='meta'>The explorers (ipywidgets) are live only in JupyterLab: "
              "<code>.venv/bin/jupyter lab notebooks/</code>, then run the notebook.</p>"]
     overview = [dict(notebook=name, status=e.get("status"), seconds=e.get("seconds"),
-                     reproduced={True: "yes", False: "no"}.get(e.get("reproduced"), "–"))
+                     # a failed notebook has no reference outcome; a model without expected values says so
+                     reproduced={True: "yes", False: "no"}.get(e.get("reproduced"), e.get("reference", "–")))
                 for name, e in summary["notebooks"].items()]
     parts += ["<h2>Overview</h2>", _table(pd.DataFrame(overview))]
     for name, entry in summary["notebooks"].items():

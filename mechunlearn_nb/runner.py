@@ -9,8 +9,8 @@ an earlier run's folder. At the end it checks the metrics against
 
 At full size, once a notebook of the run has written ``localizations.json``
 (notebook 03: the sports localizations it located), the later notebooks that
-take sports components (a ``COMPONENTS`` and a ``FAST_COMPONENTS`` parameter:
-04-07 and 09) receive them as ``COMPONENTS`` instead of computing the same
+take sports components (a ``COMPONENTS`` parameter: 04-07 and 09; notebook 08's
+CounterFact components are ``CF_COMPONENTS``) receive them as ``COMPONENTS`` instead of computing the same
 evidence again, minutes each on a CPU. ``reuse_localizations=False``
 (``run --relocate``) lets every notebook locate for itself.
 
@@ -31,14 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import expected
+from . import expected, registry
 from .io import save_json, slug
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 ENGINE = "mechunlearn_nb"
 REPLY_POLL_SECONDS = 1.0
-#: the localizations notebook 03 locates from evidence (``comparison.LOCATED``, named here to keep the CLI light)
-LOCATED = ("fact lookup", "OT (causal tracing)", "OT (attribution patching)", "OT MLPs only")
 
 
 def _register_engine() -> None:
@@ -153,11 +151,10 @@ def run_notebook(notebook: Path, run_dir: Path, parameters: dict, kernel: str = 
 
 
 def takes_sports_components(notebook: Path) -> bool:
-    """Whether a notebook's parameters cell has ``COMPONENTS`` and ``FAST_COMPONENTS`` (sports localizations)."""
+    """Whether a notebook's parameters cell has ``COMPONENTS`` (sports localizations, ``{label: [components]}``)."""
     import papermill as pm
 
-    params = pm.inspect_notebook(str(notebook))
-    return "COMPONENTS" in params and "FAST_COMPONENTS" in params
+    return "COMPONENTS" in pm.inspect_notebook(str(notebook))
 
 
 def grid_parameters(notebook: Path) -> dict | None:
@@ -206,7 +203,7 @@ def run_grid_parts(notebook: Path, run_dir: Path, parameters: dict, workers: int
     saves every cell as it finishes and reads saved cells back instead of recomputing them, so the final
     pass over all tasks and seeds (run by the caller) only assembles the table — or computes what a failed
     part left undone. The first part to reach a dataset locates its components; parts reaching it meanwhile
-    wait and read them back (:func:`comparison.dataset_localizations`).
+    wait and read them back (:func:`grid.dataset_localizations`).
 
     Returns:
         One entry per part: ``tasks, seeds, executed, status, seconds`` (and ``error`` when it failed).
@@ -267,14 +264,18 @@ def run_series(root: str | Path = "runs", fast: bool = False, model: str | None 
             metrics = run_notebook(nb, run_dir, params, kernel=kernel, progress=True)
             saved = run_dir / nb.stem / "localizations.json"
             if located is None and saved.exists():  # the evidence-based ones; random and whole groups are rebuilt
-                located = {n: c for n, c in json.loads(saved.read_text()).items() if n in LOCATED}
+                located = {n: c for n, c in json.loads(saved.read_text()).items() if n in registry.LOCATED}
                 summary["localizations_from"] = str(saved.resolve())
             entry.update(status="ok", metrics=metrics)
-            checks = expected.check(nb.stem, metrics, size, model) if nb.stem in expected.EXPECTED else pd.DataFrame()
+            checks = (expected.check(nb.stem, metrics, size, model) if nb.stem in expected.EXPECTED
+                      else pd.DataFrame(columns=expected.COLUMNS))
             entry["checks"] = checks.to_dict(orient="records")
-            failed = checks[~checks["ok"]]["metric"].tolist() if len(checks) else []
-            entry["reproduced"] = not failed
-            note = "matches expected values" if not failed else f"outside expected range: {failed}"
+            entry["reference"] = expected.outcome(checks)
+            # None: no expected values for this model (or notebook), so the run neither reproduced nor failed to
+            entry["reproduced"] = {"reproduced": True, "not reproduced": False}.get(entry["reference"])
+            failed = checks[checks["status"].isin(["out of range", "missing"])]["metric"].tolist()
+            note = {"reproduced": "matches expected values", "not reproduced": f"outside expected range: {failed}",
+                    expected.NO_REFERENCE: "no expected values for this model: nothing to compare"}[entry["reference"]]
         except Exception as err:  # keep going: one failing notebook should not hide the others
             entry.update(status="failed", error=describe_error(err))
             note = f"FAILED at {entry['error']} (executed notebook: {entry['executed']})"

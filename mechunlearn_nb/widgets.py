@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import display
 
-from . import comparison, evaluation, plots, probing, tracing
+from . import evaluation, grid, plots, probing, statistics, tracing
 from .evaluation import sport_probabilities
 from .prompts import SPORTS_FORMATS
 
@@ -45,7 +45,7 @@ def athlete_explorer(model, default: str = "LeBron James", formats=("fact", "qa"
 def grid_explorer(out_dir) -> widgets.VBox:
     """Pick a task, a localization and a seed of a comparison grid: see that cell's metrics, its whole
     evaluation table before and after the edit, and its relearning curve (reads the saved cells only)."""
-    cells = comparison.saved_cells(out_dir)
+    cells = grid.saved_cells(out_dir)
     # 'initial' sizes each label to its text; the default fixed width cuts "Localization:" off
     pick = {col: widgets.Dropdown(options=list(dict.fromkeys(cells[col])), description=f"{col.capitalize()}:",
                                   style={"description_width": "initial"})
@@ -57,15 +57,15 @@ def grid_explorer(out_dir) -> widgets.VBox:
         with out:
             key = {col: w.value for col, w in pick.items()}
             try:
-                cell = comparison.saved_cell(out_dir, **key)
+                cell = grid.saved_cell(out_dir, **key)
             except FileNotFoundError as err:
                 print(err)
                 return
             m = cell["metrics"]
-            display(pd.Series({k: m.get(k) for k in comparison.METRICS if pd.notna(m.get(k, float("nan")))}, name="metric").round(3)
+            display(pd.Series({k: m.get(k) for k in statistics.METRICS if pd.notna(m.get(k, float("nan")))}, name="metric").round(3)
                     .to_frame("value").T)
             try:
-                display(comparison.evaluation_table(cell).round(3))
+                display(grid.evaluation_table(cell).round(3))
             except ValueError as err:
                 print(err)
             if cell["curve"]:

@@ -229,15 +229,15 @@ def test_errors_name_problem_and_fix(tiny, task, result):
 
 
 def test_grid_cell_on_the_tiny_model(tiny, task):
-    from mechunlearn_nb import comparison
+    from mechunlearn_nb import grid
 
     snap = Snapshot(tiny)
     loc = Localization.from_components(tiny, ["m1"], name="fact lookup")
-    config = comparison.GridConfig(tasks=("edit 8 athletes",), seeds=(0,), relearn_steps=(0, 1), n_unrelated=0,
+    config = grid.GridConfig(tasks=("edit 8 athletes",), seeds=(0,), relearn_steps=(0, 1), n_unrelated=0,
                                    edit_overrides=dict(EDIT), relearn_overrides=dict(QUICK),
                                    eval_overrides=dict(n_paragraphs=1, lm_tokens=16, formats=("fact", "mcq")))
-    base_probe = comparison.probe_base(tiny, task, config, seed=0)
-    cell = comparison.run_cell(tiny, task, loc, 0, config, probe_window=(1, 1), base_probe=base_probe)
+    base_probe = grid.probe_base(tiny, task, config, seed=0)
+    cell = grid.run_cell(tiny, task, loc, 0, config, probe_window=(1, 1), base_probe=base_probe)
     snap.assert_unchanged()
     m = cell["metrics"]
     assert 0 <= m["edit_acc"] <= 1 and 0 <= m["probe_true"] <= 1 and m["probe_window"] == [1, 1]
@@ -250,17 +250,17 @@ def test_grid_cell_on_the_tiny_model(tiny, task):
 
 def test_counterfact_grid_cell_on_the_tiny_model(tiny):
     """A CounterFact cell runs end to end: paraphrases and neighbourhood prompts scored, relearning, no probes."""
-    from mechunlearn_nb import comparison
+    from mechunlearn_nb import grid
 
     known = data.load_counterfact(with_prompts=True).head(120)  # the tiny random model knows nothing: treat as known
     task = tasks.counterfact_edit(tiny, n=8, seed=0, known=known, max_maintain=8)
     snap = Snapshot(tiny)
     loc = Localization.from_components(tiny, ["m1"], name="fact lookup")
-    config = comparison.GridConfig(tasks=("counterfact 16",), seeds=(0,), relearn_steps=(0, 1), n_unrelated=0,
+    config = grid.GridConfig(tasks=("counterfact 16",), seeds=(0,), relearn_steps=(0, 1), n_unrelated=0,
                                    edit_overrides=dict(EDIT), relearn_overrides=dict(QUICK),
                                    eval_overrides=dict(n_paragraphs=1, lm_tokens=16))
-    assert comparison.probe_base(tiny, task, config, seed=0) == (None, None)
-    cell = comparison.run_cell(tiny, task, loc, 0, config, probe_window=(1, 1), base_probe=(None, None))
+    assert grid.probe_base(tiny, task, config, seed=0) == (None, None)
+    cell = grid.run_cell(tiny, task, loc, 0, config, probe_window=(1, 1), base_probe=(None, None))
     snap.assert_unchanged()
     m = cell["metrics"]
     assert 0 <= m["edit_acc"] <= 1 and 0 <= m["paraphrase_edit_acc"] <= 1 and 0 <= m["relearn_acc"] <= 1
@@ -275,7 +275,7 @@ def test_processes_sharing_a_grid_folder_locate_once(tiny, tmp_path, monkeypatch
     import threading
     import time
 
-    from mechunlearn_nb import comparison
+    from mechunlearn_nb import grid, registry
 
     calls = []
 
@@ -286,11 +286,11 @@ def test_processes_sharing_a_grid_folder_locate_once(tiny, tmp_path, monkeypatch
                  "OT (causal tracing)": Localization.from_components(model, ["a0"], name="OT (causal tracing)")}
         return built, {"flu_layers": [1], "n_locate": 4}
 
-    monkeypatch.setattr(comparison, "locate", slow_locate)
-    config = comparison.GridConfig(tasks=("edit 8 athletes",), localizations=("fact lookup", "OT (causal tracing)"))
+    monkeypatch.setattr(registry, "locate", slow_locate)
+    config = grid.GridConfig(tasks=("edit 8 athletes",), localizations=("fact lookup", "OT (causal tracing)"))
     found = []
     workers = [threading.Thread(target=lambda: found.append(
-        comparison.dataset_localizations(tiny, "sports", config, tmp_path))) for _ in range(2)]
+        grid.dataset_localizations(tiny, "sports", config, tmp_path))) for _ in range(2)]
     for w in workers:
         w.start()
     for w in workers:

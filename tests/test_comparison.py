@@ -1,4 +1,5 @@
-"""Aggregation and verdicts of the comparison grid, on hand-made cells (no model needed)."""
+"""The comparison grid (grid, registry, statistics): aggregation and verdicts on hand-made cells, a grid's
+configuration and saved folder, the shipped full-size grid."""
 
 import re
 from pathlib import Path
@@ -7,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mechunlearn_nb import comparison
+from mechunlearn_nb import grid, io, plots, registry, statistics
+from mechunlearn_nb.localization import Kind
 
 
 def _cells(flu_relearn, ot_relearn, seeds=(0, 1, 2)):
@@ -22,33 +24,33 @@ def _cells(flu_relearn, ot_relearn, seeds=(0, 1, 2)):
 
 def test_aggregate_mean_and_t_interval():
     cells = _cells([0.1, 0.2, 0.3], [0.7, 0.8, 0.9])
-    agg = comparison.aggregate(cells)
+    agg = statistics.aggregate(cells)
     row = agg[(agg.localization == "fact lookup") & (agg.metric == "relearn_acc")].iloc[0]
     assert row["mean"] == pytest.approx(0.2)
     # t(0.975, 2) = 4.303; sd = 0.1; n = 3
     assert row["ci95"] == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-3)
     assert row["n_seeds"] == 3
-    one = comparison.aggregate(cells[cells.seed == 0])
+    one = statistics.aggregate(cells[cells.seed == 0])
     assert one["ci95"].isna().all()
 
 
 def test_verdicts_separate_supported_direction_and_not():
-    strong = comparison.verdicts(_cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]), ot=("OT (causal tracing)",))
+    strong = statistics.verdicts(_cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]), ot=("OT (causal tracing)",))
     v = strong.set_index("metric")["verdict"]
     assert v["relearn_acc"] == "supported"
     assert v["probe_true"] == "supported"  # no spread over seeds: intervals of width 0, apart
     assert v["mcq_edit_acc"] == "no data" and v["paraphrase_edit_acc"] == "no data"
     assert v["maintain_acc"] == "comparable"
-    noisy = comparison.verdicts(_cells([0.1, 0.9, 0.5], [0.2, 0.8, 0.6]), ot=("OT (causal tracing)",))
+    noisy = statistics.verdicts(_cells([0.1, 0.9, 0.5], [0.2, 0.8, 0.6]), ot=("OT (causal tracing)",))
     assert noisy.set_index("metric").loc["relearn_acc", "verdict"] == "direction only"
-    worse = comparison.verdicts(_cells([0.8, 0.82, 0.81], [0.1, 0.12, 0.11]), ot=("OT (causal tracing)",))
+    worse = statistics.verdicts(_cells([0.8, 0.82, 0.81], [0.1, 0.12, 0.11]), ot=("OT (causal tracing)",))
     assert worse.set_index("metric").loc["relearn_acc", "verdict"] == "not supported"
     assert (strong["note"] == "").all()  # no record of the unedited model's MCQ: nothing to flag
     cells = _cells([0.1, 0.12, 0.11], [0.8, 0.82, 0.81]).assign(mcq_edit_acc=0.5, base_mcq_forget_acc=0.05)
-    flagged = comparison.verdicts(cells, ot=("OT (causal tracing)",)).set_index("metric")["note"]
+    flagged = statistics.verdicts(cells, ot=("OT (causal tracing)",)).set_index("metric")["note"]
     assert "0.05 (edit 16 athletes)" in flagged["mcq_edit_acc"] and flagged["relearn_acc"] == ""
     assert "other tasks" not in flagged["mcq_edit_acc"]
-    fine = comparison.verdicts(cells.assign(base_mcq_forget_acc=0.9), ot=("OT (causal tracing)",))
+    fine = statistics.verdicts(cells.assign(base_mcq_forget_acc=0.9), ot=("OT (causal tracing)",))
     assert (fine["note"] == "").all()
 
 
@@ -57,13 +59,13 @@ def test_verdicts_compare_pairs_of_cells_on_the_same_task_and_seed():
     easy = _cells([0.10, 0.12, 0.11], [0.20, 0.21, 0.22])
     hard = _cells([0.80, 0.85, 0.90], [0.90, 0.95, 0.99]).assign(task="edit 64 athletes")
     cells = pd.concat([easy, hard], ignore_index=True)
-    row = comparison.verdicts(cells, ot=("OT (causal tracing)",)).set_index("metric").loc["relearn_acc"]
+    row = statistics.verdicts(cells, ot=("OT (causal tracing)",)).set_index("metric").loc["relearn_acc"]
     assert row["flu_mean"] + row["flu_ci95"] > row["ot_mean"] - row["ot_ci95"]  # the pooled intervals overlap
     assert row["diff_mean"] == pytest.approx(np.mean([-0.1, -0.09, -0.11, -0.1, -0.1, -0.09]))
     assert row["verdict"] == "supported" and row["n_pairs"] == 6
     # a cell without its counterpart is not compared: the pairs shrink, the counts say so
     lone = cells.drop(cells[(cells.localization == "OT (causal tracing)") & (cells.seed == 2)].index)
-    row = comparison.verdicts(lone, ot=("OT (causal tracing)",)).set_index("metric").loc["relearn_acc"]
+    row = statistics.verdicts(lone, ot=("OT (causal tracing)",)).set_index("metric").loc["relearn_acc"]
     assert (row["n_pairs"], row["n_flu"], row["n_ot"]) == (4, 6, 4)
 
 
@@ -72,7 +74,7 @@ def test_verdicts_per_dataset_and_pooled():
     cf = _cells([0.8, 0.82, 0.81], [0.1, 0.12, 0.11]).assign(task="counterfact 16", mcq_edit_acc=0.5,
                                                                base_mcq_forget_acc=0.9)
     cf["paraphrase_edit_acc"] = [1.0, 0.8, 0.9, 0.7, 0.9, 0.7]  # rows alternate fact lookup, OT: FLU 0.2 ahead
-    v = comparison.verdicts(pd.concat([sports, cf], ignore_index=True), ot=("OT (causal tracing)",))
+    v = statistics.verdicts(pd.concat([sports, cf], ignore_index=True), ot=("OT (causal tracing)",))
     assert list(dict.fromkeys(v["dataset"])) == ["sports", "counterfact", "all"]
     relearn = v[v.metric == "relearn_acc"].set_index("dataset")
     assert relearn.loc["sports", "verdict"] == "supported" and relearn.loc["counterfact", "verdict"] == "not supported"
@@ -83,22 +85,22 @@ def test_verdicts_per_dataset_and_pooled():
     mcq = v[v.metric == "mcq_edit_acc"].set_index("dataset")["note"]
     assert "0.05 (edit 16 athletes)" in mcq["sports"] and mcq["counterfact"] == ""
     assert "counterfact 16" not in mcq["all"] and "on the other tasks it is above chance" in mcq["all"]
-    pooled = comparison.verdicts(pd.concat([sports, cf]), ot=("OT (causal tracing)",), by_dataset=False)
+    pooled = statistics.verdicts(pd.concat([sports, cf]), ot=("OT (causal tracing)",), by_dataset=False)
     assert set(pooled["dataset"]) == {"all"} and len(pooled) == 7
 
 
 def test_table_is_wide_with_intervals():
-    wide = comparison.table(comparison.aggregate(_cells([0.1, 0.2, 0.3], [0.7, 0.8, 0.9])))
+    wide = statistics.table(statistics.aggregate(_cells([0.1, 0.2, 0.3], [0.7, 0.8, 0.9])))
     assert wide.loc[("edit 16 athletes", "fact lookup"), "relearn_acc"].startswith("0.20 ± ")
 
 
 def test_grid_config_rejects_unknown_names():
     with pytest.raises(ValueError, match="Unknown task"):
-        comparison.GridConfig(tasks=("forget cricket",))
+        grid.GridConfig(tasks=("forget cricket",))
     with pytest.raises(ValueError, match="Unknown localization"):
-        comparison.GridConfig(localizations=("everything",))
+        grid.GridConfig(localizations=("everything",))
     with pytest.raises(ValueError, match="seed"):
-        comparison.GridConfig(seeds=())
+        grid.GridConfig(seeds=())
 
 
 def test_cell_metrics_reads_the_evaluation_table():
@@ -113,7 +115,7 @@ def test_cell_metrics_reads_the_evaluation_table():
         ("before", "general_text", "text", "lm_loss", 3.0), ("after", "general_text", "text", "lm_loss", 3.2)]]
     curve = pd.DataFrame([dict(step=0, half="B (held out)", accuracy=0.0), dict(step=20, half="B (held out)", accuracy=0.5),
                           dict(step=20, half="A (trained)", accuracy=1.0)])
-    m = comparison.cell_metrics(T, pd.DataFrame(rows), curve, None)
+    m = grid.cell_metrics(T, pd.DataFrame(rows), curve, None)
     assert (m["forget_acc"], m["edit_acc"], m["maintain_acc"], m["mcq_edit_acc"]) == (0.1, 0.9, 0.8, 0.3)
     assert m["base_mcq_edit_acc"] == 0.7 and np.isnan(m["base_mcq_forget_acc"])  # not in the table: NaN
     assert m["lm_loss_change"] == pytest.approx(0.2) and m["relearn_acc"] == 0.5 and np.isnan(m["probe_true"])
@@ -121,42 +123,42 @@ def test_cell_metrics_reads_the_evaluation_table():
     probe = pd.DataFrame([dict(localization=loc, stage=st, position="final", layer=layer,
                                frac_true=(0.9 if st == "before" else (0.5 if layer <= 2 else 0.0)), frac_edit=0.0)
                           for loc, st in (("base", "before"), ("x", "after")) for layer in range(7)])
-    m = comparison.cell_metrics(T, pd.DataFrame(rows), curve, probe, probe_window=(1, 2))
+    m = grid.cell_metrics(T, pd.DataFrame(rows), curve, probe, probe_window=(1, 2))
     assert (m["probe_true"], m["probe_true_late"], m["probe_true_base"]) == (0.5, 0.0, 0.9)
     assert m["probe_window"] == [1, 2]
-    assert comparison.cell_metrics(T, pd.DataFrame(rows), curve, probe)["probe_true"] == 0.0  # no window: late layers
+    assert grid.cell_metrics(T, pd.DataFrame(rows), curve, probe)["probe_true"] == 0.0  # no window: late layers
 
 
 def test_probe_window_follows_fact_lookup(tiny):
-    flu = comparison.fixed(tiny, {"fact lookup": ["m0"]}, ("fact lookup",))["fact lookup"]
-    assert comparison.probe_window_for(tiny, flu, late_layers=1) == (1, 1)  # 2 blocks: after m0 up to layer 2 - 1
+    flu = registry.fixed(tiny, {"fact lookup": ["m0"]}, ("fact lookup",))["fact lookup"]
+    assert grid.probe_window_for(tiny, flu, late_layers=1) == (1, 1)  # 2 blocks: after m0 up to layer 2 - 1
     with pytest.raises(ValueError, match="probe_window"):
-        comparison.GridConfig(probe_window=(5, 2))
+        grid.GridConfig(probe_window=(5, 2))
 
 
 def test_grid_config_checks_fixed_components():
-    comparison.GridConfig(localizations=("fact lookup", "OT (attribution patching)", "random"),
+    grid.GridConfig(localizations=("fact lookup", "OT (attribution patching)", "random"),
                           components={"sports": {"fact lookup": ["m1"], "OT (attribution patching)": ["a1"]}})
     with pytest.raises(ValueError, match="unknown dataset"):
-        comparison.GridConfig(components={"wiki": {"fact lookup": ["m1"]}})
+        grid.GridConfig(components={"wiki": {"fact lookup": ["m1"]}})
     with pytest.raises(ValueError, match="cannot fix"):
-        comparison.GridConfig(components={"sports": {"random": ["m1"]}})
+        grid.GridConfig(components={"sports": {"random": ["m1"]}})
     with pytest.raises(ValueError, match="budgets would"):
-        comparison.GridConfig(localizations=("fact lookup", "OT (causal tracing)"),
+        grid.GridConfig(localizations=("fact lookup", "OT (causal tracing)"),
                               components={"sports": {"fact lookup": ["m1"]}})
     with pytest.raises(ValueError, match="n_known"):
-        comparison.GridConfig(n_known=3)
+        grid.GridConfig(n_known=3)
 
 
 def test_fixed_localizations_share_the_fact_lookup_budget(tiny):
-    locs = comparison.fixed(tiny, {"fact lookup": ["m1"], "OT (attribution patching)": ["a0"]},
+    locs = registry.fixed(tiny, {"fact lookup": ["m1"], "OT (attribution patching)": ["a0"]},
                             ("fact lookup", "OT (attribution patching)", "all MLPs", "non-localized"))
     assert locs["fact lookup"].components == ["m1"]
     assert locs["all MLPs"].n_params > locs["fact lookup"].n_params
-    rnd = comparison.localization_for(tiny, locs, "random", seed=0)
+    rnd = registry.for_seed(tiny, locs, "random", seed=0)
     assert 0 < rnd.n_params <= locs["fact lookup"].n_params
     with pytest.raises(ValueError, match="fact lookup"):
-        comparison.fixed(tiny, {"OT (attribution patching)": ["a0"]})
+        registry.fixed(tiny, {"OT (attribution patching)": ["a0"]})
 
 
 def test_resume_refuses_cells_from_other_settings(tmp_path):
@@ -166,13 +168,13 @@ def test_resume_refuses_cells_from_other_settings(tmp_path):
 
     cells = tmp_path / "cells"
     cells.mkdir()
-    config = comparison.GridConfig(tasks=("edit 16 athletes",), seeds=(0,))
+    config = grid.GridConfig(tasks=("edit 16 athletes",), seeds=(0,))
     save_json(asdict(config), tmp_path / "grid_config.json")
     (cells / "a.json").write_text("{}")
     # more seeds or other localizations: the same settings, cells are reused
-    comparison._check_resume(comparison.GridConfig(tasks=("edit 16 athletes",), seeds=(0, 1)), tmp_path, cells)
+    grid._check_resume(grid.GridConfig(tasks=("edit 16 athletes",), seeds=(0, 1)), tmp_path, cells)
     with pytest.raises(ValueError, match="other settings.*relearn_steps"):
-        comparison._check_resume(comparison.GridConfig(tasks=("edit 16 athletes",), seeds=(0,), relearn_steps=(0, 3)),
+        grid._check_resume(grid.GridConfig(tasks=("edit 16 athletes",), seeds=(0,), relearn_steps=(0, 3)),
                                  tmp_path, cells)
 
 
@@ -181,30 +183,30 @@ def test_resumed_grid_reads_its_saved_localizations(tiny, tmp_path):
 
     names = ("fact lookup", "OT (attribution patching)", "random", "all MLPs")
     path = tmp_path / "localizations_sports.json"
-    assert comparison.saved_localizations(tiny, path, names) is None  # nothing saved yet: locate
+    assert grid.saved_localizations(tiny, path, names) is None  # nothing saved yet: locate
     save_json({"flu_layers": [1], "n_locate": 4,
                "localizations": {"fact lookup": {"components": ["m1"], "n_params": 1},
                                  "OT (attribution patching)": {"components": ["a0", "m0"], "n_params": 1}}}, path)
-    locs = comparison.saved_localizations(tiny, path, names)
+    locs = grid.saved_localizations(tiny, path, names)
     assert locs["fact lookup"].components == ["m1"]
     assert locs["OT (attribution patching)"].components == ["a0", "m0"]
     assert locs["all MLPs"].n_params > locs["fact lookup"].n_params
     assert "random" not in locs  # drawn per seed by localization_for
     # a localization the earlier run did not locate: locate again rather than guess
-    assert comparison.saved_localizations(tiny, path, ("fact lookup", "OT (causal tracing)")) is None
+    assert grid.saved_localizations(tiny, path, ("fact lookup", "OT (causal tracing)")) is None
 
 
 def test_saved_cells_and_timings_read_a_running_grid(tmp_path):
     from mechunlearn_nb.io import save_json
 
     with pytest.raises(FileNotFoundError, match="No saved cells"):
-        comparison.saved_cells(tmp_path)
+        grid.saved_cells(tmp_path)
     for seed in (0, 1):
         save_json(dict(metrics=dict(task="edit 16 athletes", localization="fact lookup", seed=seed, relearn_acc=0.1 * seed),
                        curve=[], seconds=dict(edit=10.0, evaluate=2.0)), tmp_path / "cells" / f"c{seed}.json")
-    cells = comparison.saved_cells(tmp_path)
+    cells = grid.saved_cells(tmp_path)
     assert list(cells["seed"]) == [0, 1] and cells["relearn_acc"].tolist() == [0.0, 0.1]
-    t = comparison.timings(tmp_path)
+    t = grid.timings(tmp_path)
     assert len(t) == 4 and t.groupby("seed")["seconds"].sum().tolist() == [12.0, 12.0]
 
 
@@ -215,13 +217,13 @@ def test_grid_progress_counts_cells_and_estimates_the_time_left(tmp_path, capsys
     for loc, seed, secs in [("fact lookup", 0, 100.0), ("random", 0, 300.0), ("fact lookup", 1, None)]:
         save_json(dict(metrics=dict(task="edit 16 athletes", localization=loc, seed=seed), curve=[],
                        **({"seconds": dict(edit=secs / 2, evaluate=secs / 2)} if secs else {})),
-                  tmp_path / "cells" / f"{comparison.slug('edit 16 athletes', loc, seed)}.json")
-    p = comparison.grid_progress(tmp_path, tasks=("edit 16 athletes", "counterfact 16"),
+                  tmp_path / "cells" / f"{io.slug('edit 16 athletes', loc, seed)}.json")
+    p = grid.grid_progress(tmp_path, tasks=("edit 16 athletes", "counterfact 16"),
                                  localizations=("fact lookup", "random"), seeds=(0, 1)).set_index("task")
     assert p.loc["edit 16 athletes", ["planned", "done", "left"]].tolist() == [4, 3, 1]
     assert p.loc["edit 16 athletes", "cell_seconds"] == 200.0  # the untimed (older) cell is not counted
     assert p.loc["counterfact 16", "cell_seconds"] == 200.0 and p.loc["counterfact 16", "seconds_left"] == 800.0
-    full = comparison.grid_progress(tmp_path)
+    full = grid.grid_progress(tmp_path)
     assert full["planned"].sum() == 105 and full["done"].sum() == 3
     assert main(["grid-status", str(tmp_path), "--workers", "2"]) == 0
     out = capsys.readouterr().out
@@ -253,20 +255,20 @@ def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path, capsys):
                                                                (0, "B (held out)", 0.0), (5, "B (held out)", 0.25)]]
     for loc, ev in [("fact lookup", evaluation), ("random", [])]:
         save_json(dict(metrics=dict(task="edit 16 athletes", localization=loc, seed=0, edit_acc=1.0, probe_true=float("nan")),
-                       curve=curve, evaluation=ev), tmp_path / "cells" / f"{comparison.slug('edit 16 athletes', loc, 0)}.json")
-    cell = comparison.saved_cell(tmp_path, "edit 16 athletes", "fact lookup", 0)
-    table = comparison.evaluation_table(cell)
+                       curve=curve, evaluation=ev), tmp_path / "cells" / f"{io.slug('edit 16 athletes', loc, 0)}.json")
+    cell = grid.saved_cell(tmp_path, "edit 16 athletes", "fact lookup", 0)
+    table = grid.evaluation_table(cell)
     assert table.loc[("forget", "fact", "acc_true"), "change"] == pytest.approx(-0.75)
     assert table.loc[("maintain", "qa", "acc_true"), "n"] == 256 and list(table.columns) == ["before", "after", "change", "n"]
     with pytest.raises(ValueError, match="without its evaluation table"):
-        comparison.evaluation_table(comparison.saved_cell(tmp_path, "edit 16 athletes", "random", 0))
-    cells = comparison.saved_cells(tmp_path).sort_values("localization", ascending=False)  # the older cell first
-    key, first = comparison.first_evaluation_table(tmp_path, cells)
+        grid.evaluation_table(grid.saved_cell(tmp_path, "edit 16 athletes", "random", 0))
+    cells = grid.saved_cells(tmp_path).sort_values("localization", ascending=False)  # the older cell first
+    key, first = grid.first_evaluation_table(tmp_path, cells)
     assert key == dict(task="edit 16 athletes", localization="fact lookup", seed=0) and first.equals(table)
-    key, none = comparison.first_evaluation_table(tmp_path, cells[cells["localization"] == "random"])
+    key, none = grid.first_evaluation_table(tmp_path, cells[cells["localization"] == "random"])
     assert key is None and none.empty and list(none.columns) == list(table.columns)
     with pytest.raises(FileNotFoundError, match="seed 3.*pick one of the saved cells"):
-        comparison.saved_cell(tmp_path, "edit 16 athletes", "fact lookup", 3)
+        grid.saved_cell(tmp_path, "edit 16 athletes", "fact lookup", 3)
     capsys.readouterr()
     box = widgets.grid_explorer(tmp_path)
     task, loc, seed = box.children[0].children
@@ -281,15 +283,15 @@ def test_one_saved_cell_its_evaluation_table_and_the_explorer(tmp_path, capsys):
 def test_unedited_rows_give_the_table_a_reference():
     cells = _cells([0.1, 0.2, 0.3], [0.7, 0.8, 0.9]).assign(base_maintain_acc=0.95, probe_true_base=0.8)
     cells.loc[cells.index[:2], "base_mcq_edit_acc"] = 0.7  # an older cell lacks the field: the others' value is used
-    base = comparison.unedited(cells)
-    assert len(base) == 3 and set(base["localization"]) == {comparison.UNEDITED}
+    base = statistics.unedited(cells)
+    assert len(base) == 3 and set(base["localization"]) == {statistics.UNEDITED}
     assert base["maintain_acc"].tolist() == [0.95] * 3 and base["mcq_edit_acc"].tolist()[0] == 0.7
-    agg = comparison.aggregate(pd.concat([cells, base], ignore_index=True))
-    ref = agg[agg["localization"] == comparison.UNEDITED].set_index("metric")["mean"]
+    agg = statistics.aggregate(pd.concat([cells, base], ignore_index=True))
+    ref = agg[agg["localization"] == statistics.UNEDITED].set_index("metric")["mean"]
     assert ref["probe_true"] == pytest.approx(0.8) and "relearn_acc" not in ref
-    fig = comparison.plot_metrics(agg)
-    assert comparison.UNEDITED in [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert comparison.unedited(cells[["task", "localization", "seed"]]).empty
+    fig = plots.plot_metrics(agg)
+    assert statistics.UNEDITED in [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert statistics.unedited(cells[["task", "localization", "seed"]]).empty
 
 
 def test_the_shipped_full_size_grid_is_complete_and_its_table_and_verdicts_follow_from_its_cells():
@@ -301,13 +303,32 @@ def test_the_shipped_full_size_grid_is_complete_and_its_table_and_verdicts_follo
     metrics = json.loads((root / "metrics.json").read_text())
     checked = expected.check("09_comparison", metrics, size="full")
     assert len(checked) > 20 and checked["ok"].all(), checked[~checked["ok"]]
-    cells = comparison.saved_cells(root)
-    assert len(cells) == 105 and comparison.grid_progress(root)["left"].sum() == 0
+    cells = grid.saved_cells(root)
+    assert len(cells) == 105 and grid.grid_progress(root)["left"].sum() == 0
     shipped = pd.read_csv(root / "verdicts.csv")
-    again = comparison.verdicts(cells)
+    again = statistics.verdicts(cells)
     cols = ["dataset", "claim", "versus", "verdict"]
     assert again[cols].values.tolist() == shipped[cols].values.tolist()
     assert np.allclose(again["diff_mean"], shipped["diff_mean"], equal_nan=True)
-    agg = comparison.aggregate(pd.concat([cells, comparison.unedited(cells)], ignore_index=True))
+    agg = statistics.aggregate(pd.concat([cells, statistics.unedited(cells)], ignore_index=True))
     both = agg.merge(pd.read_csv(root / "aggregate.csv"), on=["task", "localization", "metric"], suffixes=("", "_shipped"))
     assert len(both) == len(agg) and np.allclose(both["mean"], both["mean_shipped"], equal_nan=True)
+
+
+def test_registry_entries_say_how_each_localization_is_built(tiny):
+    assert registry.LOCATED == ("fact lookup", "OT (causal tracing)", "OT MLPs only", "OT (attribution patching)")
+    assert registry.entry("ot_causal_tracing") is registry.entry("OT (causal tracing)")
+    assert {e.key for e in registry.ENTRIES} == {io.slug(e.label, sep="_") for e in registry.ENTRIES}
+    with pytest.raises(ValueError, match="choose from"):
+        registry.entry("everything")
+    assert set(registry.FAST_COMPONENTS) == set(registry.LOCATED)
+    # built from FAST components: nothing located, and each whole group carries its kind (its learning rate)
+    locs, evidence = registry.build(tiny, ("fact_lookup", "random", "all MLPs", "non-localized"),
+                                    components={"fact lookup": ["m1"]}, seed=3)
+    assert list(locs) == ["fact lookup", "random", "all MLPs", "non-localized"] and evidence["n_locate"] == 0
+    assert [locs[n].kind for n in locs] == [Kind.LOCALIZED, Kind.LOCALIZED, Kind.ALL_MLPS, Kind.NON_LOCALIZED]
+    assert locs["random"].meta["seed"] == 3 and locs["random"].n_params <= locs["fact lookup"].n_params
+    with pytest.raises(ValueError, match="budgets would"):
+        registry.build(tiny, ("fact lookup", "OT (causal tracing)"), components={"fact lookup": ["m1"]})
+    with pytest.raises(ValueError, match="built, not located"):
+        registry.fixed(tiny, {"fact lookup": ["m1"], "random": ["a0"]})

@@ -1,28 +1,26 @@
-"""The paper's comparison: every localization × every task × several seeds.
+"""The paper's comparison grid: every localization × every task × several seeds.
 
 Guo et al.'s central table puts localizations side by side under the same
 parameter budget — fact lookup (FLU), output tracing from causal tracing or
 attribution patching (all components, or MLPs only), random components, all
-MLPs, and no localization — and asks of each edit: did it take (forget / edit
-accuracy), did it stay put (maintain accuracy, general-text loss), and does it
-hold up (multiple choice, paraphrases, a relearning attack, latent-knowledge
-probes)?
+MLPs, and no localization (:mod:`.registry`) — and asks of each edit: did it
+take (forget / edit accuracy), did it stay put (maintain accuracy,
+general-text loss), and does it hold up (multiple choice, paraphrases, a
+relearning attack, latent-knowledge probes)?
 
-This module runs that grid. It works in three steps:
+This module runs that grid, a *cell* at a time:
 
-1. :func:`locate` computes, once per model and dataset, the evidence (probes,
-   causal tracing, attribution patching on known facts) and builds every
-   localization, matched to FLU's parameter count;
+1. once per model and dataset, the localizations are built
+   (:func:`dataset_localizations`, through :func:`registry.build`) and saved next
+   to the cells, so that other processes and later runs read them back;
 2. :func:`run_cell` makes one edit (a task, a localization, a seed), evaluates
    it, attacks it and probes it, and returns one row of metrics plus the
    relearning curve. :func:`run_grid` runs every cell and **saves each cell to
    its own JSON file as soon as it is done**, so an interrupted run resumes
    where it stopped and a finished cell is never recomputed;
-3. :func:`aggregate` turns the cells into mean ± 95% confidence interval
-   (Student t over seeds), and :func:`verdicts` checks the paper's claims —
-   fact lookup more robust than output tracing on multiple choice, on
-   relearning, on probes, with comparable side effects — and says, with the
-   numbers, whether this run supports each.
+3. the readers (:func:`saved_cells`, :func:`saved_cell`, :func:`curves`,
+   :func:`timings`, :func:`grid_progress`) look at a grid's folder, finished or
+   not; :mod:`.statistics` turns the cells into intervals and verdicts.
 
 Metric names (all fractions are accuracies among the candidates, argmax):
 
@@ -40,6 +38,10 @@ Metric names (all fractions are accuracies among the candidates, argmax):
   (``probe_true_late``, the last four layers, is kept for reference). A forget-one-sport task leaves no
   known player of that sport to train a probe on: NaN, with the reason in ``probe_note``;
 - ``lm_loss_change``: general-text loss after minus before (side effect).
+
+A cell's file, ``<out>/cells/<task>__<localization>__<seed>.json`` (:func:`io.slug` of the three), holds
+``metrics, curve, seconds, evaluation, edit_config, history_tail``; the localization is saved under its
+label (:data:`registry.LABELS`).
 """
 
 from __future__ import annotations
@@ -55,22 +57,15 @@ import pandas as pd
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from . import attacks, data, editing, evaluation, latent, localization, patching, probing, tasks, tracing
+from . import attacks, editing, evaluation, latent, registry, tasks
 from .io import save_json, slug
 from .models import hf_model
+from .tasks import dataset_of
 
-LOCALIZATIONS = ("fact lookup", "OT (causal tracing)", "OT MLPs only", "OT (attribution patching)", "random",
-                 "all MLPs", "non-localized")
 TASKS = ("forget basketball", "edit 16 athletes", "edit 64 athletes", "counterfact 16", "counterfact 64")
 #: task names :func:`build_task` understands (:data:`TASKS` are the paper's sizes)
 TASK_PATTERN = re.compile(r"forget basketball|edit [1-9]\d* athletes|counterfact [1-9]\d*")
 SEEDS = (0, 1, 2)  # the full-size grid's seeds
-METRICS = ("forget_acc", "edit_acc", "maintain_acc", "mcq_forget_acc", "mcq_edit_acc", "paraphrase_edit_acc",
-           "paraphrase_forget_acc", "relearn_acc", "probe_true", "lm_loss_change")
-#: for each metric, whether a higher value means a better (more robust / less damaging) edit
-HIGHER_IS_BETTER = {"forget_acc": False, "edit_acc": True, "maintain_acc": True, "mcq_forget_acc": False,
-                    "mcq_edit_acc": True, "paraphrase_edit_acc": True, "paraphrase_forget_acc": False,
-                    "relearn_acc": False, "probe_true": False, "lm_loss_change": False}
 
 
 def check_selection(tasks: tuple[str, ...], localizations: tuple[str, ...], seeds: tuple[int, ...]) -> None:
@@ -79,9 +74,7 @@ def check_selection(tasks: tuple[str, ...], localizations: tuple[str, ...], seed
     if unknown or not tasks:
         raise ValueError(f"Unknown task(s) {unknown or '(none given)'}; choose from {TASKS} (any size N in "
                          f"'edit N athletes' and 'counterfact N').")
-    unknown = [name for name in localizations if name not in LOCALIZATIONS]
-    if unknown or not localizations:
-        raise ValueError(f"Unknown localization(s) {unknown or '(none given)'}; choose from {LOCALIZATIONS}.")
+    registry.check_names(localizations)
     if not seeds:
         raise ValueError("No seeds: give at least one seed.")
 
@@ -92,7 +85,7 @@ class GridConfig:
 
     Attributes:
         tasks: task names from :data:`TASKS`.
-        localizations: names from :data:`LOCALIZATIONS`.
+        localizations: labels (or keys) from :data:`registry.LABELS`.
         seeds: one edit per seed (the task's facts, the random localization and the training
             order change with it; the paper used several seeds per cell).
         n_locate: known facts used for causal tracing and attribution patching.
@@ -118,7 +111,7 @@ class GridConfig:
     """
 
     tasks: tuple[str, ...] = TASKS
-    localizations: tuple[str, ...] = LOCALIZATIONS
+    localizations: tuple[str, ...] = registry.LABELS
     seeds: tuple[int, ...] = SEEDS
     n_locate: int = 64
     n_probe: int | None = None
@@ -136,15 +129,15 @@ class GridConfig:
 
     def __post_init__(self):
         check_selection(self.tasks, self.localizations, self.seeds)
+        self.localizations = registry.check_names(self.localizations)  # keys become labels (the saved names)
         for dataset, comps in (self.components or {}).items():
             if dataset not in ("sports", "counterfact"):
                 raise ValueError(f"components: unknown dataset {dataset!r}; use 'sports' or 'counterfact' as keys.")
-            bad = [n for n in comps if n not in LOCALIZATIONS or n in BUILT_FROM_BUDGET]
+            bad = [n for n in comps if n not in registry.LOCATED]
             if bad:
-                raise ValueError(f"components[{dataset!r}]: cannot fix {bad}; give components for "
-                                 f"{[n for n in LOCALIZATIONS if n not in BUILT_FROM_BUDGET]}.")
-            located = [n for n in self.localizations if n not in BUILT_FROM_BUDGET and n not in comps]
-            if "fact lookup" in comps and located:
+                raise ValueError(f"components[{dataset!r}]: cannot fix {bad}; give components for {list(registry.LOCATED)}.")
+            located = [n for n in self.localizations if registry.entry(n).located and n not in comps]
+            if registry.FLU.label in comps and located:
                 raise ValueError(f"components[{dataset!r}] fixes 'fact lookup' but not {located}, whose budgets would "
                                  f"then not match it. Fix: give components for them too, or leave 'fact lookup' out.")
         if self.n_known is not None and self.n_known < 8:
@@ -156,119 +149,9 @@ class GridConfig:
         self.tasks, self.localizations, self.seeds = tuple(self.tasks), tuple(self.localizations), tuple(self.seeds)
 
 
-#: localizations that are not located from evidence: drawn or taken whole, given fact lookup's budget
-BUILT_FROM_BUDGET = ("random", "all MLPs", "non-localized")
-#: localizations located from evidence (or given as components); the others are rebuilt from fact lookup's budget
-LOCATED = tuple(n for n in LOCALIZATIONS if n not in BUILT_FROM_BUDGET)
-
-
-def dataset_of(task_name: str) -> str:
-    return "counterfact" if task_name.startswith("counterfact") else "sports"
-
-
 # ---------------------------------------------------------------------------
 # 1. Localizations, once per model and dataset
 # ---------------------------------------------------------------------------
-
-
-def known_for(model, dataset: str, n_known: int | None = None, seed: int = 0, progress: bool = False) -> pd.DataFrame:
-    """The known facts of a dataset: all of them (disk-cached), or those among a seeded sample of ``n_known``."""
-    if n_known is None:
-        return tasks.known_facts(model, dataset, progress=progress)
-    pool = data.load_sports() if dataset == "sports" else data.load_counterfact(with_prompts=True)
-    sample = pool.sample(min(n_known, len(pool)), random_state=seed)
-    scored = tasks.score_facts(model, dataset, facts=sample, progress=progress)
-    known = scored[scored["p_true_norm"] >= 0.5].reset_index(drop=True)
-    if len(known) == 0:
-        raise ValueError(f"The model knows none of {len(sample)} sampled {dataset} facts. Fix: raise n_known or use None.")
-    return known
-
-
-def fixed(model, components: dict[str, list[str]], names: tuple[str, ...] = LOCALIZATIONS) -> dict:
-    """Localizations from given component lists (``{name: [components]}``), plus the budget-built ones in ``names``."""
-    if "fact lookup" not in components:
-        raise ValueError("Fixed components need a 'fact lookup' entry: the other localizations match its budget.")
-    built = {n: localization.Localization.from_components(model, c, name=n, meta=dict(method="fixed components"))
-             for n, c in components.items()}
-    return {**built, **_whole(model, names)}
-
-
-_WHOLE = ("all MLPs", "non-localized")
-
-
-def _whole(model, names) -> dict:
-    """The localizations in ``names`` that take whole component groups (all MLPs, non-localized)."""
-    builders = {"all MLPs": localization.all_mlps, "non-localized": localization.non_localized}
-    return {n: builders[n](model, name=n) for n in names if n in builders}
-
-
-def _counterfact_locate_facts(model, known: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """Known CounterFact facts whose true target is one token (the tracing metric scores one token)."""
-    tok = model.tokenizer
-    single = known[[len(tok(" " + t, add_special_tokens=False)["input_ids"]) == 1 for t in known["target_true"]]]
-    if len(single) == 0:
-        raise ValueError("No known CounterFact fact has a single-token true target; cannot trace CounterFact.")
-    return single.sample(min(n, len(single)), random_state=seed).reset_index(drop=True)
-
-
-def locate(model, dataset: str = "sports", names: tuple[str, ...] = LOCALIZATIONS, n_locate: int = 64,
-           n_probe: int | None = None, seed: int = 0, progress: bool = True,
-           known: pd.DataFrame | None = None) -> tuple[dict, dict]:
-    """Build the localizations of one dataset, budget-matched to fact lookup.
-
-    Sports: probes on known athletes, causal tracing (noised subjects) and attribution patching
-    (subjects swapped for athletes of another sport) on ``n_locate`` known athletes; FLU from the
-    probes and the attribution evidence (:func:`localization.fact_lookup`).
-    CounterFact: there is no fixed label set to probe, so FLU uses the tracing evidence alone
-    (causal tracing and attribution patching with noised subjects, on CounterFact prompts).
-
-    Args:
-        known: the known facts to locate with (default: :func:`tasks.known_facts`).
-
-    Returns:
-        ``({name: Localization}, evidence)`` where ``evidence`` holds the tables used.
-    """
-    evidence: dict = {}
-    if dataset == "sports":
-        known = tasks.known_facts(model, "sports", progress=progress) if known is None else known
-        facts = patching.balanced_sample(known, n_locate, seed=seed)
-        probe_facts = known if n_probe is None else known.sample(min(n_probe, len(known)), random_state=seed)
-        probes = probing.layer_probes(model, probe_facts, seed=seed, progress=progress).accuracy
-        ap_inputs = patching.corrupt_subjects(model, facts, pool=known, seed=seed)
-        trace_kwargs = dict(components=("attn", "mlp"), seed=seed, progress=progress)
-        trace = tracing.causal_trace(model, facts, **trace_kwargs) if _needs_trace(names) else None
-    elif dataset == "counterfact":
-        known = tasks.known_facts(model, "counterfact", progress=progress) if known is None else known
-        facts = _counterfact_locate_facts(model, known, n_locate, seed)
-        prompts = [p.format(s) for p, s in zip(facts["prompt"], facts["subject"])]
-        probes = None
-        ap_inputs = tracing.noise_inputs(model, facts, prompts=prompts, subject_col="subject", answer_col="target_true",
-                                         seed=seed)
-        trace = None
-        if _needs_trace(names):  # the same noise inputs, restored state by state
-            trace = patching.average_over_facts(patching.run_patches(model, ap_inputs, components=("attn", "mlp"), progress=progress))
-    else:
-        raise ValueError(f"Unknown dataset {dataset!r}; choose 'sports' or 'counterfact'.")
-    attribution = patching.average_over_facts(patching.attribution_patching(model, ap_inputs, components=("head", "mlp"),
-                                                                   progress=progress))
-    flu = localization.fact_lookup(model, probes, attribution)
-    evidence.update(probes=probes, attribution=attribution, trace=trace, flu_layers=flu.meta.get("layers"),
-                    n_locate=len(facts))
-    built = {"fact lookup": flu}
-    for name in names:
-        if name == "OT (causal tracing)":
-            built[name] = localization.output_tracing(model, trace, budget=flu, name=name)
-        elif name == "OT MLPs only":
-            built[name] = localization.output_tracing(model, trace if trace is not None else attribution, budget=flu,
-                                                      mlp_only=True, name=name)
-        elif name == "OT (attribution patching)":
-            built[name] = localization.output_tracing(model, attribution, budget=flu, name=name)
-    built.update(_whole(model, names))
-    return built, evidence
-
-
-def _needs_trace(names) -> bool:
-    return "OT (causal tracing)" in names or "OT MLPs only" in names
 
 
 def saved_localizations(model, path: str | Path, names: tuple[str, ...]) -> dict | None:
@@ -278,24 +161,45 @@ def saved_localizations(model, path: str | Path, names: tuple[str, ...]) -> dict
     settings were checked to be the same). ``None`` when the file is missing or lacks a located name in
     ``names`` (the run then locates again).
     """
+    from .localization import Localization
+
     path = Path(path)
     if not path.exists():
         return None
     saved = json.loads(path.read_text()).get("localizations", {})
-    located = [n for n in ("fact lookup", *names) if n in LOCATED]
+    located = [n for n in dict.fromkeys((registry.FLU.label, *names)) if registry.entry(n).located]
     if any(not saved.get(n) for n in located):
         return None
-    built = {n: localization.Localization.from_components(model, saved[n]["components"], name=n,
-                                                          meta=dict(method="read back", source=str(path)))
-             for n in dict.fromkeys(located)}
-    return {**built, **_whole(model, names)}
+    built = {n: Localization.from_components(model, saved[n]["components"], name=n,
+                                             meta=dict(method="read back", source=str(path)))
+             for n in located}
+    return {**built, **registry.whole(model, names)}
 
 
-def localization_for(model, locs: dict, name: str, seed: int):
-    """The named localization (from :func:`locate`); ``random`` is drawn per seed with fact lookup's budget."""
-    if name == "random":
-        return localization.random_components(model, budget=locs["fact lookup"], seed=seed, name="random")
-    return locs[name]
+def dataset_localizations(model, dataset: str, config: GridConfig, out_dir: str | Path,
+                          known: pd.DataFrame | None = None) -> dict:
+    """One dataset's localizations for a grid in ``out_dir``: given (``config.components``), read back from
+    ``out_dir/localizations_<dataset>.json``, or located (:func:`registry.build`) and saved there.
+
+    Random components are not among them: :func:`registry.for_seed` draws them per seed.
+    Processes sharing ``out_dir`` (``run --workers``, or one notebook per seed) take turns: the first locates
+    and saves, the others wait for it and read the file back instead of locating again. The lock is the empty
+    file ``out_dir/.localizations_<dataset>.lock``; it stays there (deleting it while no worker runs is safe).
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / f"localizations_{dataset}.json"
+    names = tuple(n for n in config.localizations if not registry.entry(n).per_seed)
+    with FileLock(out_dir / f".localizations_{dataset}.lock"):
+        given = (config.components or {}).get(dataset, {})
+        saved = saved_localizations(model, path, names)
+        if saved is not None and not given:  # a resumed run: the evidence was computed with these settings
+            return saved
+        locs, evidence = registry.build(model, names, dataset, components=given, seed=0, n_locate=config.n_locate,
+                                        n_probe=config.n_probe, known=known, progress=False)
+        save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
+                   "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
+                                     for n, loc in locs.items()}}, path)
+        return locs
 
 
 # ---------------------------------------------------------------------------
@@ -469,37 +373,6 @@ def _check_resume(config: GridConfig, out_dir: Path, cell_dir: Path) -> None:
                          f"would be mixed into this table. Fix: use a new output folder, or delete {cell_dir} to recompute.")
 
 
-def dataset_localizations(model, dataset: str, config: GridConfig, out_dir: str | Path,
-                          known: pd.DataFrame | None = None) -> dict:
-    """One dataset's localizations for a grid in ``out_dir``: given (``config.components``), read back from
-    ``out_dir/localizations_<dataset>.json``, or located (:func:`locate`) and saved there.
-
-    Processes sharing ``out_dir`` (``run --workers``, or one notebook per seed) take turns: the first locates
-    and saves, the others wait for it and read the file back instead of locating again. The lock is the empty
-    file ``out_dir/.localizations_<dataset>.lock``; it stays there (deleting it while no worker runs is safe).
-    """
-    out_dir = Path(out_dir)
-    path = out_dir / f"localizations_{dataset}.json"
-    with FileLock(out_dir / f".localizations_{dataset}.lock"):
-        given = (config.components or {}).get(dataset, {})
-        saved = saved_localizations(model, path, config.localizations)
-        if saved is not None and not given:  # a resumed run: the evidence was computed with these settings
-            return saved
-        if "fact lookup" in given:  # GridConfig checked that every located localization is given too
-            locs = fixed(model, given, config.localizations)
-            evidence = {"flu_layers": [int(c[1:]) for c in given["fact lookup"] if c.startswith("m")], "n_locate": 0}
-        else:
-            locs, evidence = locate(model, dataset, config.localizations, n_locate=config.n_locate,
-                                    n_probe=config.n_probe, seed=0, progress=False, known=known)
-            locs.update({n: localization.Localization.from_components(model, c, name=n,
-                                                                      meta=dict(method="fixed components"))
-                         for n, c in given.items()})
-        save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
-                   "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
-                                     for n, loc in locs.items()}}, path)
-        return locs
-
-
 def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Run every (task, localization, seed) cell, resuming from ``out_dir/cells/``.
 
@@ -529,7 +402,7 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
         bar.set_postfix_str(f"{task_name} · {loc_name} · seed {seed}")
         dataset = dataset_of(task_name)
         if dataset not in known_by_dataset:
-            known_by_dataset[dataset] = known_for(model, dataset, config.n_known, seed=0)
+            known_by_dataset[dataset] = tasks.known_facts(model, dataset, sample=config.n_known, seed=0, progress=False)
         if dataset not in locs_by_dataset:
             locs_by_dataset[dataset] = dataset_localizations(model, dataset, config, out_dir, known_by_dataset[dataset])
         key = (task_name, seed)
@@ -540,14 +413,21 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
                                        **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
             cache_tasks = {key: (task, base, unrelated, probe_base(model, task, config, seed))}  # one task at a time
         task, base, unrelated, base_probe = cache_tasks[key]
-        loc = localization_for(model, locs_by_dataset[dataset], loc_name, seed)
-        window = config.probe_window or probe_window_for(model, locs_by_dataset[dataset]["fact lookup"])
+        loc = registry.for_seed(model, locs_by_dataset[dataset], loc_name, seed)
+        window = config.probe_window or probe_window_for(model, locs_by_dataset[dataset][registry.FLU.label])
         cell = run_cell(model, task, loc, seed, config, baseline=base, unrelated=unrelated, probe_window=window,
                         base_probe=base_probe)
         save_json(cell, path)
         rows.append(cell)
     frame = pd.DataFrame([r["metrics"] for r in rows])
     return frame
+
+
+
+
+# ---------------------------------------------------------------------------
+# 3. Reading a grid's folder
+# ---------------------------------------------------------------------------
 
 
 def saved_cells(out_dir: str | Path) -> pd.DataFrame:
@@ -563,7 +443,7 @@ def saved_cells(out_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame([json.loads(p.read_text())["metrics"] for p in paths])
 
 
-def grid_progress(out_dir: str | Path, tasks: tuple[str, ...] = TASKS, localizations: tuple[str, ...] = LOCALIZATIONS,
+def grid_progress(out_dir: str | Path, tasks: tuple[str, ...] = TASKS, localizations: tuple[str, ...] = registry.LABELS,
                   seeds: tuple[int, ...] = SEEDS) -> pd.DataFrame:
     """How far a grid saved in ``out_dir/cells/`` has got (defaults: the full-size grid of notebook 09).
 
@@ -574,6 +454,7 @@ def grid_progress(out_dir: str | Path, tasks: tuple[str, ...] = TASKS, localizat
         ``ValueError`` for an unknown task or localization, or no seeds. A name given twice is planned once.
     """
     check_selection(tasks, localizations, seeds)
+    localizations = registry.check_names(localizations)  # saved cells name the labels
     tasks, localizations, seeds = (tuple(dict.fromkeys(x)) for x in (tasks, localizations, seeds))
     keys = ["task", "localization", "seed"]
     done = saved_cells(out_dir)[keys].astype({"seed": int})
@@ -660,188 +541,3 @@ def timings(out_dir: str | Path) -> pd.DataFrame:
         rows += [dict(task=m["task"], localization=m["localization"], seed=m["seed"], step=step, seconds=sec)
                  for step, sec in cell.get("seconds", {}).items()]
     return pd.DataFrame(rows, columns=["task", "localization", "seed", "step", "seconds"])
-
-
-# ---------------------------------------------------------------------------
-# 3. Aggregation and verdicts
-# ---------------------------------------------------------------------------
-
-
-def aggregate(cells: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:
-    """Mean ± 95% confidence interval over seeds, per (task, localization, metric) (tidy).
-
-    The interval is Student's t over the seeds (``half_width = t(0.975, n-1) · sd / √n``); with one
-    seed it is NaN: a single run says nothing about its own noise.
-    """
-    rows = []
-    present = [m for m in metrics if m in cells]
-    for (task, loc), g in cells.groupby(["task", "localization"], sort=False):
-        for m in present:
-            v = g[m].dropna().to_numpy(dtype=float)
-            if len(v) == 0:
-                continue
-            mean, half = mean_ci95(v)
-            rows.append(dict(task=task, localization=loc, metric=m, mean=mean, ci95=half, n_seeds=len(v)))
-    return pd.DataFrame(rows)
-
-
-def mean_ci95(values) -> tuple[float, float]:
-    """Mean and half-width of its 95% Student-t interval (``t(0.975, n-1) · sd / √n``); NaN half-width for
-    one value, NaN both for none."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return np.nan, np.nan
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
-    return float(v.mean()), half
-
-
-UNEDITED = "unedited model"
-#: metric ← the field of a cell that holds the same score measured on the unedited model
-BASE_OF = {"forget_acc": "base_forget_acc", "maintain_acc": "base_maintain_acc", "mcq_forget_acc": "base_mcq_forget_acc",
-           "mcq_edit_acc": "base_mcq_edit_acc", "probe_true": "probe_true_base"}
-
-
-def unedited(cells: pd.DataFrame) -> pd.DataFrame:
-    """The unedited model's scores on each (task, seed), as rows of localization ``"unedited model"``.
-
-    Every cell records the scores of the model before its edit (the same for all localizations of a task
-    and seed); this collects them under the metric names, so that appended to the cells they give the table
-    and the bars a reference row: ``aggregate(pd.concat([cells, unedited(cells)]))``. Metrics without a
-    before-edit value (edit, relearning, loss change) stay empty; cells saved before a field was recorded
-    are skipped for it.
-    """
-    cols = [c for c in BASE_OF.values() if c in cells]
-    if not cols:
-        return pd.DataFrame(columns=["task", "localization", "seed"])
-    first = cells.groupby(["task", "seed"], sort=False)[cols].first()  # first recorded value of each field
-    return first.rename(columns={v: k for k, v in BASE_OF.items()}).reset_index().assign(localization=UNEDITED)
-
-
-def table(agg: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
-    """The paper-style wide table: rows (task, localization), columns metrics, cells ``mean ± ci``."""
-    sub = agg if task is None else agg[agg["task"] == task]
-    fmt = sub.assign(cell=[f"{m:.2f}" + ("" if np.isnan(c) else f" ± {c:.2f}") for m, c in zip(sub["mean"], sub["ci95"])])
-    wide = fmt.pivot_table(index=["task", "localization"], columns="metric", values="cell", aggfunc="first", sort=False)
-    return wide.reindex(columns=[m for m in METRICS if m in wide.columns])
-
-
-#: multiple choice offers four options (A-D)
-MCQ_CHANCE = 0.25
-
-CLAIMS = (
-    ("FLU edits generalise to multiple choice better than OT edits", "mcq_edit_acc"),
-    ("FLU edits leave less of the true answer in multiple choice than OT edits", "mcq_forget_acc"),
-    ("FLU edits generalise to paraphrases better than OT edits (CounterFact)", "paraphrase_edit_acc"),
-    ("FLU edits resist relearning better than OT edits", "relearn_acc"),
-    ("FLU edits leave less latent knowledge for probes than OT edits", "probe_true"),
-)
-SIDE_EFFECTS = (("maintain accuracy is comparable", "maintain_acc", 0.1),
-                ("general-text loss change is comparable", "lm_loss_change", 0.1))
-
-
-def _mcq_note(cells: pd.DataFrame) -> str:
-    """Which tasks' MCQ numbers follow a preferred option rather than the fact (unedited accuracy ≤ chance)."""
-    if "base_mcq_forget_acc" not in cells or not cells["base_mcq_forget_acc"].notna().any():
-        return ""
-    per_task = cells.groupby(["task", "seed"], sort=False)["base_mcq_forget_acc"].first().groupby(level=0, sort=False).mean()
-    low = per_task[per_task <= MCQ_CHANCE]
-    if low.empty:
-        return ""
-    values = ", ".join(f"{v:.2f} ({t})" for t, v in low.items())
-    others = "" if len(low) == per_task.notna().sum() else "; on the other tasks it is above chance"
-    return (f"before any edit the model answers this share of these questions right: {values} (chance "
-            f"{MCQ_CHANCE:.2f}): its MCQ answers on these tasks follow a preferred option, not the fact{others}")
-
-
-def verdicts(cells: pd.DataFrame, flu: str = "fact lookup",
-             ot: tuple[str, ...] = ("OT (causal tracing)", "OT (attribution patching)"),
-             by_dataset: bool = True) -> pd.DataFrame:
-    """The paper's claims checked on this run, with numbers.
-
-    For each dataset (``dataset`` column: the paper makes its claims on Sports Facts and on CounterFact
-    separately), each claim and each output-tracing variant, the two localizations are compared pair by pair:
-    on each (task, seed) both ran — the same facts to edit, the same data — the difference FLU − OT of the
-    metric; ``diff_mean ± diff_ci95`` (Student t) over those pairs, pooled over the dataset's tasks and
-    seeds. **supported** when FLU is better and the interval excludes zero, **direction only** when it is
-    better within noise, **not supported** otherwise, **no data** when no pair has a value (e.g. MCQ on a
-    task without it). Side effects are **comparable** when the mean difference is under the tolerance.
-    ``flu_mean``/``ot_mean`` (± their own intervals) are over the same pairs; ``n_flu``/``n_ot`` count each
-    side's cells with a value.
-    When the cells span both datasets, rows with ``dataset="all"`` pool them as well; ``by_dataset=False``
-    gives only those.
-    ``note`` flags the MCQ claims when the unedited model's multiple-choice accuracy on the edited facts
-    (``base_mcq_forget_acc``, per task, averaged over seeds) is at or below chance, naming the tasks.
-    """
-    if by_dataset and len(cells):
-        of = cells["task"].map(dataset_of)
-        groups = [(d, cells[of == d]) for d in ("sports", "counterfact") if (of == d).any()]
-        if len(groups) > 1:
-            groups.append(("all", cells))
-    else:
-        groups = [("all", cells)]
-    frames = [_verdicts(sub, flu, ot).assign(dataset=name) for name, sub in groups]
-    cols = ["dataset", "claim", "versus", "metric", "flu_mean", "flu_ci95", "ot_mean", "ot_ci95", "diff_mean",
-            "diff_ci95", "n_pairs", "n_flu", "n_ot", "verdict", "note"]
-    return pd.concat(frames, ignore_index=True).reindex(columns=cols) if frames else pd.DataFrame(columns=cols)
-
-
-def _paired(cells: pd.DataFrame, flu: str, other: str, metric: str) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """FLU's and the other localization's values of ``metric`` on the (task, seed) pairs both have, in the same
-    order, and how many cells each side has on its own."""
-    if metric not in cells:
-        return np.array([]), np.array([]), 0, 0
-    side = {loc: cells[cells["localization"] == loc].dropna(subset=[metric]).drop_duplicates(["task", "seed"])
-            .set_index(["task", "seed"])[metric] for loc in (flu, other)}
-    both = side[flu].index.intersection(side[other].index, sort=False)
-    return (side[flu].loc[both].to_numpy(dtype=float), side[other].loc[both].to_numpy(dtype=float),
-            len(side[flu]), len(side[other]))
-
-
-def _verdicts(cells: pd.DataFrame, flu: str, ot: tuple[str, ...]) -> pd.DataFrame:
-    mcq_note = _mcq_note(cells)
-    rows = []
-    for other in ot:
-        if other not in set(cells["localization"]) or flu not in set(cells["localization"]):
-            continue
-        for claim, metric, tol in [(c, m, None) for c, m in CLAIMS] + [(f"side effects: {c} (|Δ| < {t})", m, t)
-                                                                       for c, m, t in SIDE_EFFECTS]:
-            a, b, n_a, n_b = _paired(cells, flu, other, metric)
-            (ma, ca), (mb, cb), (md, cd) = mean_ci95(a), mean_ci95(b), mean_ci95(a - b)
-            if len(a) == 0:
-                verdict = "no data"
-            elif tol is not None:
-                verdict = "comparable" if abs(md) < tol else "different"
-            else:
-                better = md > 0 if HIGHER_IS_BETTER[metric] else md < 0
-                verdict = ("supported" if not np.isnan(cd) and abs(md) > cd else "direction only") if better \
-                    else "not supported"
-            rows.append(dict(claim=claim, versus=other, metric=metric, flu_mean=ma, flu_ci95=ca, ot_mean=mb, ot_ci95=cb,
-                             diff_mean=md, diff_ci95=cd, n_pairs=len(a), n_flu=n_a, n_ot=n_b, verdict=verdict,
-                             note=mcq_note if metric.startswith("mcq") and verdict != "no data" else ""))
-    return pd.DataFrame(rows)
-
-
-def plot_metrics(agg: pd.DataFrame, metrics: tuple[str, ...] = ("edit_acc", "maintain_acc", "mcq_edit_acc",
-                                                                 "relearn_acc", "probe_true", "lm_loss_change")):
-    """Bars per metric: localization × task, with the 95% CI as error bars."""
-    import matplotlib.pyplot as plt
-
-    present = [m for m in metrics if m in set(agg["metric"])]
-    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 3.6), squeeze=False, sharey=False)
-    names = list(dict.fromkeys(agg["localization"]))
-    order = [n for n in (UNEDITED, *LOCALIZATIONS) if n in names] + [n for n in names if n not in LOCALIZATIONS and n != UNEDITED]
-    task_names = list(dict.fromkeys(agg["task"]))
-    width = 0.8 / max(1, len(task_names))
-    for ax, m in zip(axes[0], present):
-        sub = agg[agg["metric"] == m]
-        for k, t in enumerate(task_names):
-            s = sub[sub["task"] == t].set_index("localization").reindex(order)
-            x = np.arange(len(order)) + (k - (len(task_names) - 1) / 2) * width
-            ax.bar(x, s["mean"], width, yerr=s["ci95"].fillna(0), label=t, capsize=2)
-        ax.set_xticks(np.arange(len(order)), order, rotation=60, ha="right", fontsize=8)
-        ax.set_title(m, fontsize=10)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
