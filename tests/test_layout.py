@@ -21,11 +21,6 @@ VIEW = {"plots", "widgets"}
 ABOVE_VIEW = {"__main__", "report"}
 #: the core: loading, reading, formatting, scoring, positions, writing; it imports nothing above it
 CORE = {"models", "data", "prompts", "scoring", "positions", "io", "checks"}
-#: figures and explorers not yet moved to the view layer: (module, library) pairs. Each entry
-#: is checked to still be needed, so that the list only shrinks.
-PENDING = {
-    ("comparison", "matplotlib"),                               # plot_metrics
-}
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -109,11 +104,8 @@ def test_no_import_cycle(graph):
 def test_only_the_view_layer_draws(graph):
     found = {(name, lib) for name, (_, outside) in graph.items() if name not in VIEW for lib in outside
              if lib in VIEW_LIBRARIES}
-    new = sorted(found - PENDING)
-    assert not new, (f"{new}: a computation module imports a drawing or display library. Fix: move the figure to "
+    assert not found, (f"{sorted(found)}: a computation module imports a drawing or display library. Fix: move the figure to "
                      "plots.py or the explorer to widgets.py; computation modules return tables.")
-    moved = sorted(PENDING - found)
-    assert not moved, f"{moved} no longer import a drawing library: remove them from PENDING in this test."
 
 
 def test_nothing_below_the_view_layer_imports_it(graph):
