@@ -168,12 +168,16 @@ def load_general_text(source: str = "wikitext", exclude: list[str] | None = None
         raise DataError(f"Unknown general-text source {source!r}; choose one of {list(files)}.")
     p = _path(files[source])
     paras = [line.strip() for line in p.read_text(encoding="utf-8").split("\n") if len(line.strip()) >= min_chars]
-    if exclude:
-        needles = [e for e in exclude if e]
-        paras = [q for q in paras if not any(n in q for n in needles)]
+    paras = drop_mentions(paras, exclude)
     if not paras:
         raise DataError(f"{p}: no paragraph left (min_chars={min_chars}, {len(exclude or [])} exclusions).")
     return paras
+
+
+def drop_mentions(paragraphs: list[str], exclude: list[str] | None) -> list[str]:
+    """The paragraphs that mention none of the strings in ``exclude`` (empty strings ignored)."""
+    needles = [e for e in (exclude or []) if e]
+    return [q for q in paragraphs if not any(n in q for n in needles)] if needles else list(paragraphs)
 
 
 def load_mmlu(subjects: list[str] | None = None) -> pd.DataFrame:

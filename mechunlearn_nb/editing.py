@@ -565,3 +565,24 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
     result = EditResult(delta, history, config, manifest)
     result.manifest["final"] = result.final()
     return result
+
+
+def edit_each(model, locs: dict[str, Localization], task, *, seed: int = 0, progress: bool = True,
+              **overrides) -> dict[str, EditResult]:
+    """Edit ``task`` through each localization, each with its kind's tuned defaults and the same ``overrides``.
+
+    Args:
+        locs: ``{name: Localization}`` (e.g. from :func:`.registry.build`).
+        overrides: :class:`EditConfig` fields set for every edit (``steps=40, eval_every=0`` ...).
+
+    Returns:
+        ``{name: EditResult}`` in the order of ``locs``; every edit's wall time is in its ``manifest["seconds"]``.
+    """
+    return {name: edit(model, loc, task, EditConfig.for_localization(loc, **overrides), seed=seed, progress=progress)
+            for name, loc in locs.items()}
+
+
+def finals(results: dict[str, EditResult]) -> pd.DataFrame:
+    """One row per edit: ``localization, n_params, seconds`` and its last accuracies on the training facts."""
+    return pd.DataFrame([dict(localization=name, n_params=r.manifest["localization"]["n_params"],
+                              seconds=r.manifest["seconds"], **r.final()) for name, r in results.items()])

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .checks import check_float, check_int
-from .models import Component, named_parameters, weight_names
+from .models import Component, named_parameters, only_trainable, weight_names
 from .positions import FIRST_SUBJECT, LAST, LAST_SUBJECT, canonical
 
 
@@ -111,18 +111,8 @@ class Localization:
             ``{name: parameter}`` of the trainable tensors. Entries outside a mask still
             receive gradients; :meth:`mask_grads` zeroes them (editing calls it every step).
         """
-        params = named_parameters(model)
-        before = {n: p.requires_grad for n, p in params.items()}
-        try:
-            for p in params.values():
-                p.requires_grad_(False)
-            chosen = self.parameters(model)
-            for p in chosen.values():
-                p.requires_grad_(True)
+        with only_trainable(model, self.parameters(model)) as chosen:
             yield chosen
-        finally:
-            for n, p in params.items():
-                p.requires_grad_(before[n])
 
     def mask_grads(self, params: dict[str, torch.nn.Parameter]) -> None:
         """Zero the gradient outside each tensor's mask (for head-level localizations)."""

@@ -43,6 +43,7 @@ import struct
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -644,3 +645,19 @@ def tiny_model(seed: int = 0, n_layers: int = 2, d_model: int = 64, device: str 
     model = load_model(folder, device=device)
     model.mechunlearn_name = f"tiny-gemma3-seed{seed}"
     return model
+
+
+@contextlib.contextmanager
+def only_trainable(model, params: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block exactly ``params`` of the model require grad; every flag is restored on exit."""
+    everything = named_parameters(model)
+    before = {n: p.requires_grad for n, p in everything.items()}
+    try:
+        for p in everything.values():
+            p.requires_grad_(False)
+        for p in params.values():
+            p.requires_grad_(True)
+        yield params
+    finally:
+        for n, p in everything.items():
+            p.requires_grad_(before[n])

@@ -232,7 +232,7 @@ def locate(model, dataset: str = "sports", names=LABELS, n_locate: int = 64, n_p
 
 def build(model, names=LABELS, dataset: str = "sports", components: dict[str, list[str]] | None = None,
           seed: int = 0, n_locate: int = 64, n_probe: int | None = None, known: pd.DataFrame | None = None,
-          progress: bool = False) -> tuple[dict[str, Localization], dict]:
+          progress: bool = False, fast: bool = False) -> tuple[dict[str, Localization], dict]:
     """Every named localization of a dataset, in one call.
 
     With ``components`` holding ``"fact lookup"``, the located ones are taken from the component lists
@@ -249,6 +249,8 @@ def build(model, names=LABELS, dataset: str = "sports", components: dict[str, li
         n_locate: known facts for causal tracing and attribution patching.
         n_probe: known facts for the probes (None: all known).
         known: the known facts to locate with (default: :func:`tasks.known_facts`).
+        fast: with no ``components``, take :data:`FAST_COMPONENTS` instead of locating (the notebooks'
+            ``FAST`` switch: the evidence is computed at full size only).
 
     Returns:
         ``({label: Localization}, evidence)``: ``names`` in order (fact lookup first when not among them);
@@ -256,6 +258,8 @@ def build(model, names=LABELS, dataset: str = "sports", components: dict[str, li
         :func:`locate` (``{"flu_layers", "n_locate": 0}`` when every located one was given).
     """
     names = check_names(names)
+    if components is None and fast:
+        components = FAST_COMPONENTS if dataset == "sports" else None
     given = {entry(n).label: list(c) for n, c in (components or {}).items()}
     if FLU.label in given:
         missing = [n for n in names if entry(n).located and n not in given]
@@ -274,3 +278,10 @@ def build(model, names=LABELS, dataset: str = "sports", components: dict[str, li
             built[n] = for_seed(model, built, n, seed)
     order = dict.fromkeys(names if FLU.label in names else (FLU.label, *names))
     return {n: built[n] for n in order}, evidence
+
+
+def sizes(locs: dict[str, Localization], max_listed: int = 8) -> pd.DataFrame:
+    """One row per localization: ``localization, kind, n_params, components`` (listed when at most ``max_listed``)."""
+    return pd.DataFrame([dict(localization=n, kind=loc.kind.value, n_params=loc.n_params,
+                              components=", ".join(loc.components) if len(loc.components) <= max_listed
+                              else f"{len(loc.components)} components") for n, loc in locs.items()])

@@ -62,7 +62,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from . import data as _data
-from .models import hf_model, named_parameters
+from .models import hf_model, named_parameters, only_trainable
 from .scoring import (answer_tokens, device_of, encode_prompts, hidden_states, pad_right, prepends_bos, single_token_id,
                       unembed)
 
@@ -179,10 +179,7 @@ def general_text(split: str = "train", exclude: list[str] | None = None, source:
     if split not in ("train", "eval"):
         raise ValueError(f"Unknown split {split!r}; choose 'train' or 'eval'.")
     paras = _data.load_general_text(source)
-    keep = [p for i, p in enumerate(paras) if (i % 10 == 0) == (split == "eval")]
-    if exclude:
-        needles = [e for e in exclude if e]
-        keep = [p for p in keep if not any(n in p for n in needles)]
+    keep = _data.drop_mentions([p for i, p in enumerate(paras) if (i % 10 == 0) == (split == "eval")], exclude)
     if not keep:
         raise ValueError(f"No general-text paragraph left in split {split!r} after excluding {len(exclude or [])} strings.")
     return keep
@@ -434,22 +431,6 @@ def restored(params: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(originals[n])
-
-
-@contextmanager
-def only_trainable(model, params: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
-    """Within the block exactly ``params`` of the model require grad; every flag is restored on exit."""
-    everything = named_parameters(model)
-    before = {n: p.requires_grad for n, p in everything.items()}
-    try:
-        for p in everything.values():
-            p.requires_grad_(False)
-        for p in params.values():
-            p.requires_grad_(True)
-        yield params
-    finally:
-        for n, p in everything.items():
-            p.requires_grad_(before[n])
 
 
 # ---------------------------------------------------------------------------
