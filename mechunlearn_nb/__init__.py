@@ -5,16 +5,20 @@ attribution patching, probes), change or remove the fact by training only
 those weights, and test whether the change holds up. See the notebooks in
 ``notebooks/`` and ``python -m mechunlearn_nb --help``.
 
-Layers (each imports only the layers above it in this list; data flows down):
+Layers (a module imports only modules of its own layer or the layers listed before it;
+data flows down this list):
 
-- core: ``models`` (load), ``data`` (read), ``prompts`` (format), ``scoring``
-  (answer probabilities), ``positions`` (subject span, position kinds), ``io`` (atomic writes);
-- tasks: ``tasks`` (the facts a model knows; what to forget, edit and keep);
-- locate: ``tracing``, ``patching``, ``probing`` → component scores → ``localization``;
-- train / edit: ``editing``, ``attacks``, ``masking`` (train only a localization's weights);
-- measure: ``evaluation``, ``latent`` (robustness tables);
-- run: ``comparison``, ``runner``, ``report``, ``expected``, ``__main__``;
-- view: ``plots`` (every figure), ``widgets`` (every explorer); no other module imports them.
+- core: ``models`` (load; the model's components), ``data`` (read), ``prompts`` (format),
+  ``scoring`` (answer probabilities), ``positions`` (subject span, position kinds),
+  ``checks`` (parameter types at the edges), ``io`` (the one atomic writer, ``slug``);
+- tasks: ``tasks`` (the facts a model knows, one threshold; what to forget, edit and keep);
+- locate: ``tracing``, ``patching``, ``probing`` → component scores → ``localization``
+  (a ``Localization`` with its ``Kind``) → ``registry`` (the named localizations, built in one call);
+- train: ``train`` (the one loop: fact batches, losses, accuracy, weight restore);
+- use the loop: ``editing`` (deltas), ``attacks`` (relearning, soft prompt), ``masking``;
+- measure: ``evaluation``, ``latent`` (robustness tables), ``statistics`` (intervals, verdicts);
+- run: ``grid`` (cells, resume), ``runner``, ``report``, ``expected``, ``__main__``;
+- view: ``plots`` (every figure), ``widgets`` (every explorer); only ``__main__``/``report`` sit above them.
 
 Every stage returns plain tables (pandas), dataclasses or tensors that the next stage
 or the view layer reads (``tests/test_layout.py`` checks the imports).
