@@ -157,6 +157,21 @@ class ListOf:
         return [spec.check(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
 
+@dataclass(frozen=True)
+class Dict:
+    """A dict (e.g. ``EDIT_OVERRIDES = {"steps": 40}``), or None when ``none``."""
+
+    none: bool = False
+
+    def check(self, name: str, value):
+        if value is None and self.none:
+            return None
+        if not isinstance(value, Mapping):
+            raise ParameterError(f"{name} must be a dict{' or None' if self.none else ''}, got {_given(value)}. "
+                                 f"Fix: pass a dict, e.g. {name}={{}} (papermill: -y '{name}: {{}}').")
+        return dict(value)
+
+
 def _bounds(spec) -> str:
     lo, hi = spec.min, spec.max
     if lo is not None and hi is not None:

@@ -547,3 +547,20 @@ def test_soft_prompt_attack_refuses_zero_steps():
     # checked before any model work: no model or task is needed to see the message
     with pytest.raises(ParameterError, match=r"steps.*0"):
         attacks.soft_prompt_attack(None, None, None, steps=0)
+
+
+@pytest.mark.notebook
+def test_a_notebook_parameter_of_the_wrong_type_fails_in_the_first_code_cell(tmp_path):
+    """papermill -p FAST False passes a bool, but -r (raw) passes the string "False", which reads as true."""
+    import papermill as pm
+
+    from mechunlearn_nb import runner
+
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(runner.NOTEBOOK_DIR / "00_quickstart.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"FAST": "False", "OUTPUT_DIR": str(tmp_path)}, kernel_name="python3",
+                            progress_bar=False)
+    assert err.value.ename == "ParameterError"
+    assert "FAST must be True or False" in err.value.evalue and "Fix: write FAST=False without quotes" in err.value.evalue
+    # it stopped before any model was loaded: the first code cell after the parameters
+    assert not (tmp_path / "metrics.json").exists()
