@@ -164,12 +164,10 @@ class Dict:
     none: bool = False
 
     def check(self, name: str, value):
-        if value is None and self.none:
-            return None
-        if not isinstance(value, Mapping):
-            raise ParameterError(f"{name} must be a dict{' or None' if self.none else ''}, got {_given(value)}. "
-                                 f"Fix: pass a dict, e.g. {name}={{}} (papermill: -y '{name}: {{}}').")
-        return dict(value)
+        if isinstance(value, Mapping) or (value is None and self.none):
+            return None if value is None else dict(value)
+        raise ParameterError(f"{name} must be a dict{' or None' if self.none else ''}, got {_given(value)}. "
+                             f"Fix: pass a dict, e.g. {name}={{}} (papermill: -y '{name}: {{}}').")
 
 
 def _bounds(spec) -> str:

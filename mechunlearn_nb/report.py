@@ -4,7 +4,7 @@
 ``summary.json``, every notebook's output folder (``metrics.json``, PNG
 figures, CSV tables) and the executed notebooks — and writes ``report.html``
 beside them: the notebooks in order, each with its status and duration, its
-metrics checked against ``expected.py``, its figures and tables, and links to
+metrics checked against ``expected.toml``, its figures and tables, and links to
 the executed notebook (as ``.ipynb`` and as rendered HTML).
 """
 

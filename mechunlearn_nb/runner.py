@@ -5,7 +5,7 @@ with its ``parameters`` cell overridden (model name, ``FAST``, output folder),
 into a new run folder ``runs/<timestamp>/``: the executed notebooks, and for each
 notebook a folder with its ``metrics.json`` and figures. A run never writes into
 an earlier run's folder. At the end it checks the metrics against
-``expected.py`` and writes ``summary.json``.
+``expected.toml`` and writes ``summary.json``.
 
 At full size, once a notebook of the run has written ``localizations.json``
 (notebook 03: the sports localizations it located), the later notebooks that

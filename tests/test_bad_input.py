@@ -564,3 +564,13 @@ def test_a_notebook_parameter_of_the_wrong_type_fails_in_the_first_code_cell(tmp
     assert "FAST must be True or False" in err.value.evalue and "Fix: write FAST=False without quotes" in err.value.evalue
     # it stopped before any model was loaded: the first code cell after the parameters
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_override_dicts_are_checked_as_dicts():
+    from mechunlearn_nb import checks
+
+    assert checks.parameters({"EDIT_OVERRIDES": {"steps": 3}, "COMPONENTS": None},
+                             EDIT_OVERRIDES=checks.Dict(), COMPONENTS=checks.Dict(none=True)) == \
+        {"EDIT_OVERRIDES": {"steps": 3}, "COMPONENTS": None}
+    with pytest.raises(checks.ParameterError, match=r"EDIT_OVERRIDES must be a dict, got 'steps=3'.*Fix: pass a dict"):
+        checks.parameters({"EDIT_OVERRIDES": "steps=3"}, EDIT_OVERRIDES=checks.Dict())

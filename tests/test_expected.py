@@ -18,7 +18,7 @@ def test_a_metric_outside_its_range_fails_the_check():
     status = bad.set_index("metric")["status"]
     assert status["accuracy"] == "out of range" and status["frac_known"] == "missing"
     assert not bad.set_index("metric")["ok"]["accuracy"] and expected.outcome(bad) == "not reproduced"
-    with pytest.raises(KeyError, match="expected.py"):
+    with pytest.raises(KeyError, match="expected.toml"):
         expected.check("99_nothing", {})
 
 

@@ -199,7 +199,7 @@ def test_expected_check():
     assert ok["ok"].all()
     bad = expected.check("00_quickstart", {"n_scored": 10})
     assert not bad["ok"].any()
-    with pytest.raises(KeyError, match="expected.py"):
+    with pytest.raises(KeyError, match="expected.toml"):
         expected.check("99_nothing", {})
 
 

@@ -1,7 +1,7 @@
 """Execute every notebook with papermill at small size and check its metrics.json.
 
 A new notebook in notebooks/ is picked up automatically; its expected values live in
-mechunlearn_nb/expected.py.
+mechunlearn_nb/expected.toml.
 """
 
 import json
@@ -35,6 +35,6 @@ def test_notebook_runs_and_meets_expected(nb_path, tmp_path):
     assert metrics, f"{nb_path.name} wrote no metrics.json"
     assert (tmp_path / nb_path.stem / "metrics.json").exists()
     checks = expected.check(nb_path.stem, metrics, "fast")
-    assert len(checks), f"{nb_path.stem}: no 'fast' expected values in mechunlearn_nb/expected.py"
+    assert len(checks), f"{nb_path.stem}: no 'fast' expected values in mechunlearn_nb/expected.toml"
     failed = checks[~checks["ok"]]
     assert failed.empty, f"{nb_path.stem} outside expected ranges:\n{failed.to_string()}\nmetrics: {json.dumps(metrics)[:2000]}"
