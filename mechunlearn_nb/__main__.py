@@ -1,7 +1,7 @@
 """Command line of the mechunlearn_nb course (shown as is by --help):
 
-  python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N]
-      run the notebook series headless into a new folder under runs/
+  python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N] [--ray-address ADDR]
+      run the notebook series headless into a new folder under runs/ (notebook 09's grid on N Ray workers)
   python -m mechunlearn_nb grid-status FOLDER [--tasks ...] [--seeds 0,1]
       how far a comparison grid has got
 """
@@ -42,8 +42,19 @@ def _main(argv: list[str] | None = None) -> int:
                      help="every notebook computes its own localizations (default: at full size, notebooks 04-07 "
                           "and 09 reuse notebook 03's)")
     run.add_argument("--workers", type=int, default=1,
-                     help="at full size, compute notebook 09's grid in this many processes, one task and seed at a "
-                          "time each, threads split between them (default 1)")
+                     help="compute notebook 09's grid on this many Ray workers, each loading the model once (default 1: "
+                          "the notebook computes it itself); a local Ray instance unless --ray-address is given")
+    run.add_argument("--ray-address", default=None,
+                     help="join this Ray cluster (e.g. 10.0.0.5:6379, or 'auto' on a cluster node; default: "
+                          "$RAY_ADDRESS, else a local instance for the run)")
+    run.add_argument("--cpus-per-worker", type=float, default=1.0,
+                     help="CPUs (and torch threads) each Ray worker asks for (default 1)")
+    run.add_argument("--gpus-per-worker", type=float, default=0.0,
+                     help="GPUs each Ray worker asks for; fractional shares one GPU, e.g. 0.5 (default 0)")
+    run.add_argument("--device", default=None,
+                     help="where models are loaded: cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    run.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                     help="parameter dtype of the models (default float32)")
     sub.add_parser("list", help="list the notebooks of the series")
     sub.add_parser("prepare", help="build the embedded model's cache folder (first load) and report the time")
     status = sub.add_parser("grid-status", help="how far a comparison grid (notebook 09; by default its full size) "
@@ -73,8 +84,11 @@ def _main(argv: list[str] | None = None) -> int:
         return _grid_status(args.folder, args.workers, args.tasks, args.localizations, args.seeds)
     only = args.only.split(",") if args.only else None
     _check_run_arguments(runner, only, args.model, args.workers)
+    _check_ray_arguments(args)
     run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only,
-                                reuse_localizations=not args.relocate, workers=args.workers)
+                                reuse_localizations=not args.relocate, workers=args.workers,
+                                ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
+                                gpus_per_worker=args.gpus_per_worker, device=args.device, dtype=args.dtype)
     summary = json.loads((run_dir / "summary.json").read_text())
     failed = [k for k, v in summary["notebooks"].items() if v["status"] != "ok"]
     for name in failed:
@@ -96,6 +110,21 @@ def _check_run_arguments(runner, only: list[str] | None, model: str | None, work
         models.check_model_name(model)
     except OSError as err:  # FileNotFoundError included
         raise UsageError(f"--model: {err}") from None
+
+
+def _check_ray_arguments(args) -> None:
+    """The Ray and device options, checked before the first notebook starts (one line, exit 2)."""
+    from . import cluster, models
+
+    try:
+        cluster.Resources(workers=args.workers, cpus=args.cpus_per_worker, gpus=args.gpus_per_worker)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.device is not None:
+        try:
+            models.default_device(args.device)
+        except ValueError as err:
+            raise UsageError(f"--device: {err}") from None
 
 
 def _grid_status(folder: str, workers: int, tasks: str | None = None, localizations: str | None = None,

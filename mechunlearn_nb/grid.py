@@ -54,7 +54,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 from tqdm.auto import tqdm
 
 from . import attacks, editing, evaluation, latent, registry, tasks
@@ -108,6 +107,8 @@ class GridConfig:
             (e.g. ``{"n_paragraphs": 2, "lm_tokens": 32}``).
         probe_window: residual-stream layers ``(first, last)`` whose probe read-outs make ``probe_true``
             (None: from the layer after fact lookup's last MLP to the last layer minus four).
+        known_threshold: the probability above which a fact counts as known (None: the paper's,
+            :data:`~mechunlearn_nb.tasks.KNOWN_THRESHOLD`).
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -126,6 +127,7 @@ class GridConfig:
     n_unrelated: int = 48
     eval_overrides: dict = field(default_factory=dict)
     probe_window: tuple[int, int] | None = None
+    known_threshold: float | None = None
 
     def __post_init__(self):
         check_selection(self.tasks, self.localizations, self.seeds)
@@ -149,9 +151,65 @@ class GridConfig:
         self.tasks, self.localizations, self.seeds = tuple(self.tasks), tuple(self.localizations), tuple(self.seeds)
 
 
+#: notebook 09's small sizes (``FAST=True``): one task, two localizations, two seeds, short edits and attacks
+FAST_PARAMETERS = dict(
+    TASKS=["edit 8 athletes"], LOCALIZATIONS=["fact lookup", "OT (attribution patching)"], SEEDS=[0, 1],
+    N_KNOWN=200, MAX_MAINTAIN=16, RELEARN_STEPS=[0, 3], N_UNRELATED=8,
+    EDIT_OVERRIDES=dict(steps=5, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_facts=8,
+                        eval_every=0),
+    RELEARN_OVERRIDES=dict(batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16),
+    EVAL_OVERRIDES=dict(n_paragraphs=2, lm_tokens=32, formats=("fact", "mcq")))
+
+
+def notebook_config(parameters: dict) -> GridConfig:
+    """The grid notebook 09 runs for its parameters (``TASKS``, ``SEEDS``, ``FAST`` ...; the notebook's names).
+
+    ``FAST=True`` replaces the sizes by :data:`FAST_PARAMETERS` and, without ``COMPONENTS``, fixes the
+    localizations to :data:`registry.FAST_COMPONENTS`. The notebook and ``run --workers`` (which computes
+    the notebook's cells on Ray before its final pass) build the same grid from the same parameters.
+    """
+    p = dict(parameters)
+    if p.get("FAST"):
+        p.update(FAST_PARAMETERS)
+    fixed = registry.FAST_COMPONENTS if p.get("FAST") and p.get("COMPONENTS") is None else p.get("COMPONENTS")
+    return GridConfig(
+        tasks=tuple(p["TASKS"]), localizations=tuple(p["LOCALIZATIONS"]), seeds=tuple(p["SEEDS"]),
+        n_locate=p["N_LOCATE"], edit_overrides=p["EDIT_OVERRIDES"], relearn_steps=tuple(p["RELEARN_STEPS"]),
+        relearn_overrides=p["RELEARN_OVERRIDES"], max_forget=p["MAX_FORGET"], max_maintain=p["MAX_MAINTAIN"],
+        n_known=p["N_KNOWN"], n_unrelated=p["N_UNRELATED"], eval_overrides=p["EVAL_OVERRIDES"],
+        components=None if fixed is None else {"sports": {n: c for n, c in fixed.items() if n in p["LOCALIZATIONS"]}})
+
+
 # ---------------------------------------------------------------------------
 # 1. Localizations, once per model and dataset
 # ---------------------------------------------------------------------------
+
+
+def localization_record(locs: dict, evidence: dict) -> dict:
+    """What ``localizations_<dataset>.json`` holds: the located components of :func:`registry.build`'s result."""
+    return {"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
+            "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
+                              for n, loc in locs.items()}}
+
+
+def record_covers(record: dict | None, names: tuple[str, ...]) -> bool:
+    """Whether a saved record (:func:`localization_record`) holds every located name of ``names`` (and fact lookup)."""
+    if not record:
+        return False
+    saved = record.get("localizations", {})
+    return all(saved.get(n) for n in dict.fromkeys((registry.FLU.label, *names)) if registry.entry(n).located)
+
+
+def localizations_from_record(model, record: dict, names: tuple[str, ...], source: str = "saved record") -> dict:
+    """The localizations of ``names`` (random excepted: drawn per seed) from a record of located components."""
+    from .localization import Localization
+
+    saved = record["localizations"]
+    located = [n for n in dict.fromkeys((registry.FLU.label, *names)) if registry.entry(n).located]
+    built = {n: Localization.from_components(model, saved[n]["components"], name=n,
+                                             meta=dict(method="read back", source=source))
+             for n in located}
+    return {**built, **registry.whole(model, names)}
 
 
 def saved_localizations(model, path: str | Path, names: tuple[str, ...]) -> dict | None:
@@ -161,45 +219,47 @@ def saved_localizations(model, path: str | Path, names: tuple[str, ...]) -> dict
     settings were checked to be the same). ``None`` when the file is missing or lacks a located name in
     ``names`` (the run then locates again).
     """
-    from .localization import Localization
-
     path = Path(path)
-    if not path.exists():
+    record = json.loads(path.read_text()) if path.exists() else None
+    if not record_covers(record, names):
         return None
-    saved = json.loads(path.read_text()).get("localizations", {})
-    located = [n for n in dict.fromkeys((registry.FLU.label, *names)) if registry.entry(n).located]
-    if any(not saved.get(n) for n in located):
-        return None
-    built = {n: Localization.from_components(model, saved[n]["components"], name=n,
-                                             meta=dict(method="read back", source=str(path)))
-             for n in located}
-    return {**built, **registry.whole(model, names)}
+    return localizations_from_record(model, record, names, source=str(path))
+
+
+def located_names(config: GridConfig) -> tuple[str, ...]:
+    """The grid's localizations built once per dataset (all but those drawn per seed)."""
+    return tuple(n for n in config.localizations if not registry.entry(n).per_seed)
+
+
+def locate(model, dataset: str, config: GridConfig, known: pd.DataFrame | None = None) -> tuple[dict, dict]:
+    """One dataset's localizations, built from ``config.components`` where given, else located from evidence
+    (:func:`registry.build`); returns ``(localizations, record)`` (the record is what the grid saves)."""
+    given = (config.components or {}).get(dataset, {})
+    locs, evidence = registry.build(model, located_names(config), dataset, components=given, seed=0,
+                                    n_locate=config.n_locate, n_probe=config.n_probe, known=known, progress=False)
+    return locs, localization_record(locs, evidence)
+
+
+def localizations_path(out_dir: str | Path, dataset: str) -> Path:
+    return Path(out_dir) / f"localizations_{dataset}.json"
 
 
 def dataset_localizations(model, dataset: str, config: GridConfig, out_dir: str | Path,
                           known: pd.DataFrame | None = None) -> dict:
     """One dataset's localizations for a grid in ``out_dir``: given (``config.components``), read back from
-    ``out_dir/localizations_<dataset>.json``, or located (:func:`registry.build`) and saved there.
+    ``out_dir/localizations_<dataset>.json``, or located (:func:`locate`) and saved there.
 
-    Random components are not among them: :func:`registry.for_seed` draws them per seed.
-    Processes sharing ``out_dir`` (``run --workers``, or one notebook per seed) take turns: the first locates
-    and saves, the others wait for it and read the file back instead of locating again. The lock is the empty
-    file ``out_dir/.localizations_<dataset>.lock``; it stays there (deleting it while no worker runs is safe).
+    Random components are not among them: :func:`registry.for_seed` draws them per seed. One driver locates
+    per folder (:func:`run_grid`, or :mod:`.cluster`'s, which hands the saved record to its workers).
     """
-    out_dir = Path(out_dir)
-    path = out_dir / f"localizations_{dataset}.json"
-    names = tuple(n for n in config.localizations if not registry.entry(n).per_seed)
-    with FileLock(out_dir / f".localizations_{dataset}.lock"):
-        given = (config.components or {}).get(dataset, {})
-        saved = saved_localizations(model, path, names)
-        if saved is not None and not given:  # a resumed run: the evidence was computed with these settings
+    path = localizations_path(out_dir, dataset)
+    if not (config.components or {}).get(dataset):
+        saved = saved_localizations(model, path, located_names(config))
+        if saved is not None:  # a resumed run: the evidence was computed with these settings
             return saved
-        locs, evidence = registry.build(model, names, dataset, components=given, seed=0, n_locate=config.n_locate,
-                                        n_probe=config.n_probe, known=known, progress=False)
-        save_json({"flu_layers": evidence["flu_layers"], "n_locate": evidence["n_locate"],
-                   "localizations": {n: (None if loc is None else dict(components=loc.components, n_params=loc.n_params))
-                                     for n, loc in locs.items()}}, path)
-        return locs
+    locs, record = locate(model, dataset, config, known)
+    save_json(record, path)
+    return locs
 
 
 # ---------------------------------------------------------------------------
@@ -373,56 +433,112 @@ def _check_resume(config: GridConfig, out_dir: Path, cell_dir: Path) -> None:
                          f"would be mixed into this table. Fix: use a new output folder, or delete {cell_dir} to recompute.")
 
 
-def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
-    """Run every (task, localization, seed) cell, resuming from ``out_dir/cells/``.
+def cell_path(out_dir: str | Path, task: str, localization: str, seed: int) -> Path:
+    """Where a cell is saved: ``out_dir/cells/<task>__<localization>__<seed>.json``."""
+    return Path(out_dir) / "cells" / f"{slug(task, localization, seed)}.json"
 
-    Each finished cell is written to ``out_dir/cells/<task>__<localization>__<seed>.json``
-    (atomically) before the next starts; cells already there are read, not recomputed.
 
-    Returns:
-        One row per cell: ``task, localization, seed`` and :data:`METRICS` (tidy-wide).
-    """
+def start_grid(config: GridConfig, out_dir: str | Path) -> Path:
+    """Make ``out_dir/cells/``, refuse cells saved there under other settings, save the grid's settings."""
     out_dir = Path(out_dir)
     cell_dir = out_dir / "cells"
     cell_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(config, out_dir, cell_dir)
     save_json(asdict(config), out_dir / "grid_config.json")
-    locs_by_dataset: dict[str, dict] = {}
-    known_by_dataset: dict[str, pd.DataFrame] = {}
+    return cell_dir
+
+
+def planned_cells(config: GridConfig) -> list[tuple[str, str, int]]:
+    """Every ``(task, localization, seed)`` of the grid, in the order it is computed (a task and seed at a time)."""
+    return [(t, name, s) for t in config.tasks for s in config.seeds for name in config.localizations]
+
+
+def missing_cells(config: GridConfig, out_dir: str | Path) -> list[tuple[str, str, int]]:
+    """The planned cells not yet saved in ``out_dir`` (what a resumed grid computes)."""
+    return [c for c in planned_cells(config) if not cell_path(out_dir, *c).exists()]
+
+
+def save_cell(cell: dict, out_dir: str | Path) -> Path:
+    """Save a finished cell (atomically) where :func:`cell_path` says; returns the path."""
+    m = cell["metrics"]
+    path = cell_path(out_dir, m["task"], m["localization"], m["seed"])
+    save_json(cell, path)
+    return path
+
+
+class CellComputer:
+    """Computes cells on one model: the known facts and localizations of each dataset once, each (task, seed)'s
+    task, baseline and base probes once (the last one kept), then :func:`run_cell`.
+
+    Args:
+        localizations: ``dataset -> {name: Localization}`` (the caller's way to get them: located and saved by
+            :func:`dataset_localizations`, or rebuilt from a driver's record by :func:`localizations_from_record`).
+    """
+
+    def __init__(self, model, config: GridConfig, localizations):
+        self.model, self.config, self._localizations = model, config, localizations
+        self.known: dict[str, pd.DataFrame] = {}
+        self.locs: dict[str, dict] = {}
+        self._task: dict = {}
+
+    def known_facts(self, dataset: str) -> pd.DataFrame:
+        if dataset not in self.known:
+            self.known[dataset] = tasks.known_facts(self.model, dataset, sample=self.config.n_known, seed=0,
+                                                    progress=False, **({} if self.config.known_threshold is None else
+                                                                       {"threshold": self.config.known_threshold}))
+        return self.known[dataset]
+
+    def dataset_localizations(self, dataset: str) -> dict:
+        if dataset not in self.locs:
+            self.locs[dataset] = self._localizations(dataset)
+        return self.locs[dataset]
+
+    def compute(self, task_name: str, loc_name: str, seed: int) -> dict:
+        """One cell's record (as :func:`run_cell` returns it)."""
+        model, config = self.model, self.config
+        dataset = dataset_of(task_name)
+        known = self.known_facts(dataset)
+        locs = self.dataset_localizations(dataset)
+        key = (task_name, seed)
+        if key not in self._task:
+            task = build_task(model, task_name, seed, config.max_forget, config.max_maintain, known=known)
+            unrelated = evaluation.unrelated_facts(model, task, n=config.n_unrelated) if config.n_unrelated else None
+            base = evaluation.evaluate(model, task, None, unrelated=unrelated,
+                                       **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
+            self._task = {key: (task, base, unrelated, probe_base(model, task, config, seed))}  # one task at a time
+        task, base, unrelated, base_probe = self._task[key]
+        loc = registry.for_seed(model, locs, loc_name, seed)
+        window = config.probe_window or probe_window_for(model, locs[registry.FLU.label])
+        return run_cell(model, task, loc, seed, config, baseline=base, unrelated=unrelated, probe_window=window,
+                        base_probe=base_probe)
+
+
+def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
+    """Run every (task, localization, seed) cell in this process, resuming from ``out_dir/cells/``.
+
+    Each finished cell is written to ``out_dir/cells/<task>__<localization>__<seed>.json``
+    (atomically) before the next starts; cells already there are read, not recomputed
+    (:mod:`.cluster` computes them on several workers with the same functions).
+
+    Returns:
+        One row per cell: ``task, localization, seed`` and :data:`METRICS` (tidy-wide).
+    """
+    out_dir = Path(out_dir)
+    start_grid(config, out_dir)
+    computer = CellComputer(model, config, lambda dataset: dataset_localizations(
+        model, dataset, config, out_dir, computer.known_facts(dataset)))
     rows = []
-    # seeds outside localizations: each (task, seed) is built and measured on the base model once
-    todo = [(t, name, s) for t in config.tasks for s in config.seeds for name in config.localizations]
-    bar = tqdm(todo, desc="comparison grid", disable=not progress)
-    cache_tasks: dict = {}
+    bar = tqdm(planned_cells(config), desc="comparison grid", disable=not progress)
     for task_name, loc_name, seed in bar:
-        path = cell_dir / f"{slug(task_name, loc_name, seed)}.json"
+        path = cell_path(out_dir, task_name, loc_name, seed)
         if path.exists():
             rows.append(json.loads(path.read_text()))
             continue
         bar.set_postfix_str(f"{task_name} · {loc_name} · seed {seed}")
-        dataset = dataset_of(task_name)
-        if dataset not in known_by_dataset:
-            known_by_dataset[dataset] = tasks.known_facts(model, dataset, sample=config.n_known, seed=0, progress=False)
-        if dataset not in locs_by_dataset:
-            locs_by_dataset[dataset] = dataset_localizations(model, dataset, config, out_dir, known_by_dataset[dataset])
-        key = (task_name, seed)
-        if key not in cache_tasks:
-            task = build_task(model, task_name, seed, config.max_forget, config.max_maintain, known=known_by_dataset[dataset])
-            unrelated = evaluation.unrelated_facts(model, task, n=config.n_unrelated) if config.n_unrelated else None
-            base = evaluation.evaluate(model, task, None, unrelated=unrelated,
-                                       **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
-            cache_tasks = {key: (task, base, unrelated, probe_base(model, task, config, seed))}  # one task at a time
-        task, base, unrelated, base_probe = cache_tasks[key]
-        loc = registry.for_seed(model, locs_by_dataset[dataset], loc_name, seed)
-        window = config.probe_window or probe_window_for(model, locs_by_dataset[dataset][registry.FLU.label])
-        cell = run_cell(model, task, loc, seed, config, baseline=base, unrelated=unrelated, probe_window=window,
-                        base_probe=base_probe)
-        save_json(cell, path)
+        cell = computer.compute(task_name, loc_name, seed)
+        save_cell(cell, out_dir)
         rows.append(cell)
-    frame = pd.DataFrame([r["metrics"] for r in rows])
-    return frame
-
-
+    return pd.DataFrame([r["metrics"] for r in rows])
 
 
 # ---------------------------------------------------------------------------

@@ -442,11 +442,34 @@ def _in_hf_cache(repo_id: str) -> bool:
         return False
 
 
+DEVICE_VARIABLE, DTYPE_VARIABLE = "MECHUNLEARN_NB_DEVICE", "MECHUNLEARN_NB_DTYPE"
+#: the parameter dtypes a model can be loaded in, by name
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def default_device(device: str | None = None) -> str:
+    """``device`` if given, else ``$MECHUNLEARN_NB_DEVICE``, else ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    device = device or os.environ.get(DEVICE_VARIABLE) or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but torch sees no GPU here. Fix: use device 'cpu' (--device cpu), or run "
+                         f"on a machine with CUDA (and a torch built for it).")
+    return str(device)
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype from its name (:data:`DTYPES`) or as given; ``ValueError`` naming the choices otherwise."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose from {sorted(DTYPES)} (e.g. --dtype bfloat16 on a GPU).")
+    return DTYPES[dtype]
+
+
 def load_model(
     name: str | os.PathLike | None = None,
     *,
     device: str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     n_devices: int | None = None,
     **kwargs,
 ):
@@ -457,8 +480,10 @@ def load_model(
             local Hugging Face folder, a ``.gguf`` file (dequantised once into the cache, see
             :func:`gguf_model_dir`) or a Hugging Face id (needs the weights in the local HF cache
             when offline).
-        device: ``"cpu"``, ``"cuda"`` ...; default: CUDA when available, else CPU.
-        dtype: parameter dtype, default float32.
+        device: ``"cpu"``, ``"cuda"`` ...; default: ``$MECHUNLEARN_NB_DEVICE`` if set (``run --device``
+            sets it for the notebooks it runs), else CUDA when available, else CPU.
+        dtype: parameter dtype (a ``torch.dtype`` or one of :data:`DTYPES`' names); default
+            ``$MECHUNLEARN_NB_DTYPE`` if set, else float32.
         n_devices: split the model over this many GPUs.
         **kwargs: passed on to ``TransformerBridge.boot_transformers``.
 
@@ -471,8 +496,8 @@ def load_model(
     t0 = time.perf_counter()
     display, source = _resolve(name)
     t1 = time.perf_counter()
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(device)
+    dtype = parse_dtype(dtype if dtype is not None else os.environ.get(DTYPE_VARIABLE) or None)
     boot_kwargs = dict(kwargs)
     if dtype is not None:
         boot_kwargs["dtype"] = dtype
@@ -620,11 +645,12 @@ def n_params(model, trainable_only: bool = False) -> int:
     return int(sum(p.numel() for p in hf_model(model).parameters() if p.requires_grad or not trainable_only))
 
 
-def tiny_model(seed: int = 0, n_layers: int = 2, d_model: int = 64, device: str = "cpu"):
+def tiny_model(seed: int = 0, n_layers: int = 2, d_model: int = 64, device: str | None = "cpu"):
     """A randomly initialised Gemma-3 of the embedded model's architecture, for fast tests.
 
     It shares the embedded model's tokenizer (so it needs the cache folder, built on first use),
-    has ``n_layers`` blocks of width ``d_model``, and is booted as a bridge like any other model.
+    has ``n_layers`` blocks of width ``d_model``, and is booted as a bridge like any other model
+    (``device=None``: :func:`default_device`).
     """
     import tempfile
 

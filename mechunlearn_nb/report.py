@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -95,15 +94,19 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
         parts.append(f"<p><span class='{cls}'>{html.escape(str(status))}</span> · {entry.get('seconds')} s · {' · '.join(links)}</p>")
         if entry.get("error"):
             parts.append(f"<pre class='bad'>{html.escape(entry['error'][:3000])}</pre>")
-        if entry.get("parts"):  # a grid computed in parallel processes (run --workers)
-            rows = []
-            for p in entry["parts"]:
-                rel = Path(os.path.relpath(p["executed"], run_dir.resolve())).as_posix()
-                rows.append(f"<tr><td>{html.escape(', '.join(map(str, p['tasks'])))}</td><td>{html.escape(', '.join(map(str, p['seeds'])))}</td>"
-                            f"<td class='{'ok' if p['status'] == 'ok' else 'bad'}'>{html.escape(p['status'])}</td><td>{p['seconds']}</td>"
-                            f"<td><a href='{html.escape(rel)}'>executed part</a>{html.escape(' · ' + p['error'][:300]) if p.get('error') else ''}</td></tr>")
-            parts.append(f"<h3>Computed in {len(entry['parts'])} parts</h3><table><tr><th>tasks</th><th>seeds</th>"
-                         f"<th>status</th><th>seconds</th><th></th></tr>{''.join(rows)}</table>")
+        if entry.get("cluster"):  # the grid's cells computed on Ray workers before the final pass (run --workers)
+            c = entry["cluster"]
+            ray_start = f", Ray started in {c['ray']['seconds']} s" if c.get("ray") else ""
+            parts.append(f"<h3>Cells computed on Ray</h3><p>{c['computed']} cell(s) computed by {c['workers']} worker(s) "
+                         f"({c['cpus_per_worker']} CPU, {c['gpus_per_worker']} GPU each; Ray at "
+                         f"{html.escape(str(c['address']))}{ray_start}) in {c['seconds']} s; {c['read_back']} found "
+                         f"saved by an earlier run; {len(c['failed'])} failed"
+                         f"{' (the final pass computed them)' if c['failed'] else ''}.</p>")
+            if c["failed"]:
+                rows = "".join(f"<tr><td>{html.escape(str(f['task']))}</td><td>{html.escape(str(f['localization']))}</td>"
+                               f"<td>{f['seed']}</td><td class='bad'>{html.escape(f['error'][:300])}</td></tr>"
+                               for f in c["failed"])
+                parts.append(f"<table><tr><th>task</th><th>localization</th><th>seed</th><th>error</th></tr>{rows}</table>")
         checks = pd.DataFrame(entry.get("checks") or [])
         if len(checks):
             parts += ["<h3>Expected values</h3>", _table(checks)]

@@ -14,9 +14,10 @@ CounterFact components are ``CF_COMPONENTS``) receive them as ``COMPONENTS`` ins
 evidence again, minutes each on a CPU. ``reuse_localizations=False``
 (``run --relocate``) lets every notebook locate for itself.
 
-At full size, ``workers > 1`` (``run --workers N``) computes the comparison grid
-(notebook 09) in N processes, one (task, seed) part at a time each, before the
-notebook's final pass assembles the table from the saved cells.
+``workers > 1`` (``run --workers N``) computes the comparison grid (notebook 09)
+on N Ray workers (:mod:`.cluster`: a local Ray instance, or the cluster at
+``--ray-address``), saving each cell as it finishes, before the notebook's final
+pass assembles the table from the saved cells.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ import ast
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
 from . import expected, registry
-from .io import save_json, slug
+from .io import save_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 ENGINE = "mechunlearn_nb"
@@ -180,64 +180,73 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def _grid_part(notebook: Path, run_dir: Path, parameters: dict, kernel: str, threads: int, executed: str) -> dict:
-    """One worker process's share of a grid: the notebook with one task and one seed (runs in a child process)."""
-    os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    t0 = time.perf_counter()
-    entry = {"tasks": parameters["TASKS"], "seeds": parameters["SEEDS"], "executed": str((run_dir / executed).resolve())}
-    try:
-        run_notebook(notebook, run_dir, parameters, kernel=kernel, executed=executed)
-        entry["status"] = "ok"
-    except Exception as err:  # the final pass computes whatever a failed part left undone
-        entry.update(status="failed", error=describe_error(err))
-    entry["seconds"] = round(time.perf_counter() - t0, 1)
-    return entry
+def notebook_defaults(notebook: Path) -> dict:
+    """A notebook's parameters cell, evaluated (each default must be a Python literal, as papermill writes them)."""
+    import papermill as pm
+
+    out = {}
+    for name, param in pm.inspect_notebook(str(notebook)).items():
+        try:
+            out[name] = ast.literal_eval(param["default"])
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{notebook.name}: the default of {name} ({param['default']!r}) is not a Python literal, "
+                             f"which `run --workers` needs to build the notebook's grid. Fix: write it as a literal.") from None
+    return out
 
 
-def run_grid_parts(notebook: Path, run_dir: Path, parameters: dict, workers: int, kernel: str = "python3",
-                   cpus: int | None = None) -> list[dict]:
-    """Compute a grid notebook's cells in ``workers`` processes before its single final pass.
+def run_grid_on_ray(notebook: Path, run_dir: Path, parameters: dict, resources=None, address: str | None = None,
+                    device: str | None = None, dtype: str | None = None, progress: bool = True) -> dict:
+    """Compute a grid notebook's cells on Ray workers (:func:`cluster.run_cells`) before its single final pass.
 
-    The grid is cut into (task, seed) parts, each executed as the notebook with ``TASKS=[task], SEEDS=[seed]``
-    into the same output folder, ``workers`` at a time with ``cpus // workers`` threads each. The notebook
-    saves every cell as it finishes and reads saved cells back instead of recomputing them, so the final
-    pass over all tasks and seeds (run by the caller) only assembles the table — or computes what a failed
-    part left undone. The first part to reach a dataset locates its components; parts reaching it meanwhile
-    wait and read them back (:func:`grid.dataset_localizations`).
+    The grid is the one the notebook builds from the same parameters (:func:`grid.notebook_config`), saved
+    into the notebook's output folder (``run_dir/<notebook stem>``); the notebook's final pass then finds
+    every cell saved and only assembles the table (or computes what a failed cell left undone).
 
     Returns:
-        One entry per part: ``tasks, seeds, executed, status, seconds`` (and ``error`` when it failed).
+        :meth:`cluster.Outcome.to_dict` (cells computed, read back, failed; seconds; Ray's start-up) plus
+        ``workers``, ``cpus_per_worker``, ``gpus_per_worker`` and ``address``.
     """
-    import multiprocessing
+    from functools import partial
 
-    grid = grid_parameters(notebook)
-    if grid is None:
-        raise ValueError(f"{notebook.name} has no TASKS and SEEDS parameters; only a grid notebook (09) runs in parts.")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}.")
-    tasks, seeds = parameters.get("TASKS", grid["TASKS"]), parameters.get("SEEDS", grid["SEEDS"])
-    parts = [(t, s) for t in tasks for s in seeds]
-    threads = max(1, (cpus or os.cpu_count() or 1) // workers)
-    (run_dir / f"{notebook.stem}.parts").mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(max_workers=min(workers, len(parts)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_grid_part, notebook, run_dir, dict(parameters, TASKS=[t], SEEDS=[s]), kernel, threads,
-                               f"{notebook.stem}.parts/{slug(t, s)}.ipynb") for t, s in parts]
-        return [f.result() for f in futures]
+    from . import cluster, grid, models
+
+    if grid_parameters(notebook) is None:
+        raise ValueError(f"{notebook.name} has no TASKS and SEEDS parameters; only a grid notebook (09) runs on Ray.")
+    params = {**notebook_defaults(notebook), **parameters}
+    config = grid.notebook_config(params)
+    resources = resources or cluster.Resources()
+    load = partial(models.load_model, params.get("MODEL_NAME"), device=device, dtype=dtype)
+    outcome = cluster.run_cells(config, run_dir / notebook.stem, load, resources, address=address, progress=progress)
+    return {**outcome.to_dict(), "cpus_per_worker": resources.cpus, "gpus_per_worker": resources.gpus,
+            "requested_workers": resources.workers, "address": address or os.environ.get("RAY_ADDRESS") or "local"}
 
 
 def run_series(root: str | Path = "runs", fast: bool = False, model: str | None = None, only: list[str] | None = None,
                kernel: str = "python3", report: bool = True, notebook_dir: Path = NOTEBOOK_DIR,
-               reuse_localizations: bool = True, workers: int = 1) -> Path:
+               reuse_localizations: bool = True, workers: int = 1, ray_address: str | None = None,
+               cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, device: str | None = None,
+               dtype: str | None = None) -> Path:
     """Run the series; returns the run folder.
 
     Args:
         reuse_localizations: at full size, pass the components of the first ``localizations.json`` a notebook
             of this run wrote (notebook 03) to the later notebooks that take sports components.
-        workers: at full size, compute a grid notebook's cells (notebook 09) in this many processes
-            (:func:`run_grid_parts`) before its final pass; FAST grids are a few cells and run in one.
+        workers: compute a grid notebook's cells (notebook 09) on this many Ray workers (:func:`run_grid_on_ray`)
+            before its final pass; 1 (and no ``ray_address``): the notebook computes them itself, in one process.
+        ray_address: a Ray cluster to compute the grid on (default ``$RAY_ADDRESS``; neither: a local instance).
+        cpus_per_worker, gpus_per_worker: what each Ray worker asks for (fractional GPUs share one).
+        device, dtype: where and in what precision every notebook and worker loads its model (default: CUDA
+            when available, float32); passed to the notebooks' kernels as ``$MECHUNLEARN_NB_DEVICE`` / ``_DTYPE``.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}.")
+    from . import cluster, models
+
+    resources = cluster.Resources(workers=workers, cpus=cpus_per_worker, gpus=gpus_per_worker)
+    if device is not None:
+        os.environ[models.DEVICE_VARIABLE] = models.default_device(device)
+    if dtype is not None:
+        models.parse_dtype(dtype)
+        os.environ[models.DTYPE_VARIABLE] = dtype
+    on_ray = workers > 1 or bool(ray_address or os.environ.get("RAY_ADDRESS"))
     books = list_notebooks(only, notebook_dir)
     run_dir = new_run_dir(root)
     size = "fast" if fast else "full"
@@ -254,13 +263,17 @@ def run_series(root: str | Path = "runs", fast: bool = False, model: str | None 
             entry["components_from"] = summary["localizations_from"]
             print(f"    COMPONENTS from {summary['localizations_from']}", flush=True)
         try:
-            if workers > 1 and not fast and grid_parameters(nb) is not None:
-                print(f"    computing its cells in {workers} processes (one task and seed each)", flush=True)
-                entry["parts"] = run_grid_parts(nb, run_dir, params, workers, kernel=kernel)
-                bad = [p for p in entry["parts"] if p["status"] != "ok"]
-                if bad:
-                    print(f"    {len(bad)} part(s) failed; the final pass computes their cells: "
-                          f"{[p['error'] for p in bad]}", flush=True)
+            if on_ray and grid_parameters(nb) is not None:
+                print(f"    computing its cells on Ray ({workers} worker(s), {cpus_per_worker} CPU and "
+                      f"{gpus_per_worker} GPU each)", flush=True)
+                entry["cluster"] = run_grid_on_ray(nb, run_dir, params, resources, address=ray_address,
+                                                   device=device, dtype=dtype)
+                c = entry["cluster"]
+                print(f"    {c['computed']} cell(s) computed on {c['workers']} worker(s), {c['read_back']} already saved, "
+                      f"{len(c['failed'])} failed, in {c['seconds']} s" + (f" (Ray started in {c['ray']['seconds']} s)"
+                                                                           if c["ray"] else ""), flush=True)
+                if c["failed"]:
+                    print(f"    the final pass computes the failed cells: {[f['error'] for f in c['failed']]}", flush=True)
             metrics = run_notebook(nb, run_dir, params, kernel=kernel, progress=True)
             saved = run_dir / nb.stem / "localizations.json"
             if located is None and saved.exists():  # the evidence-based ones; random and whole groups are rebuilt

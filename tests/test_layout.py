@@ -119,3 +119,26 @@ def test_the_core_imports_nothing_above_it(graph):
     bad = sorted((name, sorted(inside - CORE - {"__init__"})) for name, (inside, _) in graph.items()
                  if name in CORE and inside - CORE - {"__init__"})
     assert not bad, f"{bad}: a core module imports a higher layer. Fix: move the shared code down into the core."
+
+
+#: the layers, lowest first (the package docstring's list); a module imports only its own layer and those before it
+LAYERS = [
+    ("core", CORE),
+    ("tasks", {"tasks"}),
+    ("locate", {"tracing", "patching", "probing", "localization", "registry"}),
+    ("train", {"train"}),
+    ("use the loop", {"editing", "attacks", "masking"}),
+    ("measure", {"evaluation", "latent", "statistics"}),
+    ("run", {"grid", "cluster", "runner", "report", "expected", "__main__"}),
+    ("view", VIEW),
+]
+
+
+def test_every_module_has_a_layer_and_imports_go_downwards(graph):
+    rank = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
+    missing = sorted(set(graph) - set(rank) - {"__init__"})
+    assert not missing, f"{missing} belong to no layer. Fix: add each to LAYERS here and to the package docstring's list."
+    upward = sorted((name, sorted(m for m in inside if m in rank and rank[m] > rank[name]))
+                    for name, (inside, _) in graph.items() if name in rank
+                    and name not in ABOVE_VIEW and any(m in rank and rank[m] > rank[name] for m in inside))
+    assert not upward, f"{upward}: a module imports a higher layer. Fix: move the shared code down."

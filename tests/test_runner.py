@@ -103,50 +103,34 @@ def test_full_run_hands_notebook_03s_localizations_to_later_notebooks(tmp_path):
     assert json.loads((again / "summary.json").read_text())["notebooks"]["04_edit"]["metrics"]["components"] is None
 
 
-def test_full_run_computes_a_grid_in_parts_then_assembles_it(tmp_path):
-    """--workers: (task, seed) parts run in parallel processes into one folder; the final pass only reads them."""
-    books = tmp_path / "notebooks"
-    books.mkdir()
-    nb = new_notebook()
-    params = new_code_cell("FAST = False\nOUTPUT_DIR = 'out'\nMODEL_NAME = None\nTASKS = ['a', 'b']\nSEEDS = [0, 1, 2]")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, new_code_cell(
-        "import os, time\nfrom mechunlearn_nb import io\nout = io.output_dir(OUTPUT_DIR)\nnew = 0\n"
-        "running = out / 'running'\nrunning.mkdir(parents=True, exist_ok=True)\n"
-        "for t in TASKS:\n    for s in SEEDS:\n        p = out / 'cells' / f'{t}_{s}.json'\n"
-        "        if not p.exists():\n            me = running / f'{t}_{s}'\n            me.touch()\n"
-        "            seen, end = False, time.time() + (30 if len(TASKS) * len(SEEDS) == 1 else 0)\n"
-        # a part waits until another part runs at the same time (or every other cell is done, or 30 s passed)
-        "            while time.time() < end and not seen and len(list((out / 'cells').glob('*.json'))) < 5:\n"
-        "                seen = any(q != me for q in running.iterdir())\n                time.sleep(0.1)\n"
-        "            me.unlink()\n"
-        "            io.save_json({'seen_another': seen, 'threads': os.environ.get('OMP_NUM_THREADS')}, p)\n"
-        "            new += 1\n"
-        "io.write_metrics(out, {'computed_here': new, 'cells': len(list((out / 'cells').glob('*.json')))})")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, books / "09_grid.ipynb")
-    assert runner.grid_parameters(books / "09_grid.ipynb") == {"TASKS": ["a", "b"], "SEEDS": [0, 1, 2]}
+def test_run_builds_notebook_09s_grid_from_its_parameters_and_the_report_says_what_ray_computed(tmp_path):
+    """`run --workers` computes the grid notebook 09 would compute (the same GridConfig from the same parameters);
+    the report says how many cells Ray computed, on how many workers, and which failed."""
+    from dataclasses import asdict
 
-    run = runner.run_series(tmp_path / "runs", notebook_dir=books, report=False, workers=2)
-    entry = json.loads((run / "summary.json").read_text())["notebooks"]["09_grid"]
-    assert entry["metrics"] == {"computed_here": 0, "cells": 6}  # the final pass found every cell done
-    assert [(p["tasks"], p["seeds"]) for p in entry["parts"]] == [([t], [s]) for t in "ab" for s in range(3)]
-    assert all(p["status"] == "ok" and (run / "09_grid.parts").exists() for p in entry["parts"])
-    cells = [json.loads(p.read_text()) for p in (run / "09_grid" / "cells").glob("*.json")]
-    assert any(c["seen_another"] for c in cells)  # some parts ran at the same time
-    assert {c["threads"] for c in cells} == {str(max(1, (__import__("os").cpu_count() or 1) // 2))}
-
+    from mechunlearn_nb import grid
     from mechunlearn_nb.report import write_report
 
-    page = write_report(run, render_notebooks=False).read_text()
-    assert "Computed in 6 parts" in page and "href='09_grid.parts/b__2.ipynb'" in page
+    nb = runner.NOTEBOOK_DIR / "09_comparison.ipynb"
+    defaults = runner.notebook_defaults(nb)
+    full = grid.notebook_config(defaults)
+    assert asdict(full) == asdict(grid.GridConfig())  # notebook 09's defaults are the full-size grid
+    fast = grid.notebook_config({**defaults, "FAST": True})
+    assert fast.tasks == tuple(grid.FAST_PARAMETERS["TASKS"]) and fast.seeds == (0, 1) and fast.components["sports"]
+    with pytest.raises(ValueError, match="only a grid notebook"):
+        runner.run_grid_on_ray(runner.NOTEBOOK_DIR / "00_quickstart.ipynb", tmp_path, {})
 
-    # FAST grids are a few cells: one process, no parts
-    fast = runner.run_series(tmp_path / "runs", fast=True, notebook_dir=books, report=False, workers=2)
-    entry = json.loads((fast / "summary.json").read_text())["notebooks"]["09_grid"]
-    assert "parts" not in entry and entry["metrics"]["computed_here"] == 6
-    with pytest.raises(ValueError, match="workers"):
-        runner.run_series(tmp_path / "runs", notebook_dir=books, workers=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {"notebooks": {"09_comparison": {"status": "ok", "seconds": 12.0, "executed": str(run / "09.ipynb"),
+               "cluster": {"computed": 6, "read_back": 2, "workers": 2, "seconds": 10.5, "cpus_per_worker": 1.0,
+                           "gpus_per_worker": 0.0, "address": "local", "ray": {"seconds": 4.2},
+                           "failed": [{"task": "edit 8 athletes", "localization": "random", "seed": 1,
+                                       "error": "RuntimeError: boom"}]}}}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = write_report(run, render_notebooks=False).read_text()
+    assert "6 cell(s) computed by 2 worker(s)" in page and "Ray started in 4.2 s" in page and "2 found saved" in page
+    assert "1 failed (the final pass computed them)" in page and "boom" in page and "parts" not in page
 
 
 def test_notebooks_name_the_course_kernel_and_papermill_needs_none(tmp_path):

@@ -1,0 +1,133 @@
+"""The grid on Ray (cluster): a small grid on local Ray workers gives the one-process metrics; a worker killed
+mid-cell loses nothing; a stopped driver resumes; a second driver on the same folder is refused.
+
+One local Ray instance (2 CPUs) serves the whole module; its start-up time is printed (``-s``)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mechunlearn_nb import cluster, grid, models
+
+EDIT = dict(steps=2, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_facts=4, eval_every=0)
+SMALL = dict(n_known=120, known_threshold=0.0, max_maintain=8, n_unrelated=0, probes=False, relearn_steps=(0, 1),
+             edit_overrides=EDIT, relearn_overrides=dict(batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16),
+             eval_overrides=dict(n_paragraphs=1, lm_tokens=16))
+#: 2 tasks x 2 localizations x 2 seeds; the tiny random model knows nothing, so every fact counts as known
+CONFIG = grid.GridConfig(tasks=("edit 4 athletes", "counterfact 4"), localizations=("fact lookup", "random"), seeds=(0, 1),
+                         components={"sports": {"fact lookup": ["m1"]}, "counterfact": {"fact lookup": ["m1"]}}, **SMALL)
+TINY = partial(models.tiny_model, seed=0)
+KEYS = ["task", "localization", "seed"]
+
+
+class MarkedWorker(cluster.GridWorker):
+    """A worker that notes which process computed each cell, and exits mid-cell (the process dies, as when a
+    node is lost) when the file ``die`` names that cell."""
+
+    folder = None  # set by the test before the class is sent to Ray (pickled by value)
+
+    def run_cell(self, task, localization, seed, records):
+        folder = Path(self.folder)
+        die = folder / "die"
+        if die.exists() and die.read_text() == grid.cell_path(".", task, localization, seed).name:
+            (folder / "died").write_text(str(os.getpid()))
+            die.unlink()
+            os._exit(1)
+        cell = super().run_cell(task, localization, seed, records)
+        (folder / f"{grid.cell_path('.', task, localization, seed).stem}.pid").write_text(str(os.getpid()))
+        return cell
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's worker class travels to Ray
+    info = cluster.start_ray(num_cpus=2)
+    print(f"\nRay local start-up: {info['seconds']} s")
+    yield info
+    ray.shutdown()
+
+
+def test_driver_lock_refuses_a_second_driver_and_takes_over_a_stale_one(tmp_path):
+    with cluster.DriverLock(tmp_path) as lock:
+        owner = json.loads(lock.path.read_text())
+        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+        with pytest.raises(cluster.GridLockedError, match=rf"pid {os.getpid()} on host .*Fix: wait.*delete .*\.driver\.lock"):
+            cluster.DriverLock(tmp_path).acquire()
+        with pytest.raises(cluster.GridLockedError, match="another driver"):  # run_cells checks before starting Ray
+            cluster.run_cells(CONFIG, tmp_path, TINY)
+    assert not lock.path.exists()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.path.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": "earlier"}))
+    with cluster.DriverLock(tmp_path):  # its driver no longer runs on this host: stale, taken over
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    lock.path.write_text(json.dumps({"pid": gone.pid, "host": "another-node", "since": "earlier"}))
+    with pytest.raises(cluster.GridLockedError, match="another-node"):  # cannot be checked from here: refused
+        cluster.DriverLock(tmp_path).acquire()
+
+
+def test_resources_are_checked():
+    with pytest.raises(ValueError, match="workers"):
+        cluster.Resources(workers=0)
+    with pytest.raises(ValueError, match="gpus per worker"):
+        cluster.Resources(gpus=-1)
+    assert cluster.Resources(workers=2, cpus=1, gpus=0.5).gpus == 0.5
+
+
+def test_small_grid_on_ray_survives_a_killed_worker_and_matches_one_process(ray_local, tiny, tmp_path):
+    """8 cells on 2 workers; the worker computing one of them dies mid-cell: Ray restarts it and the cell is
+    retried in the new process; every cell is saved once, and equals the cell computed in one process."""
+    out, marks = tmp_path / "ray", tmp_path / "marks"
+    marks.mkdir()
+    victim = ("counterfact 4", "random", 1)
+    (marks / "die").write_text(grid.cell_path(".", *victim).name)
+    MarkedWorker.folder = str(marks)
+    t0 = time.perf_counter()
+    outcome = cluster.run_cells(CONFIG, out, TINY, cluster.Resources(workers=2), worker_class=MarkedWorker,
+                                progress=False)
+    print(f"\n8 tiny cells on 2 Ray workers (one killed): {time.perf_counter() - t0:.1f} s")
+    assert outcome.failed == [] and sorted(outcome.computed) == sorted(grid.planned_cells(CONFIG))
+    assert grid.missing_cells(CONFIG, out) == [] and not (out / cluster.LOCK_NAME).exists()
+    died = int((marks / "died").read_text())
+    retried = int((marks / f"{grid.cell_path('.', *victim).stem}.pid").read_text())
+    assert not (marks / "die").exists() and retried != died  # computed again, in another process
+    assert (out / "localizations_sports.json").exists() and (out / "localizations_counterfact.json").exists()
+
+    # the same cells in one process (the first task's): the metrics are identical, number for number
+    one = tmp_path / "one"
+    small = grid.GridConfig(**{**CONFIG.__dict__, "tasks": ("edit 4 athletes",)})
+    local = grid.run_grid(tiny, small, one, progress=False).set_index(KEYS).sort_index()
+    remote = grid.saved_cells(out).set_index(KEYS).sort_index().loc[local.index]
+    pd.testing.assert_frame_equal(local, remote[local.columns], check_exact=True)
+    print(local[["edit_acc", "maintain_acc", "relearn_acc", "lm_loss_change"]].to_string())
+
+
+def test_stopped_driver_resumes_from_saved_cells(ray_local, tmp_path):
+    """A driver stopped after its first saved cell leaves the others unsaved and its lock released; the next
+    driver computes only the cells still missing."""
+    config = grid.GridConfig(**{**CONFIG.__dict__, "tasks": ("edit 4 athletes",)})  # 4 cells
+
+    def stop(cell):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cluster.run_cells(config, tmp_path, TINY, cluster.Resources(workers=2), progress=False, on_saved=stop)
+    missing = grid.missing_cells(config, tmp_path)
+    assert len(missing) == 3 and not (tmp_path / cluster.LOCK_NAME).exists()
+    saved_before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*.json")}
+    again = cluster.run_cells(config, tmp_path, TINY, cluster.Resources(workers=2), progress=False)
+    assert sorted(again.computed) == sorted(missing) and again.read_back == 4 - len(missing)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*.json") if p.name in saved_before} \
+        == saved_before  # the saved cells were not recomputed
+    assert grid.missing_cells(config, tmp_path) == []
