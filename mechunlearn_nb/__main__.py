@@ -4,6 +4,8 @@
       run the notebook series headless into a new folder under runs/ (notebook 09's grid on N Ray workers)
   python -m mechunlearn_nb grid-status FOLDER [--tasks ...] [--seeds 0,1]
       how far a comparison grid has got
+  python -m mechunlearn_nb grid-plan CONFIG
+      a grid config's cells, the resources each needs and the time it would take (no model loaded)
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def _main(argv: list[str] | None = None) -> int:
     status.add_argument("--localizations", default=None,
                         help="comma-separated localizations the grid runs (default: notebook 09's seven)")
     status.add_argument("--seeds", default=None, help="comma-separated seeds the grid runs (default: 0,1,2)")
+    plan = sub.add_parser("grid-plan", help="a grid config's cells, resources and estimated time (no model loaded)")
+    plan.add_argument("config", help="a shipped config (embedded, gemma-2-9b) or the path of a .toml grid config")
     args = parser.parse_args(argv)
 
     from . import runner
@@ -79,6 +83,14 @@ def _main(argv: list[str] | None = None) -> int:
 
         models.load_model()
         print(json.dumps(models.LAST_LOAD_TIMES))
+        return 0
+    if args.command == "grid-plan":
+        from . import plan as plans
+
+        try:
+            print(plans.describe(*plans.plan(args.config)))
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(str(err)) from None
         return 0
     if args.command == "grid-status":
         return _grid_status(args.folder, args.workers, args.tasks, args.localizations, args.seeds)

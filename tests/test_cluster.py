@@ -131,3 +131,58 @@ def test_stopped_driver_resumes_from_saved_cells(ray_local, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*.json") if p.name in saved_before} \
         == saved_before  # the saved cells were not recomputed
     assert grid.missing_cells(config, tmp_path) == []
+
+
+@pytest.mark.parametrize("name, cls", [("embedded", "Gemma3TextConfig"), ("gemma-2-9b", "Gemma2Config")])
+def test_shipped_configs_count_their_models_parameters(name, cls):
+    """The parameter count grid-plan prints (from the config's architecture) is the model's, built on the meta
+    device from the same numbers (norms aside: under 0.1%)."""
+    import torch
+    import transformers
+
+    from mechunlearn_nb import plan
+
+    arch = plan.load_config(name)["architecture"]
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**arch))
+    counted = sum(p.numel() for p in model.parameters())
+    assert plan.parameters(arch)["total"] == pytest.approx(counted, rel=1e-3)
+
+
+def test_grid_plan_estimates_from_the_measured_pace_without_a_model(capsys):
+    from mechunlearn_nb import plan
+    from mechunlearn_nb.__main__ import main
+
+    cells, summary = plan.plan("embedded")
+    measured = grid.timings(plan.PACE_DIR).groupby(["task", "localization", "seed"])["seconds"].sum()
+    assert summary["compute_ratio"] == 1.0 and len(cells) == 105 == summary["n_cells"]
+    # every one of the 105 cells at its task's measured mean: the measured total, plus the untimed cell's share
+    assert summary["core_hours"] == pytest.approx(measured.groupby("task").mean().mul(21).sum() / 3600, abs=0.05)
+    big, s9 = plan.plan("gemma-2-9b")
+    ratio = plan.flops_per_token(plan.load_config("gemma-2-9b")["architecture"]) / plan.flops_per_token(
+        plan.load_config("embedded")["architecture"])
+    assert s9["compute_ratio"] == round(ratio, 2) and ratio > 10 and (big["gpus"] == 1).all()
+    assert s9["core_hours"] == pytest.approx(summary["core_hours"] * ratio, rel=5e-3)  # both rounded to 0.1 h
+    assert s9["weights_gb"] == round(s9["parameters"] * 2 / 1e9, 1)  # bfloat16
+    assert main(["grid-plan", "gemma-2-9b"]) == 0
+    shown = capsys.readouterr().out
+    assert "105 cells" in shown and "basis: measured one-core seconds" in shown and "compute ratio" in shown
+    assert f"{s9['core_hours']} core-hours" in shown and "models" not in sys.modules.get("mechunlearn_nb.plan").__dict__
+    assert main(["grid-plan", "gemma-9"]) == 2
+    assert "No grid config 'gemma-9'" in capsys.readouterr().err
+
+
+def test_tiny_model_runs_a_cell_on_the_device_torch_offers(tiny):
+    """The device comes from torch (cuda when there is a GPU): a GPU machine runs this very path."""
+    import torch
+
+    device = models.default_device()
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
+    model = tiny if device == "cpu" else models.tiny_model(seed=0, device=None)  # on a CPU: the same model
+    assert next(models.hf_model(model).parameters()).device.type == device
+    computer = grid.CellComputer(model, CONFIG, lambda dataset: grid.locate(model, dataset, CONFIG,
+                                                                             computer.known_facts(dataset))[0])
+    cell = computer.compute("edit 4 athletes", "fact lookup", 0)
+    assert 0 <= cell["metrics"]["edit_acc"] <= 1 and cell["curve"]
+    with pytest.raises(ValueError, match="Unknown dtype 'half'"):
+        models.parse_dtype("half")
