@@ -170,9 +170,18 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, num_gpu
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=None if num_cpus is None else max(1, int(-(-num_cpus // 1))),
-                 num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=200 * 1024 ** 2)
+        try:
+            ray.init(address="local", num_cpus=None if num_cpus is None else max(1, int(-(-num_cpus // 1))),
+                     num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=200 * 1024 ** 2)
+        except Exception as err:
+            if "timed out during startup" not in str(err):
+                raise
+            raise RuntimeError(
+                f"The local Ray instance did not start ({err}) On a machine this busy Ray's node agents miss its fixed "
+                f"15 s start-up deadline (their logs: /tmp/ray/session_latest/logs/raylet.out; ray-project/ray#65983). "
+                f"Fix: retry when the machine is less loaded, start Ray once yourself (`ray start --head`) and pass "
+                f"--ray-address auto, or use --workers 1 (no Ray).") from err
     return {"address": address or "local", "local": not address, "seconds": round(time.perf_counter() - t0, 2)}
 
 
