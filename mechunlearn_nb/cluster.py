@@ -22,6 +22,7 @@ with one, the run joins that cluster (``ray start --head`` on a Slurm node, Kube
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -171,8 +172,9 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, num_gpu
         ray.init(address=address, log_to_driver=False)
     else:
         try:
-            ray.init(address="local", num_cpus=None if num_cpus is None else max(1, int(-(-num_cpus // 1))),
-                     num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+            ray.init(address="local", num_cpus=None if num_cpus is None else max(1, math.ceil(num_cpus)),
+                     num_gpus=None if num_gpus is None else math.ceil(num_gpus), include_dashboard=False,
+                     log_to_driver=False,
                      object_store_memory=200 * 1024 ** 2)
         except Exception as err:
             if "timed out during startup" not in str(err):
@@ -180,8 +182,7 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, num_gpu
             raise RuntimeError(
                 f"The local Ray instance did not start ({err}) On a machine this busy Ray's node agents miss its fixed "
                 f"15 s start-up deadline (their logs: /tmp/ray/session_latest/logs/raylet.out; ray-project/ray#65983). "
-                f"Fix: retry when the machine is less loaded, start Ray once yourself (`ray start --head`) and pass "
-                f"--ray-address auto, or use --workers 1 (no Ray).") from err
+                f"Fix: retry when the machine is less loaded, or use --workers 1 (no Ray).") from err
     return {"address": address or "local", "local": not address, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -244,8 +245,7 @@ def run_cells(config: grid.GridConfig, out_dir: str | Path, load, resources: Res
             return outcome
         started = False
         if not ray.is_initialized():
-            outcome.ray = start_ray(address, resources.workers * resources.cpus, None if address else resources.gpus
-                                    * resources.workers or None)
+            outcome.ray = start_ray(address, resources.workers * resources.cpus, resources.workers * resources.gpus or None)
             started = True
         n_workers = min(resources.workers, len(todo))
         outcome.workers = n_workers

@@ -186,3 +186,24 @@ def test_tiny_model_runs_a_cell_on_the_device_torch_offers(tiny):
     assert 0 <= cell["metrics"]["edit_acc"] <= 1 and cell["curve"]
     with pytest.raises(ValueError, match="Unknown dtype 'half'"):
         models.parse_dtype("half")
+
+
+@pytest.mark.slow
+def test_two_embedded_cells_on_ray_equal_one_process(ray_local, gemma, tmp_path):
+    """2 cells on the embedded model at notebook 09's small sizes: a Ray worker's metrics are the one-process ones."""
+    from mechunlearn_nb import registry
+
+    p = grid.FAST_PARAMETERS
+    config = grid.GridConfig(tasks=("edit 8 athletes",), localizations=("fact lookup", "random"), seeds=(0,),
+                             n_known=p["N_KNOWN"], max_maintain=p["MAX_MAINTAIN"], relearn_steps=tuple(p["RELEARN_STEPS"]),
+                             n_unrelated=p["N_UNRELATED"], edit_overrides=p["EDIT_OVERRIDES"],
+                             relearn_overrides=p["RELEARN_OVERRIDES"], eval_overrides=p["EVAL_OVERRIDES"],
+                             components={"sports": {"fact lookup": registry.FAST_COMPONENTS["fact lookup"]}})
+    t0 = time.perf_counter()
+    outcome = cluster.run_cells(config, tmp_path / "ray", partial(models.load_model, None), progress=False)
+    print(f"\n2 embedded cells on 1 Ray worker: {time.perf_counter() - t0:.1f} s")
+    assert len(outcome.computed) == 2 and outcome.failed == []
+    local = grid.run_grid(gemma, config, tmp_path / "one", progress=False).set_index(KEYS).sort_index()
+    remote = grid.saved_cells(tmp_path / "ray").set_index(KEYS).sort_index()
+    pd.testing.assert_frame_equal(local, remote[local.columns], check_exact=True)
+    print(local[["edit_acc", "maintain_acc", "relearn_acc", "lm_loss_change"]].to_string())
