@@ -85,10 +85,10 @@ def _main(argv: list[str] | None = None) -> int:
         print(json.dumps(models.LAST_LOAD_TIMES))
         return 0
     if args.command == "grid-plan":
-        from . import plan as plans
+        from . import sizing
 
         try:
-            print(plans.describe(*plans.plan(args.config)))
+            print(sizing.describe(*sizing.plan(args.config)))
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from None
         return 0

@@ -140,7 +140,7 @@ def test_shipped_configs_count_their_models_parameters(name, cls):
     import torch
     import transformers
 
-    from mechunlearn_nb import plan
+    from mechunlearn_nb import sizing as plan
 
     arch = plan.load_config(name)["architecture"]
     with torch.device("meta"):
@@ -150,7 +150,7 @@ def test_shipped_configs_count_their_models_parameters(name, cls):
 
 
 def test_grid_plan_estimates_from_the_measured_pace_without_a_model(capsys):
-    from mechunlearn_nb import plan
+    from mechunlearn_nb import sizing as plan
     from mechunlearn_nb.__main__ import main
 
     cells, summary = plan.plan("embedded")
@@ -167,7 +167,7 @@ def test_grid_plan_estimates_from_the_measured_pace_without_a_model(capsys):
     assert main(["grid-plan", "gemma-2-9b"]) == 0
     shown = capsys.readouterr().out
     assert "105 cells" in shown and "basis: measured one-core seconds" in shown and "compute ratio" in shown
-    assert f"{s9['core_hours']} core-hours" in shown and "models" not in sys.modules.get("mechunlearn_nb.plan").__dict__
+    assert f"{s9['core_hours']} core-hours" in shown and "models" not in sys.modules.get("mechunlearn_nb.sizing").__dict__
     assert main(["grid-plan", "gemma-9"]) == 2
     assert "No grid config 'gemma-9'" in capsys.readouterr().err
 

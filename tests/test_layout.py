@@ -129,7 +129,7 @@ LAYERS = [
     ("train", {"train"}),
     ("use the loop", {"editing", "attacks", "masking"}),
     ("measure", {"evaluation", "latent", "statistics"}),
-    ("run", {"grid", "cluster", "plan", "runner", "report", "expected", "__main__"}),
+    ("run", {"grid", "cluster", "sizing", "runner", "report", "expected", "__main__"}),
     ("view", VIEW),
 ]
 
