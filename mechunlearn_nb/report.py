@@ -56,12 +56,27 @@ def _without_live_widgets(nb):
     return nb
 
 
+#: nbconvert's lab template without the three scripts it loads from CDNs (require.js, MathJax and the widget
+#: manager): the rendered page then needs nothing from outside the machine. Widgets are replaced by
+#: :data:`WIDGET_NOTE`; equations stay as their TeX source.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+"""
+
+
 def _render_notebook_html(ipynb: Path) -> Path | None:
     try:
+        import jinja2
         import nbformat
         from nbconvert import HTMLExporter
 
-        body, _ = HTMLExporter().from_notebook_node(_without_live_widgets(nbformat.read(ipynb, as_version=4)))
+        exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
+                                template_file="offline.html.j2")
+        nb = _without_live_widgets(nbformat.read(ipynb, as_version=4))
+        nb.metadata.pop("widgets", None)  # no widget state to embed: the explorers are live only in JupyterLab
+        body, _ = exporter.from_notebook_node(nb)
     except Exception:  # nbconvert missing or a notebook it cannot render: the .ipynb link remains
         return None
     return write_text(ipynb.with_suffix(".html"), body)
@@ -98,7 +113,8 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
              f"<p class='meta'>model: {html.escape(str(summary.get('model')))} · size: {summary.get('size')} · "
              f"started {summary.get('started')} · finished {summary.get('finished', '(running)')}</p>",
              "<p class='meta'>The explorers (ipywidgets) are live only in JupyterLab: "
-             "<code>.venv/bin/jupyter lab notebooks/</code>, then run the notebook.</p>"]
+             "<code>.venv/bin/jupyter lab notebooks/</code>, then run the notebook. The rendered notebooks load "
+             "nothing from the internet, so their equations show as TeX source.</p>"]
     overview = [dict(notebook=name, status=e.get("status"), seconds=e.get("seconds"),
                      # a failed notebook has no reference outcome; a model without expected values says so
                      reproduced={True: "yes", False: "no"}.get(e.get("reproduced"), e.get("reference", "–")))
