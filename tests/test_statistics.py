@@ -103,3 +103,38 @@ def test_curve_metrics_keep_what_the_endpoint_throws_away():
     assert (trained.set_index(["quantity", "metric"]).loc[("accuracy", "final"), "status"]) == "ceiling"
     with pytest.raises(ValueError, match="half"):
         statistics.curve_metrics(_curves(), half="C")
+
+
+def test_sign_flip_test_is_exact_and_bounded_by_the_number_of_pairs():
+    assert statistics.sign_flip_test([0.1] * 6) == pytest.approx(2 / 64)   # all one sign: the smallest p six pairs allow
+    assert statistics.sign_flip_test([0.1, -0.1, 0.1, -0.1]) == 1.0
+    assert statistics.sign_flip_test([0.3, 0.2, 0.25, -0.01, 0.28, 0.22, 0.3, 0.26]) < 0.05
+
+
+def test_reanalysis_of_the_shipped_grid():
+    from pathlib import Path
+
+    from mechunlearn_nb import reanalysis
+
+    grid_dir = Path(__file__).resolve().parents[1] / "results" / "09_comparison_full"
+    r = reanalysis.verdicts_v2(grid_dir, n_boot=1000)
+    v, test = r["verdicts"], r["testability"]
+    # multiple choice on held-out known facts is at or below chance on every task: its claims are untestable
+    mcq = test[(test["set"] == "maintain") & test["format"].isin(["mcq", "cf_mcq"])]
+    assert len(mcq) == 5 and (mcq["verdict"] == statistics.UNTESTABLE).all() and (mcq["high"] < 0.3).all()
+    assert (v[v["metric"].str.startswith("mcq")]["verdict"] == statistics.UNTESTABLE).all()
+    qa = test[(test["set"] == "maintain") & (test["format"] == "qa")]
+    assert (qa["verdict"] == statistics.TESTABLE).all() and (qa["low"] > 0.8).all()
+    # the endpoint of relearning sits at the ceiling on forget-basketball and the floor on edit-16 for every localization
+    stuck = r["floor_ceiling"].set_index(["task", "quantity", "metric"])["status"]
+    assert stuck["forget basketball", "accuracy", "final"] == "ceiling"
+    assert stuck["edit 16 athletes", "accuracy", "final"] == "floor"
+    # incomplete edits are left out (causal-tracing OT under-fits edit-64 on two seeds)
+    ex = r["excluded"]
+    assert ((ex["localization"] == "OT (causal tracing)") & (ex["task"] == "edit 64 athletes")).sum() == 2
+    assert (ex["edit_acc"] < reanalysis.COMPLETENESS).all()
+    # fact lookup against random of the same budget is a named comparator with a verdict
+    rnd = v[(v["versus"] == "random") & v["p_value"].notna()]
+    assert len(rnd) >= 8 and rnd["p_holm"].ge(rnd["p_value"]).all()
+    assert set(v["verdict"]) <= {"supported", "contradicted", "not distinguishable", "equivalent",
+                                 "equivalence not shown", statistics.UNTESTABLE, "too few pairs (1)", "no data"}
