@@ -185,8 +185,10 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
 
     Returns:
         ``{"verdicts", "testability", "excluded", "floor_ceiling", "curves"}``: the claims with ``diff`` (FLU −
-        comparator) ``[low, high]``, ``p_value``, ``p_holm`` and ``verdict``; the instruments' testability; the
-        cells left out as incomplete edits; the relearning summaries' floor/ceiling status; per-cell curve summaries.
+        comparator) ``[low, high]``, ``p_value``, ``p_holm`` and ``verdict`` (bootstrap), and ``p_signflip``,
+        ``p_signflip_holm``, ``verdict_signflip`` (the exact sign-flip test, Holm-corrected over the same claims);
+        the instruments' testability; the cells left out as incomplete edits; the relearning summaries'
+        floor/ceiling status; per-cell curve summaries.
     """
     cells = cells_with_curves(out_dir)
     test = testability_table(baselines(out_dir), margin=margin)
@@ -253,6 +255,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
     out = pd.DataFrame(rows)
     tested = out["p_value"].notna()
     out["p_holm"] = np.nan
+    out["verdict_signflip"] = ""
     out.loc[tested, "p_holm"] = statistics.holm(out.loc[tested, "p_value"])
     out["family_size"] = int(tested.sum())
     flips = out["p_signflip"].notna()
@@ -266,8 +269,10 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
         else:
             better = r["diff"] > 0 if HIGHER_IS_BETTER[r["metric"]] else r["diff"] < 0
             out.loc[i, "verdict"] = ("supported" if better else "contradicted") if significant else "not distinguishable"
+            exact = r["p_signflip_holm"] <= alpha
+            out.loc[i, "verdict_signflip"] = ("supported" if better else "contradicted") if exact else "not distinguishable"
     cols = ["dataset", "claim", "metric", "versus", "instrument", "tasks", "n_pairs", "flu_mean", "other_mean", "diff",
-            "low", "high", "method", "p_value", "p_holm", "family_size", "verdict", "p_signflip", "p_signflip_holm", "note"]
+            "low", "high", "method", "p_value", "p_holm", "family_size", "verdict", "p_signflip", "p_signflip_holm", "verdict_signflip", "note"]
     return dict(verdicts=out.reindex(columns=cols), testability=test, excluded=excluded.reset_index(drop=True),
                 floor_ceiling=fc, curves=curve)
 
