@@ -57,8 +57,8 @@ CLAIMS = (
 #: the relearning claims' metrics and the curve summary each is read from (quantity, summary)
 CURVE_METRICS = {"relearn_acc": ("accuracy", "final"), "relearn_p_true_auc": ("p_true", "auc"),
                  "relearn_p_true_max": ("p_true", "max")}
-for _m in CURVE_METRICS:
-    HIGHER_IS_BETTER.setdefault(_m, False)
+#: for each claim's metric, whether higher is better for the edit (the relearning summaries: lower is better)
+BETTER_IF_HIGHER = {**HIGHER_IS_BETTER, **{m: False for m in CURVE_METRICS}}
 #: where each proportion's facts were counted: (set, format per dataset); None: not a proportion (seeds only)
 COUNT_OF = {"mcq_edit_acc": ("forget", {"sports": "mcq", "counterfact": "cf_mcq"}),
             "mcq_forget_acc": ("forget", {"sports": "mcq", "counterfact": "cf_mcq"}),
@@ -267,7 +267,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
         if r["kind"] == "equivalence":
             out.loc[i, "verdict"] = "equivalent" if significant else "equivalence not shown"
         else:
-            better = r["diff"] > 0 if HIGHER_IS_BETTER[r["metric"]] else r["diff"] < 0
+            better = r["diff"] > 0 if BETTER_IF_HIGHER[r["metric"]] else r["diff"] < 0
             out.loc[i, "verdict"] = ("supported" if better else "contradicted") if significant else "not distinguishable"
             exact = r["p_signflip_holm"] <= alpha
             out.loc[i, "verdict_signflip"] = ("supported" if better else "contradicted") if exact else "not distinguishable"

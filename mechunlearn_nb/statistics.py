@@ -9,6 +9,16 @@ The grid (:mod:`.grid`) saves one row of metrics per (task, localization, seed) 
   choice, on paraphrases, on relearning, on probes, with comparable side effects — checked pair by pair on
   the cells, with the numbers and a verdict that could have gone the other way.
 
+and the statistics a reviewer accepts (the grid's verdicts above predate them; :mod:`.reanalysis` applies these
+to a saved grid):
+
+- :func:`hierarchical_bootstrap` (seeds, then facts, on per-fact data) and :func:`parametric_bootstrap` (its form
+  for cells that keep a proportion and its n: facts drawn as Binomial(n, p)/n); :func:`sign_flip_test`;
+- :func:`holm` across a family of claims; :func:`tost` / :func:`tost_bootstrap` for "comparable" side effects;
+- :func:`testability`: is an instrument above chance on the unedited model at all?
+- :func:`curve_metrics` and :func:`floor_ceiling`: the whole relearning curve, and which summaries cannot
+  discriminate.
+
 Everything here reads plain DataFrames (``saved_cells`` of a grid, or hand-made rows): no model needed.
 """
 

@@ -114,7 +114,7 @@ def test_sign_flip_test_is_exact_and_bounded_by_the_number_of_pairs():
 def test_reanalysis_of_the_shipped_grid():
     from pathlib import Path
 
-    from mechunlearn_nb import reanalysis
+    from mechunlearn_nb import plots, reanalysis
 
     grid_dir = Path(__file__).resolve().parents[1] / "results" / "09_comparison_full"
     r = reanalysis.verdicts_v2(grid_dir, n_boot=1000)
@@ -136,5 +136,7 @@ def test_reanalysis_of_the_shipped_grid():
     # fact lookup against random of the same budget is a named comparator with a verdict
     rnd = v[(v["versus"] == "random") & v["p_value"].notna()]
     assert len(rnd) >= 8 and rnd["p_holm"].ge(rnd["p_value"]).all()
+    fig = plots.plot_claims(v)
+    assert len(fig.axes) == 2 and {a.get_title() for a in fig.axes} == {"sports", "counterfact"}
     assert set(v["verdict"]) <= {"supported", "contradicted", "not distinguishable", "equivalent",
                                  "equivalence not shown", statistics.UNTESTABLE, "too few pairs (1)", "no data"}
