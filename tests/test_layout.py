@@ -21,6 +21,9 @@ VIEW = {"plots", "widgets"}
 ABOVE_VIEW = {"__main__", "report"}
 #: the core: loading, reading, formatting, scoring, positions, writing; it imports nothing above it
 CORE = {"models", "data", "prompts", "scoring", "positions", "io", "checks"}
+#: the run layer: grids, notebooks, the plan a grid is tested against, expected values; only it, the view layer and
+#: the command line import it
+RUN = {"grid", "runner", "report", "expected", "plan", "reanalysis", "__main__"}
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -119,3 +122,11 @@ def test_the_core_imports_nothing_above_it(graph):
     bad = sorted((name, sorted(inside - CORE - {"__init__"})) for name, (inside, _) in graph.items()
                  if name in CORE and inside - CORE - {"__init__"})
     assert not bad, f"{bad}: a core module imports a higher layer. Fix: move the shared code down into the core."
+
+
+def test_only_the_run_layer_and_above_import_it(graph):
+    assert RUN <= set(graph), f"{sorted(RUN - set(graph))} listed in RUN but not in the package. Fix: update RUN."
+    bad = sorted((name, sorted(inside & RUN)) for name, (inside, _) in graph.items()
+                 if name not in RUN | VIEW | ABOVE_VIEW | {"__init__"} and inside & RUN)
+    assert not bad, (f"{bad} import the run layer (grid, runner, plan, ...). Fix: move what they need down into "
+                     "the measure layer or below.")
