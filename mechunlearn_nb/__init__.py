@@ -17,7 +17,7 @@ data flows down this list):
 - train: ``train`` (the one loop: fact batches, losses, accuracy, weight restore);
 - use the loop: ``editing`` (deltas), ``attacks`` (relearning, soft prompt), ``masking``;
 - measure: ``evaluation``, ``latent`` (robustness tables), ``statistics`` (intervals, verdicts);
-- run: ``grid`` (cells, resume), ``cluster`` (the grid on Ray workers), ``sizing``
+- run: ``grid`` (cells, resume), ``cluster`` (the grid on Ray workers), ``plan`` (pre-registration), ``reanalysis``, ``sizing``
   (grid configs, their cost), ``runner``, ``report``, ``expected``, ``__main__``;
 - view: ``plots`` (every figure), ``widgets`` (every explorer); only ``__main__``/``report`` sit above them.
 

@@ -1,7 +1,9 @@
 """Command line of the mechunlearn_nb course (shown as is by --help):
 
-  python -m mechunlearn_nb run [--fast] [--model NAME] [--only 00,03] [--workers N] [--ray-address ADDR]
-      run the notebook series headless into a new folder under runs/ (notebook 09's grid on N Ray workers)
+  python -m mechunlearn_nb run [--full] [--model NAME] [--only 00,03] [--workers N] [--ray-address ADDR]
+      run the notebook series headless into a new folder under runs/: by default at small sizes
+      (minutes); --full at the paper's sizes (about a day on two cores). It prints its estimate first.
+      --workers N computes notebook 09's grid on N Ray workers (a local Ray, or the cluster at ADDR).
   python -m mechunlearn_nb grid-status FOLDER [--tasks ...] [--seeds 0,1]
       how far a comparison grid has got
   python -m mechunlearn_nb grid-plan CONFIG
@@ -35,7 +37,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the notebook series headless (papermill) into a new run folder")
-    run.add_argument("--fast", action="store_true", help="small sizes (minutes instead of hours)")
+    size = run.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true",
+                      help="the paper's sizes: hours on a laptop (the estimate is printed before it starts)")
+    size.add_argument("--fast", action="store_true", help="small sizes: the default, kept for scripts that pass it")
     run.add_argument("--model", default=None,
                      help="HF id, local folder or .gguf file (default: the embedded Gemma 3 270M)")
     run.add_argument("--only", default=None, help="comma-separated notebook numbers or names, e.g. 00,03")
@@ -97,7 +102,10 @@ def _main(argv: list[str] | None = None) -> int:
     only = args.only.split(",") if args.only else None
     _check_run_arguments(runner, only, args.model, args.workers)
     _check_ray_arguments(args)
-    run_dir = runner.run_series(root=args.out, fast=args.fast, model=args.model, only=only,
+    fast = not args.full
+    times = runner.estimate(runner.list_notebooks(only), fast, args.workers, args.model)
+    print(_estimate_line(times, fast, args.model), flush=True)
+    run_dir = runner.run_series(root=args.out, fast=fast, model=args.model, only=only,
                                 reuse_localizations=not args.relocate, workers=args.workers,
                                 ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
                                 gpus_per_worker=args.gpus_per_worker, device=args.device, dtype=args.dtype)
@@ -106,6 +114,24 @@ def _main(argv: list[str] | None = None) -> int:
     for name in failed:
         print(f"{name} failed at {summary['notebooks'][name]['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _estimate_line(times, fast: bool, model: str | None) -> str:
+    """What the run is about to do and about how long it takes, from measured paces (runner.estimate)."""
+    from .runner import describe_duration
+
+    known = times["seconds"].notna()
+    total = describe_duration(times.loc[known, "seconds"].sum())
+    missing = times.loc[~known, "notebook"].tolist()
+    size = ("small sizes (the paper's sizes: --full)" if fast
+            else "the paper's sizes (full)")
+    line = f"Running {len(times)} notebook(s) at {size}: about {total} on two cores"
+    line += " for the embedded model (another model: longer)" if model else ", measured"
+    if missing:
+        line += f"; no measured time for {', '.join(missing)}"
+    if not fast:
+        line += ". Each notebook saves as it goes; the grid (09) resumes where it stopped"
+    return line + "."
 
 
 def _check_run_arguments(runner, only: list[str] | None, model: str | None, workers: int) -> None:

@@ -372,3 +372,33 @@ def plot_metrics(agg: pd.DataFrame, metrics: tuple[str, ...] = ("edit_acc", "mai
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_claims(verdicts: pd.DataFrame, title: str = "Fact lookup minus comparator, paired by (task, seed)"):
+    """Forest plot of :func:`~mechunlearn_nb.reanalysis.verdicts_v2`: each tested claim's difference with its
+    bootstrap interval, one panel per dataset, coloured by verdict; untestable and too-coarse claims are listed in
+    the y labels with no interval."""
+    data = verdicts.copy()
+    data["row"] = data["metric"] + " vs " + data["versus"].str.replace("OT (", "OT-", regex=False).str.rstrip(")")
+    datasets = list(dict.fromkeys(data["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 0.32 * data.groupby("dataset").size().max() + 1.5),
+                             squeeze=False)
+    palette = {"supported": "tab:green", "contradicted": "tab:red", "not distinguishable": "tab:gray",
+               "equivalent": "tab:blue", "equivalence not shown": "tab:orange"}
+    for ax, ds in zip(axes[0], datasets):
+        sub = data[data["dataset"] == ds].reset_index(drop=True)
+        y = np.arange(len(sub))[::-1]
+        for yi, r in zip(y, sub.itertuples()):
+            if pd.notna(r.diff):
+                c = palette.get(r.verdict, "k")
+                ax.errorbar(r.diff, yi, xerr=[[r.diff - r.low], [r.high - r.diff]], fmt="o", color=c, capsize=3)
+            else:
+                ax.text(0, yi, r.verdict, va="center", ha="center", fontsize=7, color="dimgray")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, sub["row"], fontsize=7)
+        ax.set(xlabel="FLU − comparator (95% two-level bootstrap)", title=f"{ds}")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in palette.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig

@@ -55,15 +55,53 @@ def _without_live_widgets(nb):
     return nb
 
 
+#: nbconvert's lab template without the three scripts it loads from CDNs (require.js, MathJax and the widget
+#: manager): the rendered page then needs nothing from outside the machine. Widgets are replaced by
+#: :data:`WIDGET_NOTE`; equations stay as their TeX source.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+"""
+
+
 def _render_notebook_html(ipynb: Path) -> Path | None:
     try:
+        import jinja2
         import nbformat
         from nbconvert import HTMLExporter
 
-        body, _ = HTMLExporter().from_notebook_node(_without_live_widgets(nbformat.read(ipynb, as_version=4)))
+        exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
+                                template_file="offline.html.j2")
+        nb = _without_live_widgets(nbformat.read(ipynb, as_version=4))
+        nb.metadata.pop("widgets", None)  # no widget state to embed: the explorers are live only in JupyterLab
+        body, _ = exporter.from_notebook_node(nb)
     except Exception:  # nbconvert missing or a notebook it cannot render: the .ipynb link remains
         return None
     return write_text(ipynb.with_suffix(".html"), body)
+
+
+#: the full-size comparison grid that ships with the repository (notebook 09 at the paper's sizes, 105 cells)
+SHIPPED_GRID = Path(__file__).resolve().parent.parent / "results" / "09_comparison_full"
+
+
+def _shipped_grid(folder: Path = SHIPPED_GRID) -> list[str]:
+    """The shipped full-size grid's table and verdicts, labelled as shipped (for a run at small sizes)."""
+    if not (folder / "comparison_table.csv").exists():
+        return []
+    parts = ["<h2 id='shipped-grid'>The full-size grid (shipped, not computed in this run)</h2>",
+             f"<p class='meta'>This run used small sizes, so its notebook 09 grid is a few short cells. Below is the "
+             f"grid computed earlier at the paper's sizes on the embedded model and shipped in "
+             f"<code>results/09_comparison_full/</code> (5 tasks × 7 localizations × 3 seeds; how it was made: its "
+             f"README.md). <code>python -m mechunlearn_nb run --full</code> computes it again.</p>",
+             "<h3>Table (shipped): mean ± 95% interval over seeds</h3>",
+             _table(pd.read_csv(folder / "comparison_table.csv"))]
+    if (folder / "verdicts.csv").exists():
+        verdicts = pd.read_csv(folder / "verdicts.csv")
+        keep = [c for c in ("dataset", "claim", "versus", "diff_mean", "diff_ci95", "n_pairs", "verdict")
+                if c in verdicts.columns]
+        parts += ["<h3>Verdicts (shipped)</h3>", _table(verdicts[keep])]
+    return parts
 
 
 def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
@@ -74,7 +112,8 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
              f"<p class='meta'>model: {html.escape(str(summary.get('model')))} · size: {summary.get('size')} · "
              f"started {summary.get('started')} · finished {summary.get('finished', '(running)')}</p>",
              "<p class='meta'>The explorers (ipywidgets) are live only in JupyterLab: "
-             "<code>.venv/bin/jupyter lab notebooks/</code>, then run the notebook.</p>"]
+             "<code>.venv/bin/jupyter lab notebooks/</code>, then run the notebook. The rendered notebooks load "
+             "nothing from the internet, so their equations show as TeX source.</p>"]
     overview = [dict(notebook=name, status=e.get("status"), seconds=e.get("seconds"),
                      # a failed notebook has no reference outcome; a model without expected values says so
                      reproduced={True: "yes", False: "no"}.get(e.get("reproduced"), e.get("reference", "–")))
@@ -123,6 +162,8 @@ def write_report(run_dir: str | Path, render_notebooks: bool = True) -> Path:
                 rel = png.relative_to(run_dir).as_posix()
                 parts.append(f"<figure><img src='{html.escape(rel)}' alt='{html.escape(png.stem)}'>"
                              f"<figcaption class='meta'>{html.escape(png.stem)}</figcaption></figure>")
+    if summary.get("size") == "fast" and any(name.startswith("09") for name in summary["notebooks"]):
+        parts += _shipped_grid()
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>mechunlearn_nb run {html.escape(run_dir.name)}</title>" \
            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
     return write_text(run_dir / "report.html", page)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -114,6 +115,45 @@ def list_notebooks(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_
             raise ValueError(f"Unknown notebook(s) {sorted(unknown)}; available: {[b.stem for b in books]}.")
         books = chosen
     return books
+
+
+PACES_FILE = Path(__file__).with_name("paces.toml")
+
+
+def estimate(notebooks: list[Path], fast: bool, workers: int = 1, model: str | None = None) -> pd.DataFrame:
+    """Each notebook's expected wall time, from the measured runs in ``paces.toml`` (two cores, embedded model).
+
+    One row per notebook: ``seconds`` (NaN where no run of that size was measured) and ``basis``. At full size,
+    ``workers`` divides notebook 09's grid (its cells run on that many Ray workers). For another model the
+    embedded model's paces are a lower bound, and ``basis`` says so.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    size = "small" if fast else "full"
+    with open(PACES_FILE, "rb") as f:
+        paces = tomllib.load(f)[size]
+    rows = []
+    for nb in notebooks:
+        seconds = float(paces.get(nb.stem, float("nan")))
+        basis = f"measured ({size} run, embedded model, 2 cores)" if nb.stem in paces else "not measured"
+        if not fast and workers > 1 and grid_parameters(nb) is not None:
+            seconds /= workers
+            basis += f", grid divided by {workers} workers"
+        if model is not None and nb.stem in paces:
+            basis += "; another model: at least this"
+        rows.append(dict(notebook=nb.stem, seconds=seconds, basis=basis))
+    return pd.DataFrame(rows, columns=["notebook", "seconds", "basis"])
+
+
+def describe_duration(seconds: float) -> str:
+    """``'48 s'``, ``'13 min'``, ``'35.2 h'``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:

@@ -9,15 +9,28 @@ The grid (:mod:`.grid`) saves one row of metrics per (task, localization, seed) 
   choice, on paraphrases, on relearning, on probes, with comparable side effects — checked pair by pair on
   the cells, with the numbers and a verdict that could have gone the other way.
 
+and the statistics a reviewer accepts (the grid's verdicts above predate them; :mod:`.reanalysis` applies these
+to a saved grid):
+
+- :func:`hierarchical_bootstrap` (seeds, then facts, on per-fact data) and :func:`parametric_bootstrap` (its form
+  for cells that keep a proportion and its n: facts drawn as Binomial(n, p)/n); :func:`sign_flip_test`;
+- :func:`holm` across a family of claims; :func:`tost` / :func:`tost_bootstrap` for "comparable" side effects;
+- :func:`testability`: is an instrument above chance on the unedited model at all?
+- :func:`curve_metrics` and :func:`floor_ceiling`: the whole relearning curve, and which summaries cannot
+  discriminate.
+
 Everything here reads plain DataFrames (``saved_cells`` of a grid, or hand-made rows): no model needed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
 from . import registry
+from .checks import check_float, check_int
 from .tasks import dataset_of
 
 METRICS = ("forget_acc", "edit_acc", "maintain_acc", "mcq_forget_acc", "mcq_edit_acc", "paraphrase_edit_acc",
@@ -183,3 +196,368 @@ def _verdicts(cells: pd.DataFrame, flu: str, ot: tuple[str, ...]) -> pd.DataFram
                              diff_mean=md, diff_ci95=cd, n_pairs=len(a), n_flu=n_a, n_ot=n_b, verdict=verdict,
                              note=mcq_note if metric.startswith("mcq") and verdict != "no data" else ""))
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------
+# Statistics that respect the design: seeds, then facts
+# ---------------------------------------------------------------------------
+#
+# A grid cell is one edit (a seed) measured on a set of facts. Two sources of noise sit in every number:
+# which seed (facts sampled, initialisation, evidence), and which facts were measured within it. Student t over
+# three seeds ignores the second and is wild with the first (t(0.975, 2) = 4.30: "0.58 ± 1.20"). A two-level
+# bootstrap resamples both: draw the seeds with replacement, then, inside each drawn seed, its facts with
+# replacement, and take the statistic of the result; the spread of many such draws is the interval.
+#
+# Saved cells of older grids keep one proportion and its n per cell, not the facts. Their fact level is then
+# *parametric*: a drawn cell's value is Binomial(n, p)/n, which is exactly the distribution of resampling n
+# facts, each right with probability p. Values that are not proportions (probabilities, losses, areas under a
+# curve) have no fact level in a saved cell: their interval resamples seeds only, and says so.
+
+#: the method names written beside every interval
+FACTS = "two-level bootstrap (seeds, then facts)"
+BINOMIAL = "two-level parametric bootstrap (seeds, then facts as Binomial(n, p)/n)"
+SEEDS_ONLY = "bootstrap over seeds only (no per-fact data in the saved cells)"
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """A bootstrap estimate: point ``estimate``, percentile interval ``[low, high]`` at ``level``, the two-sided
+    ``p_value`` of "the true value is 0" (share of draws on the other side of 0, doubled), the ``method`` used, the
+    number of seeds (or paired units) and draws, and the draws themselves (``replicates``) for equivalence tests.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    p_value: float
+    method: str
+    n_units: int
+    n_boot: int
+    level: float = 0.95
+    replicates: np.ndarray = field(default=None, repr=False, compare=False)
+
+
+def _p_two_sided(reps: np.ndarray, null: float = 0.0) -> float:
+    """Two-sided bootstrap p-value of ``null``: twice the smaller share of draws on either side (+1 smoothing, so
+    never 0 from a finite number of draws)."""
+    below, above = np.sum(reps <= null), np.sum(reps >= null)
+    return float(min(1.0, 2 * (min(below, above) + 1) / (len(reps) + 1)))
+
+
+def _summarise(estimate: float, reps: np.ndarray, method: str, n_units: int, level: float) -> Bootstrap:
+    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return Bootstrap(float(estimate), float(lo), float(hi), _p_two_sided(reps), method, n_units, len(reps), level, reps)
+
+
+def _check_boot(n_boot, level) -> None:
+    check_int("n_boot", n_boot, min=100)
+    check_float("level", level, min=0.5, max=0.999)
+
+
+def hierarchical_bootstrap(facts: pd.DataFrame, value: str = "value", seed: str = "seed", strata: str | None = None,
+                           n_boot: int = 2000, level: float = 0.95, rng: int | np.random.Generator = 0) -> Bootstrap:
+    """Two-level bootstrap of a mean over per-fact data: resample seeds, then facts within each drawn seed.
+
+    Args:
+        facts: one row per (seed, fact) with the measured ``value`` (e.g. 1/0 correct, a probability, or a
+            paired difference FLU − OT on the same fact).
+        value: the column measured.
+        seed: the column naming the upper level (a seed, or a (task, seed) unit).
+        strata: optional column (e.g. ``task``) within which seeds are resampled, so every draw keeps the design's
+            tasks; the statistic is then the mean over strata of each stratum's mean over seeds.
+        n_boot: number of draws; level: the interval's coverage; rng: a seed or a numpy Generator.
+
+    Returns:
+        :class:`Bootstrap` with ``method`` :data:`FACTS`. A seed drawn twice gets two independent fact draws.
+    """
+    _check_boot(n_boot, level)
+    if value not in facts or seed not in facts or (strata is not None and strata not in facts):
+        raise ValueError(f"hierarchical_bootstrap needs columns {value!r}, {seed!r}{'' if strata is None else ', ' + repr(strata)}; "
+                         f"got {list(facts.columns)}. Fix: pass one row per (seed, fact) with those columns.")
+    data = facts.dropna(subset=[value])
+    if data.empty:
+        raise ValueError(f"No values in column {value!r}. Fix: pass per-fact data with at least one value.")
+    gen = np.random.default_rng(rng)
+    groups = [("", data)] if strata is None else list(data.groupby(strata, sort=False))
+    per_stratum_est, per_stratum_reps, n_units = [], [], 0
+    for _, g in groups:
+        units = [v[value].to_numpy(dtype=float) for _, v in g.groupby(seed, sort=False)]
+        n_units += len(units)
+        draw = gen.integers(0, len(units), size=(n_boot, len(units)))
+        means = np.empty((n_boot, len(units)))
+        for u, vals in enumerate(units):  # the facts of every draw of unit u, resampled independently
+            where = draw == u
+            k = int(where.sum())
+            if k:
+                means[where] = vals[gen.integers(0, len(vals), size=(k, len(vals)))].mean(axis=1)
+        per_stratum_reps.append(means.mean(axis=1))
+        per_stratum_est.append(np.mean([u.mean() for u in units]))
+    return _summarise(np.mean(per_stratum_est), np.mean(per_stratum_reps, axis=0), FACTS, n_units, level)
+
+
+def parametric_bootstrap(p, n=None, strata=None, p_other=None, n_other=None, n_boot: int = 2000, level: float = 0.95,
+                         rng: int | np.random.Generator = 0) -> Bootstrap:
+    """Two-level bootstrap for saved cells that keep one proportion ``p`` and its fact count ``n`` per seed.
+
+    Seeds are resampled (within each stratum, if ``strata`` is given); each drawn seed's value is then
+    Binomial(n, p)/n — resampling its n facts. With ``p_other`` (and ``n_other``) the statistic is the mean of the
+    paired differences ``p − p_other`` (the same seed and task on both sides, each side's facts drawn separately).
+    Where ``n`` is None (or NaN), that value has no fact level (a probability, a loss, an area under a curve) and
+    only seeds are resampled: ``method`` says which form was used (:data:`BINOMIAL` or :data:`SEEDS_ONLY`).
+
+    Args:
+        p, n: per unit (seed, or (task, seed) pair), the proportion and its number of facts.
+        strata: per unit, its stratum (e.g. the task); the statistic is the mean over strata of the mean over units.
+        p_other, n_other: the comparator's values on the same units, for a paired difference.
+    """
+    _check_boot(n_boot, level)
+    p = np.asarray(p, dtype=float)
+    units = len(p)
+    if units == 0:
+        raise ValueError("parametric_bootstrap got no values. Fix: pass at least one seed's proportion.")
+    n = np.full(units, np.nan) if n is None else np.asarray(n, dtype=float)
+    q = None if p_other is None else np.asarray(p_other, dtype=float)
+    m = None if q is None else (np.full(units, np.nan) if n_other is None else np.asarray(n_other, dtype=float))
+    if len(n) != units or (q is not None and (len(q) != units or len(m) != units)):
+        raise ValueError(f"parametric_bootstrap: p ({units}), n ({len(n)}) and the comparator's values must have one "
+                         f"entry per unit. Fix: pair them by (task, seed) first.")
+    for name, v in (("p", p), ("p_other", q)):
+        if v is not None and np.isnan(v).any():
+            raise ValueError(f"{name} has missing values. Fix: drop the units without a value on both sides first.")
+    binomial = not np.isnan(n).all() and (m is None or not np.isnan(m).all())
+    if binomial:
+        for name, v, counts in (("p", p, n), ("p_other", q, m)):
+            if v is not None and ((v < 0) | (v > 1)).any():
+                raise ValueError(f"{name} must be proportions in [0, 1] to be drawn as Binomial(n, p)/n; got {v}. "
+                                 f"Fix: pass n=None for values that are not proportions.")
+            if counts is not None and (np.isnan(counts).any() or (counts < 1).any()):
+                raise ValueError(f"Fact counts must be ≥ 1 on every unit (got {counts}). Fix: give every unit its n, or "
+                                 f"n=None for the seeds-only form.")
+    gen = np.random.default_rng(rng)
+    strata = np.zeros(units, dtype=int) if strata is None else pd.factorize(np.asarray(strata))[0]
+
+    def side(values, counts, idx):
+        if not binomial:
+            return values[idx]
+        nn = counts[idx].astype(int)
+        return gen.binomial(nn, values[idx]) / nn
+
+    reps, est = [], []
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        idx = members[gen.integers(0, len(members), size=(n_boot, len(members)))]
+        draw = side(p, n, idx) - (0 if q is None else side(q, m, idx))
+        reps.append(draw.mean(axis=1))
+        est.append(np.mean(p[members] - (0 if q is None else q[members])))
+    return _summarise(np.mean(est), np.mean(reps, axis=0), BINOMIAL if binomial else SEEDS_ONLY, units, level)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), in the input's order; NaN stays NaN.
+
+    Sort the m p-values; the i-th smallest (i = 0…m−1) is multiplied by m − i, the running maximum keeps the order,
+    and values are capped at 1. A claim is rejected at level α when its adjusted p-value is ≤ α.
+    (statsmodels' ``multipletests(method="holm")`` computes the same; it is not a dependency here.)
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if len(ok) == 0:
+        return out
+    if ((p[ok] < 0) | (p[ok] > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1]; got {p[ok]}. Fix: pass p-values, not statistics.")
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def tost(differences, margin: float, alpha: float = 0.05) -> dict:
+    """Two one-sided t-tests (TOST) that the mean of paired ``differences`` lies inside ``(−margin, +margin)``.
+
+    "Comparable" needs evidence of equivalence, not a small point estimate: both one-sided tests
+    (mean > −margin, mean < +margin) must reject; the TOST p-value is the larger of the two.
+
+    Returns:
+        ``dict(mean, p_value, equivalent, margin, n, method)``; ``equivalent`` is ``p_value ≤ alpha``.
+    """
+    from scipy import stats
+
+    check_float("margin", margin, min=0.0)
+    check_float("alpha", alpha, min=0.0, max=1.0)
+    d = np.asarray(differences, dtype=float)
+    d = d[~np.isnan(d)]
+    if len(d) < 2:
+        raise ValueError(f"TOST needs at least two paired differences; got {len(d)}. Fix: pair more seeds or tasks.")
+    lower = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
+    upper = stats.ttest_1samp(d, margin, alternative="less").pvalue
+    p = float(max(lower, upper)) if np.std(d) > 0 else float(0.0 if abs(d.mean()) < margin else 1.0)
+    return dict(mean=float(d.mean()), p_value=p, equivalent=p <= alpha, margin=margin, n=len(d), method="TOST (t)")
+
+
+def tost_bootstrap(boot: Bootstrap, margin: float, alpha: float = 0.05) -> dict:
+    """TOST on bootstrap draws of a difference: p = the larger share of draws at or beyond −margin and +margin
+    (+1 smoothing); equivalent when p ≤ alpha, i.e. the (1 − 2α) interval lies inside the margins."""
+    check_float("margin", margin, min=0.0)
+    reps = boot.replicates
+    if reps is None:
+        raise ValueError("This Bootstrap kept no draws. Fix: compute it with hierarchical_bootstrap or parametric_bootstrap.")
+    k = len(reps)
+    p = float(max((np.sum(reps <= -margin) + 1) / (k + 1), (np.sum(reps >= margin) + 1) / (k + 1)))
+    return dict(mean=boot.estimate, p_value=min(1.0, p), equivalent=p <= alpha, margin=margin, n=boot.n_units,
+                method=f"TOST on a {boot.method}")
+
+
+#: chance level of each prompt format: 1 / number of candidates (sports fact/qa: 3 sports + golf; multiple choice
+#: A–D; CounterFact prompts: target_true vs target_new)
+CHANCE = {"fact": 0.25, "qa": 0.25, "mcq": 0.25, "mcq_nosys": 0.25, "cf_prompt": 0.5, "cf_paraphrase": 0.5,
+          "cf_neighborhood": 0.5, "cf_mcq": 0.25}
+TESTABLE = "testable"
+UNTESTABLE = "untestable on this model"
+
+
+def testability(accuracy, n, chance: float, margin: float = 0.05, level: float = 0.95, n_boot: int = 2000,
+                rng: int | np.random.Generator = 0) -> dict:
+    """Is an instrument testable on this model? Only if the *unedited* model answers it: the interval of its
+    accuracy on held-out known facts lies above ``chance + margin``.
+
+    A multiple-choice question the unedited model answers at or below chance measures its favourite letter, not
+    the fact: an edit can only move the favourite, and a claim read from it says nothing about knowledge. Such a
+    claim's verdict is "untestable on this model", with the number.
+
+    Args:
+        accuracy, n: the unedited model's accuracy and fact count per seed (one value each, or arrays over seeds).
+        chance: the instrument's chance level (see :data:`CHANCE`); margin: how far above chance the lower end of
+            the interval must lie.
+
+    Returns:
+        ``dict(verdict, accuracy, low, high, chance, margin, n_seeds, method, reason)``; the interval is the
+        two-level parametric bootstrap (:func:`parametric_bootstrap`).
+    """
+    check_float("chance", chance, min=0.0, max=1.0)
+    check_float("margin", margin, min=0.0, max=1.0)
+    acc = np.atleast_1d(np.asarray(accuracy, dtype=float))
+    counts = np.atleast_1d(np.asarray(n, dtype=float))
+    keep = ~np.isnan(acc)
+    if not keep.any():
+        return dict(verdict=UNTESTABLE, accuracy=np.nan, low=np.nan, high=np.nan, chance=chance, margin=margin,
+                    n_seeds=0, method="", reason="no baseline measured on the unedited model")
+    boot = parametric_bootstrap(acc[keep], counts[keep] if len(counts) == len(acc) else np.full(keep.sum(), counts[0]),
+                                n_boot=n_boot, level=level, rng=rng)
+    ok = boot.low > chance + margin
+    reason = (f"unedited accuracy {boot.estimate:.3f} [{boot.low:.3f}, {boot.high:.3f}] "
+              f"{'>' if ok else '≤'} chance {chance:.2f} + margin {margin:.2f}")
+    return dict(verdict=TESTABLE if ok else UNTESTABLE, accuracy=boot.estimate, low=boot.low, high=boot.high,
+                chance=chance, margin=margin, n_seeds=boot.n_units, method=boot.method, reason=reason)
+
+
+# ---------------------------------------------------------------------------
+# Relearning curves: the whole curve, not its last point
+# ---------------------------------------------------------------------------
+
+HELD_OUT = "B (held out)"
+#: a value this close to 0 or 1 is at the floor or the ceiling of an accuracy or a probability
+FLOOR, CEILING = 0.05, 0.95
+
+
+def curve_metrics(curves: pd.DataFrame, half: str = HELD_OUT) -> pd.DataFrame:
+    """Summaries of each cell's relearning curve on ``half`` (default: the held-out facts), for accuracy and p_true.
+
+    The endpoint (accuracy at the last step, scored by argmax on a few facts) throws the curve away: a curve
+    that rises to a probability of 0.3 at step 5 and falls back shows nothing at its end. Per cell:
+
+    - ``auc``: area under the curve divided by the steps' span (trapezoid): the mean level over the attack;
+    - ``max``: the largest value over the steps;
+    - ``change``: the value at the last step minus at step 0;
+    - ``final``: the value at the last step (the old endpoint).
+
+    Args:
+        curves: tidy curves (``grid.curves``): ``task, localization, seed, step, half, accuracy, p_true, n``.
+
+    Returns:
+        One row per (task, localization, seed, quantity) with ``quantity`` in ``accuracy, p_true``, the four
+        summaries, ``n`` (facts in the half) and ``steps`` (how many points the curve has).
+    """
+    need = {"task", "localization", "seed", "step", "half", "accuracy", "p_true"}
+    if not need <= set(curves.columns):
+        raise ValueError(f"curve_metrics needs columns {sorted(need)}; missing {sorted(need - set(curves.columns))}. "
+                         f"Fix: pass grid.curves(out_dir) of a saved grid.")
+    sub = curves[curves["half"] == half]
+    if sub.empty:
+        raise ValueError(f"No curve rows for half {half!r}; halves present: {sorted(set(curves['half']))}. "
+                         f"Fix: pick one of them.")
+    rows = []
+    for (task, loc, seed), g in sub.groupby(["task", "localization", "seed"], sort=False):
+        g = g.sort_values("step")
+        steps = g["step"].to_numpy(dtype=float)
+        span = steps[-1] - steps[0]
+        for q in ("accuracy", "p_true"):
+            v = g[q].to_numpy(dtype=float)
+            auc = float(np.trapezoid(v, steps) / span) if span > 0 else float(v[0])
+            rows.append(dict(task=task, localization=loc, seed=seed, quantity=q, auc=auc, max=float(v.max()),
+                             change=float(v[-1] - v[0]), final=float(v[-1]),
+                             n=int(g["n"].iloc[0]) if "n" in g else np.nan, steps=len(v)))
+    return pd.DataFrame(rows)
+
+
+def floor_ceiling(values: pd.DataFrame, by: str = "task", metric_columns=("auc", "max", "change", "final"),
+                  floor: float = FLOOR, ceiling: float = CEILING) -> pd.DataFrame:
+    """Which metrics cannot discriminate: every localization of a group at the floor, or every one at the ceiling.
+
+    A relearning accuracy of 1.00 for every localization (elimination solves the task) or 0.00 for every one
+    (too few facts, too weak an attack) ranks nothing: differences between localizations cannot show. Each
+    localization is judged on its mean over seeds (one noisy seed above the floor does not make an instrument).
+
+    Args:
+        values: :func:`curve_metrics` (with its ``quantity`` column) or any tidy table with ``by``,
+            ``localization`` and the metric columns.
+        by: the grouping column in which every localization must be compared (default: per task).
+
+    Returns:
+        One row per group, quantity and metric: ``lowest, highest`` (over localizations' means), ``spread``
+        (highest − lowest) and ``status``: ``"floor"`` (all ≤ ``floor``), ``"ceiling"`` (all ≥ ``ceiling``) or
+        ``"discriminates"``; ``change`` is judged on its absolute value (no movement at all is its floor).
+    """
+    keys = [by] + (["quantity"] if "quantity" in values else [])
+    if "localization" not in values or by not in values:
+        raise ValueError(f"floor_ceiling needs columns {by!r} and 'localization'; got {list(values.columns)}. "
+                         f"Fix: pass curve_metrics(...) or cells with those columns.")
+    rows = []
+    for key, g in values.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for m in metric_columns:
+            if m not in g:
+                continue
+            v = g.groupby("localization", sort=False)[m].mean().dropna().to_numpy(dtype=float)
+            if len(v) == 0:
+                continue
+            judged = np.abs(v) if m == "change" else v
+            status = "floor" if (judged <= floor).all() else "ceiling" if (judged >= ceiling).all() else "discriminates"
+            rows.append(dict(zip(keys, key), metric=m, lowest=float(v.min()), highest=float(v.max()),
+                             spread=float(v.max() - v.min()), status=status))
+    return pd.DataFrame(rows)
+
+
+def sign_flip_test(differences, strata=None, n_draws: int = 20000, rng: int | np.random.Generator = 0) -> float:
+    """Two-sided randomization p-value of paired ``differences`` (one per seed, or (task, seed) pair) around 0.
+
+    Under "no difference" each pair's sign is a coin flip; the p-value is the share of sign patterns whose
+    statistic (the mean over strata of each stratum's mean) is at least as far from 0 as the observed one. All
+    ``2^k`` patterns are enumerated for k ≤ 16 pairs (exact), else ``n_draws`` random ones. It assumes nothing about
+    the spread of the differences — and so it cannot go below ``2 / 2^k``: with six pairs, 0.031. A cross-check of
+    the bootstrap, whose percentile intervals are too narrow when there are only a few seeds.
+    """
+    d = np.asarray(differences, dtype=float)
+    if len(d) == 0 or np.isnan(d).any():
+        raise ValueError("sign_flip_test needs paired differences without missing values. Fix: drop unpaired seeds.")
+    groups = np.zeros(len(d), dtype=int) if strata is None else pd.factorize(np.asarray(strata))[0]
+    weights = np.array([1.0 / (np.sum(groups == g) * len(np.unique(groups))) for g in groups])
+    k = len(d)
+    if k <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1)
+    else:
+        signs = np.random.default_rng(rng).choice([-1, 1], size=(n_draws, k))
+    observed = abs(float(np.sum(weights * d)))
+    stats_ = np.abs(signs @ (weights * d))
+    return float(np.mean(stats_ >= observed - 1e-12))

@@ -321,3 +321,32 @@ def test_circuitsvis_views_name_their_heads(browser_context, lab, tmp_path):
     _screenshot(explorer, tmp_path, "head_explorer")
     requests.assert_stayed_local()
     page.close()
+
+
+def test_run_report_opens_offline_and_says_where_widgets_live(browser_context, lab, tmp_path):
+    """A run's report.html and a rendered notebook, opened in the browser: they load nothing from outside
+    (no CDN for the widget manager or MathJax) and say plainly that the explorers are live only in JupyterLab."""
+    from mechunlearn_nb import runner
+    from mechunlearn_nb.report import WIDGET_NOTE
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    nb = new_notebook(cells=[new_code_cell("FAST = False\nOUTPUT_DIR = 'out'\nMODEL_NAME = None"),
+                             new_code_cell("import ipywidgets as w\nfrom IPython.display import Markdown\n"
+                                           "from mechunlearn_nb import io\nio.write_metrics(io.output_dir(OUTPUT_DIR), {'x': 1})\n"
+                                           "display(Markdown('An equation: $e^{i\\\\pi} + 1 = 0$'))\n"
+                                           "w.VBox([w.Text(value='LeBron James')])")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, books / "00_widget.ipynb")
+    run = runner.run_series(lab.root / "runs", fast=True, notebook_dir=books)
+    rel = run.relative_to(lab.root).as_posix()
+    for page_name, shows in (("report.html", "live only in JupyterLab"), ("00_widget.html", WIDGET_NOTE)):
+        page = browser_context.new_page()
+        requests = Requests(page)
+        page.goto(f"{lab.url}/files/{rel}/{page_name}?token={lab.token}")
+        page.wait_for_load_state("networkidle")
+        assert shows in page.locator("body").inner_text()
+        _screenshot(page.locator("body"), tmp_path, f"report-{Path(page_name).stem}")
+        requests.assert_stayed_local()
+        page.close()

@@ -21,6 +21,9 @@ VIEW = {"plots", "widgets"}
 ABOVE_VIEW = {"__main__", "report"}
 #: the core: loading, reading, formatting, scoring, positions, writing; it imports nothing above it
 CORE = {"models", "data", "prompts", "scoring", "positions", "io", "checks"}
+#: the run layer: grids, notebooks, the plan a grid is tested against, expected values; only it, the view layer and
+#: the command line import it
+RUN = {"grid", "cluster", "sizing", "runner", "report", "expected", "plan", "reanalysis", "__main__"}
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -129,7 +132,7 @@ LAYERS = [
     ("train", {"train"}),
     ("use the loop", {"editing", "attacks", "masking"}),
     ("measure", {"evaluation", "latent", "statistics"}),
-    ("run", {"grid", "cluster", "sizing", "runner", "report", "expected", "__main__"}),
+    ("run", RUN),
     ("view", VIEW),
 ]
 
@@ -142,3 +145,11 @@ def test_every_module_has_a_layer_and_imports_go_downwards(graph):
                     for name, (inside, _) in graph.items() if name in rank
                     and name not in ABOVE_VIEW and any(m in rank and rank[m] > rank[name] for m in inside))
     assert not upward, f"{upward}: a module imports a higher layer. Fix: move the shared code down."
+
+
+def test_only_the_run_layer_and_above_import_it(graph):
+    assert RUN <= set(graph), f"{sorted(RUN - set(graph))} listed in RUN but not in the package. Fix: update RUN."
+    bad = sorted((name, sorted(inside & RUN)) for name, (inside, _) in graph.items()
+                 if name not in RUN | VIEW | ABOVE_VIEW | {"__init__"} and inside & RUN)
+    assert not bad, (f"{bad} import the run layer (grid, runner, plan, ...). Fix: move what they need down into "
+                     "the measure layer or below.")

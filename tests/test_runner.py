@@ -191,3 +191,56 @@ def test_report_says_widgets_are_live_only_in_jupyterlab(tmp_path):
     rendered = (run / "00_widget.html").read_text()
     assert html.escape(WIDGET_NOTE) in rendered and "VBox(children" not in rendered
     assert "live only in JupyterLab" in (run / "report.html").read_text()
+
+
+def test_run_defaults_to_small_sizes_and_prints_its_estimate_first(tmp_path, monkeypatch, capsys):
+    """`run` with no size flag: small sizes; `--full`: the paper's sizes. Each prints its estimate before it starts."""
+    calls = []
+
+    def fake_run_series(**kwargs):
+        calls.append(kwargs)
+        run = tmp_path / f"run{len(calls)}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"notebooks": {}}))
+        return run
+
+    monkeypatch.setattr(runner, "run_series", fake_run_series)
+    assert cli.main(["run", "--only", "00,09", "--out", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert calls[-1]["fast"] is True
+    small = runner.estimate(runner.list_notebooks(["00", "09"]), fast=True)
+    assert line.startswith("Running 2 notebook(s) at small sizes") and f"about {runner.describe_duration(small['seconds'].sum())}" in line
+
+    assert cli.main(["run", "--full", "--only", "09", "--workers", "2", "--out", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    full = runner.estimate(runner.list_notebooks(["09"]), fast=False)["seconds"].iloc[0]
+    assert calls[-1]["fast"] is False and f"about {runner.describe_duration(full / 2)}" in line and "paper's sizes" in line
+    assert full > 20 * 3600 > small["seconds"].sum()  # the measured grid: 21 h of one-core time, the small series minutes
+    with pytest.raises(SystemExit) as stop:  # one size at a time (argparse's own one-line error)
+        cli.main(["run", "--full", "--fast", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert len(calls) == 2
+
+
+def test_estimate_names_notebooks_without_a_measured_pace(tmp_path):
+    book = tmp_path / "42_new.ipynb"
+    _notebook(book, "x = 1")
+    table = runner.estimate([book], fast=True, model="some/model")
+    assert table["seconds"].isna().all() and table["basis"].tolist() == ["not measured"]
+    line = cli._estimate_line(table, True, "some/model")
+    assert "no measured time for 42_new" in line
+
+
+def test_small_run_report_shows_the_shipped_full_size_grid_labelled_as_shipped(tmp_path):
+    from mechunlearn_nb.report import SHIPPED_GRID, write_report
+
+    claim = __import__("pandas").read_csv(SHIPPED_GRID / "verdicts.csv")["claim"].iloc[0]
+    pages = {}
+    for size in ("fast", "full"):
+        run = tmp_path / size
+        (run / "09_comparison").mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps(
+            {"size": size, "notebooks": {"09_comparison": {"status": "ok", "seconds": 1.0}}}))
+        pages[size] = write_report(run, render_notebooks=False).read_text()
+    assert "shipped, not computed in this run" in pages["fast"] and html.escape(claim) in pages["fast"]
+    assert "shipped" not in pages["full"]  # a full-size run shows its own grid only

@@ -1,0 +1,300 @@
+"""Re-analysis of a saved comparison grid with statistics that respect its design.
+
+The grid's own verdicts (:func:`.statistics.verdicts`) read a Student-t interval over three seeds and call a claim
+"supported" when it excludes zero, one claim at a time. This reads the same saved cells again and asks, claim by
+claim and task by task, first whether the claim *could* have been tested, then what the evidence says:
+
+1. **testability**: each instrument's unedited accuracy on held-out known facts (the "before" rows of every cell's
+   evaluation table, or its ``base_*`` metrics) against the instrument's chance level
+   (:func:`.statistics.testability`); a claim read through an untestable instrument gets "untestable on this model";
+2. **exclusions**: an edit that did not reach ``completeness`` (edit accuracy on its trained prompts) is reported and
+   left out of every claim, with its pair;
+3. **floor / ceiling**: a relearning metric at the floor or the ceiling for every localization on a task cannot rank
+   them (:func:`.statistics.floor_ceiling`); that task is left out of that claim;
+4. **paired comparison**: fact lookup minus a comparator on the same (task, seed), the two-level parametric
+   bootstrap stratified by task (:func:`.statistics.parametric_bootstrap`), for the output-tracing variants *and*
+   a random localization of the same budget;
+5. **one family**: Holm's correction over every claim and side-effect test (:func:`.statistics.holm`); side
+   effects are judged by an equivalence test (TOST) within the grid's own tolerance.
+
+Reads only: the saved folder is left as it is. ``python scripts/reanalyse_grid.py`` writes the result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import grid, registry, statistics
+from .statistics import CHANCE, HIGHER_IS_BETTER
+from .tasks import dataset_of
+
+#: the comparators of fact lookup: both output-tracing variants of the paper and a random localization of the same
+#: weight budget (the comparator a localization has to beat to count as one)
+COMPARATORS = ("OT (causal tracing)", "OT (attribution patching)", "random")
+#: edit accuracy on the trained prompts an edit must reach before its other metrics are read
+COMPLETENESS = 0.95
+#: probes pick one of the three sports of the probe-training athletes
+PROBE_CHANCE = 1 / 3
+
+#: (claim, metric, instrument per dataset): the instrument is the prompt format whose unedited held-out accuracy
+#: decides testability ("probe": the probes' unedited read-out); None where the dataset has no such measure
+CLAIMS = (
+    ("FLU edits generalise to multiple choice better", "mcq_edit_acc", {"sports": "mcq", "counterfact": "cf_mcq"}),
+    ("FLU edits leave less of the true answer in multiple choice", "mcq_forget_acc",
+     {"sports": "mcq", "counterfact": "cf_mcq"}),
+    ("FLU edits generalise to paraphrases better", "paraphrase_edit_acc", {"counterfact": "cf_paraphrase"}),
+    ("FLU edits resist relearning better (endpoint accuracy)", "relearn_acc", {"sports": "fact", "counterfact": "cf_prompt"}),
+    ("FLU edits resist relearning better (area under the held-out probability curve)", "relearn_p_true_auc",
+     {"sports": "fact", "counterfact": "cf_prompt"}),
+    ("FLU edits resist relearning better (maximum held-out probability)", "relearn_p_true_max",
+     {"sports": "fact", "counterfact": "cf_prompt"}),
+    ("FLU edits leave less latent knowledge for probes", "probe_true", {"sports": "probe"}),
+)
+#: the relearning claims' metrics and the curve summary each is read from (quantity, summary)
+CURVE_METRICS = {"relearn_acc": ("accuracy", "final"), "relearn_p_true_auc": ("p_true", "auc"),
+                 "relearn_p_true_max": ("p_true", "max")}
+#: for each claim's metric, whether higher is better for the edit (the relearning summaries: lower is better)
+BETTER_IF_HIGHER = {**HIGHER_IS_BETTER, **{m: False for m in CURVE_METRICS}}
+#: where each proportion's facts were counted: (set, format per dataset); None: not a proportion (seeds only)
+COUNT_OF = {"mcq_edit_acc": ("forget", {"sports": "mcq", "counterfact": "cf_mcq"}),
+            "mcq_forget_acc": ("forget", {"sports": "mcq", "counterfact": "cf_mcq"}),
+            "paraphrase_edit_acc": ("forget", {"counterfact": "cf_paraphrase"}),
+            "maintain_acc": ("maintain", {"sports": "fact", "counterfact": "cf_prompt"}),
+            "edit_acc": ("forget", {"sports": "fact", "counterfact": "cf_prompt"})}
+
+
+def _records(out_dir: str | Path) -> list[dict]:
+    paths = sorted((Path(out_dir) / "cells").glob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"No saved cells in {Path(out_dir) / 'cells'}. Fix: point at a saved grid's folder.")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def baselines(out_dir: str | Path) -> pd.DataFrame:
+    """The unedited model's accuracy per (task, seed, set, format), with its fact count ``n`` and its ``source``.
+
+    From each cell's evaluation table ("before" rows, ``acc_true``); cells saved without a table give their
+    ``base_forget_acc``/``base_maintain_acc``/``base_mcq_forget_acc`` (training format / multiple choice), their
+    counts taken from the same task's cells that kept a table. The probes' unedited read-out (``probe_true_base``,
+    on the edited facts) is the row of format ``"probe"``.
+    """
+    rows = []
+    for cell in _records(out_dir):
+        m = cell["metrics"]
+        ds = dataset_of(m["task"])
+        key = dict(task=m["task"], seed=int(m["seed"]))
+        if cell.get("evaluation"):
+            t = grid.evaluation_table(cell).reset_index()
+            t = t[t["metric"] == "acc_true"]
+            rows += [dict(key, set=r.set, format=r.format, accuracy=float(r.before), n=float(r.n), source="evaluation")
+                     for r in t.itertuples()]
+        else:
+            fmt = "fact" if ds == "sports" else "cf_prompt"
+            mcq = "mcq" if ds == "sports" else "cf_mcq"
+            for field, set_, f in (("base_forget_acc", "forget", fmt), ("base_maintain_acc", "maintain", fmt),
+                                   ("base_mcq_forget_acc", "forget", mcq)):
+                if field in m and m[field] is not None and not pd.isna(m[field]):
+                    rows.append(dict(key, set=set_, format=f, accuracy=float(m[field]), n=np.nan, source=field))
+        if m.get("probe_true_base") is not None and not pd.isna(m.get("probe_true_base")):
+            rows.append(dict(key, set="forget", format="probe", accuracy=float(m["probe_true_base"]),
+                             n=float(m["n_forget"]), source="probe_true_base"))
+    frame = pd.DataFrame(rows)
+    # one value per (task, seed, set, format): the unedited model is the same for every localization; prefer tables
+    frame["rank"] = (frame["source"] != "evaluation").astype(int)
+    frame = frame.sort_values("rank").drop_duplicates(["task", "seed", "set", "format"]).drop(columns="rank")
+    by_task = frame.dropna(subset=["n"]).groupby(["task", "set", "format"])["n"].median()
+    missing = frame["n"].isna()
+    frame.loc[missing, "n"] = [by_task.get((r.task, r.set, r.format), np.nan) for r in frame[missing].itertuples()]
+    frame.loc[missing, "source"] += " (n from the task's other seeds)"
+    return frame.sort_values(["task", "set", "format", "seed"]).reset_index(drop=True)
+
+
+def testability_table(base: pd.DataFrame, margin: float = 0.05, n_boot: int = 4000) -> pd.DataFrame:
+    """Testability of every instrument on every task, from :func:`baselines` pooled over seeds.
+
+    Held-out known facts are the ``maintain`` set; the probes are read on the edited facts before the edit (the only
+    unedited probe read-out a cell keeps). Chance: :data:`.statistics.CHANCE`, probes :data:`PROBE_CHANCE`.
+    """
+    rows = []
+    for (task, set_, fmt), g in base.groupby(["task", "set", "format"], sort=False):
+        chance = PROBE_CHANCE if fmt == "probe" else CHANCE.get(fmt)
+        if chance is None:
+            continue
+        t = statistics.testability(g["accuracy"], g["n"], chance=chance, margin=margin, n_boot=n_boot)
+        rows.append(dict(task=task, dataset=dataset_of(task), set=set_, format=fmt, n_seeds=t["n_seeds"],
+                         n_facts=int(g["n"].median()) if g["n"].notna().any() else np.nan, accuracy=t["accuracy"],
+                         low=t["low"], high=t["high"], chance=chance, margin=margin, verdict=t["verdict"],
+                         method=t["method"]))
+    return pd.DataFrame(rows)
+
+
+def cells_with_curves(out_dir: str | Path) -> pd.DataFrame:
+    """The saved cells (``grid.saved_cells``) with the relearning curve summaries of :data:`CURVE_METRICS` (held-out
+    half) and each proportion's fact count (``n_<metric>``) joined on."""
+    cells = grid.saved_cells(out_dir)
+    cells["seed"] = cells["seed"].astype(int)
+    cm = statistics.curve_metrics(grid.curves(out_dir))
+    for metric, (quantity, summary) in CURVE_METRICS.items():
+        part = cm[cm["quantity"] == quantity].set_index(["task", "localization", "seed"])
+        idx = pd.MultiIndex.from_frame(cells[["task", "localization", "seed"]])
+        cells[metric] = part[summary].reindex(idx).to_numpy()
+        if quantity == "accuracy":
+            cells["n_" + metric] = part["n"].reindex(idx).to_numpy(dtype=float)
+    base = baselines(out_dir)
+    counts = base.set_index(["task", "seed", "set", "format"])["n"]
+    for metric, (set_, fmts) in COUNT_OF.items():
+        cells["n_" + metric] = [counts.get((t, s, set_, fmts.get(dataset_of(t))), np.nan)
+                                for t, s in zip(cells["task"], cells["seed"])]
+    cells["n_probe_true"] = cells["n_forget"].astype(float).where(cells.get("probe_true").notna())
+    return cells
+
+
+def _stratified_mean(values: pd.Series, strata: pd.Series) -> float:
+    """The mean over strata (tasks) of each stratum's mean: every task weighs the same, as in the bootstrap."""
+    return float(values.groupby(strata.to_numpy()).mean().mean())
+
+
+def _pairs(cells: pd.DataFrame, other: str, metric: str) -> pd.DataFrame:
+    keep = ["task", "seed", metric, "n_" + metric] if "n_" + metric in cells else ["task", "seed", metric]
+    side = {loc: cells[cells["localization"] == loc].dropna(subset=[metric])[keep].set_index(["task", "seed"])
+            for loc in (registry.FLU.label, other)}
+    return side[registry.FLU.label].join(side[other], lsuffix="_flu", rsuffix="_other", how="inner").reset_index()
+
+
+def _compare(pairs: pd.DataFrame, metric: str, n_boot: int, rng: int) -> dict:
+    """FLU − comparator on paired cells: the two-level parametric bootstrap (stratified by task) and an exact
+    sign-flip test of the same differences."""
+    n_col = "n_" + metric
+    b = statistics.parametric_bootstrap(pairs[metric + "_flu"], pairs.get(n_col + "_flu"), strata=pairs["task"],
+                                        p_other=pairs[metric + "_other"], n_other=pairs.get(n_col + "_other"),
+                                        n_boot=n_boot, rng=rng)
+    diffs = pairs[metric + "_flu"] - pairs[metric + "_other"]
+    return dict(n_pairs=len(pairs), flu_mean=_stratified_mean(pairs[metric + "_flu"], pairs["task"]),
+                other_mean=_stratified_mean(pairs[metric + "_other"], pairs["task"]), diff=b.estimate, low=b.low,
+                high=b.high, p_value=b.p_value, method=b.method,
+                p_signflip=statistics.sign_flip_test(diffs, strata=pairs["task"]), boot=b)
+
+
+def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.05, completeness: float = COMPLETENESS,
+                margin: float = 0.05, n_boot: int = 10000, rng: int = 0) -> dict[str, pd.DataFrame]:
+    """The re-analysed verdicts of a saved grid (see the module docstring).
+
+    Returns:
+        ``{"verdicts", "testability", "excluded", "floor_ceiling", "curves"}``: the claims with ``diff`` (FLU −
+        comparator) ``[low, high]``, ``p_value``, ``p_holm`` and ``verdict`` (bootstrap), and ``p_signflip``,
+        ``p_signflip_holm``, ``verdict_signflip`` (the exact sign-flip test, Holm-corrected over the same claims);
+        the instruments' testability; the cells left out as incomplete edits; the relearning summaries'
+        floor/ceiling status; per-cell curve summaries.
+    """
+    cells = cells_with_curves(out_dir)
+    test = testability_table(baselines(out_dir), margin=margin)
+    excluded = cells[cells["edit_acc"] < completeness][["task", "localization", "seed", "edit_acc", "forget_acc"]]
+    complete = cells[~(cells["edit_acc"] < completeness)]
+    curve = statistics.curve_metrics(grid.curves(out_dir))
+    fc = statistics.floor_ceiling(curve)
+    stuck = {(r.task, metric) for metric, (q, s) in CURVE_METRICS.items()
+             for r in fc[(fc["quantity"] == q) & (fc["metric"] == s) & (fc["status"] != "discriminates")].itertuples()}
+    fc_status = {(r.task, metric): f"{r.status} ({r.lowest:.2f}–{r.highest:.2f})" for metric, (q, s) in CURVE_METRICS.items()
+                 for r in fc[(fc["quantity"] == q) & (fc["metric"] == s)].itertuples()}
+    verdict_of = test.set_index(["task", "set", "format"])
+    rows = []
+    for dataset in ("sports", "counterfact"):
+        in_ds = complete[complete["task"].map(dataset_of) == dataset]
+        for claim, metric, instruments in CLAIMS:
+            fmt = instruments.get(dataset)
+            if fmt is None:
+                continue
+            set_ = "forget" if fmt == "probe" else "maintain"
+            tasks = [t for t in dict.fromkeys(in_ds["task"]) if in_ds.loc[in_ds["task"] == t, metric].notna().any()]
+            testable, notes = [], []
+            for t in tasks:
+                if (t, set_, fmt) not in verdict_of.index:
+                    notes.append(f"{t}: no unedited baseline for {fmt}")
+                    continue
+                v = verdict_of.loc[(t, set_, fmt)]
+                if v["verdict"] != statistics.TESTABLE:
+                    notes.append(f"{t}: untestable, unedited {fmt} {v['accuracy']:.2f} [{v['low']:.2f}, {v['high']:.2f}] "
+                                 f"vs chance {v['chance']:.2f}")
+                elif (t, metric) in stuck:
+                    notes.append(f"{t}: cannot discriminate, {fc_status[(t, metric)]} for every localization")
+                else:
+                    testable.append(t)
+            for other in comparators:
+                row = dict(dataset=dataset, claim=claim, metric=metric, versus=other, instrument=fmt,
+                           tasks=", ".join(testable), note="; ".join(notes))
+                pairs = _pairs(in_ds[in_ds["task"].isin(testable)], other, metric)
+                if not tasks:
+                    rows.append(dict(row, verdict="no data"))
+                    continue
+                if not testable:
+                    rows.append(dict(row, verdict=(statistics.UNTESTABLE if any("untestable" in n for n in notes)
+                                                   else "cannot discriminate (floor/ceiling)")))
+                    continue
+                if len(pairs) < 2:
+                    rows.append(dict(row, n_pairs=len(pairs), verdict=f"too few pairs ({len(pairs)})"))
+                    continue
+                compared = _compare(pairs, metric, n_boot, rng)
+                compared.pop("boot")
+                rows.append(dict(row, **compared, kind="claim"))
+        for name, metric, tol in statistics.SIDE_EFFECTS:
+            for other in comparators:
+                pairs = _pairs(in_ds, other, metric)
+                row = dict(dataset=dataset, claim=f"side effects: {name} (equivalent within ±{tol})", metric=metric,
+                           versus=other, instrument="", tasks=", ".join(dict.fromkeys(pairs["task"])), note="")
+                if len(pairs) < 2:
+                    rows.append(dict(row, verdict="no data"))
+                    continue
+                compared = _compare(pairs, metric, n_boot, rng)
+                eq = statistics.tost_bootstrap(compared.pop("boot"), tol)
+                compared.update(p_value=eq["p_value"], method=eq["method"], p_signflip=np.nan)
+                rows.append(dict(row, **compared, kind="equivalence"))
+    out = pd.DataFrame(rows)
+    tested = out["p_value"].notna()
+    out["p_holm"] = np.nan
+    out["verdict_signflip"] = ""
+    out.loc[tested, "p_holm"] = statistics.holm(out.loc[tested, "p_value"])
+    out["family_size"] = int(tested.sum())
+    flips = out["p_signflip"].notna()
+    out["p_signflip_holm"] = np.nan
+    out.loc[flips, "p_signflip_holm"] = statistics.holm(out.loc[flips, "p_signflip"])
+    for i in out.index[tested]:
+        r = out.loc[i]
+        significant = r["p_holm"] <= alpha
+        if r["kind"] == "equivalence":
+            out.loc[i, "verdict"] = "equivalent" if significant else "equivalence not shown"
+        else:
+            better = r["diff"] > 0 if BETTER_IF_HIGHER[r["metric"]] else r["diff"] < 0
+            out.loc[i, "verdict"] = ("supported" if better else "contradicted") if significant else "not distinguishable"
+            exact = r["p_signflip_holm"] <= alpha
+            out.loc[i, "verdict_signflip"] = ("supported" if better else "contradicted") if exact else "not distinguishable"
+    cols = ["dataset", "claim", "metric", "versus", "instrument", "tasks", "n_pairs", "flu_mean", "other_mean", "diff",
+            "low", "high", "method", "p_value", "p_holm", "family_size", "verdict", "p_signflip", "p_signflip_holm", "verdict_signflip", "note"]
+    return dict(verdicts=out.reindex(columns=cols), testability=test, excluded=excluded.reset_index(drop=True),
+                floor_ceiling=fc, curves=curve)
+
+
+def summary(result: dict, alpha: float = 0.05) -> dict:
+    """The headline numbers of :func:`verdicts_v2` as plain data (what the re-analysis README quotes)."""
+    v, test = result["verdicts"], result["testability"]
+    mcq = test[(test["set"] == "maintain") & test["format"].isin(["mcq", "mcq_nosys", "cf_mcq", "qa"])]
+    tested = v[v["p_value"].notna()]
+    claims = tested[tested["verdict"].isin(["supported", "contradicted", "not distinguishable"])]
+    return dict(
+        alpha=alpha, family_size=int(len(tested)), n_claim_rows=int(len(v)),
+        verdict_counts={k: int(n) for k, n in v["verdict"].value_counts().items()},
+        held_out_baselines=[dict(task=r.task, format=r.format, accuracy=round(r.accuracy, 3), low=round(r.low, 3),
+                                 high=round(r.high, 3), chance=r.chance, verdict=r.verdict) for r in mcq.itertuples()],
+        excluded_cells=[dict(task=r.task, localization=r.localization, seed=int(r.seed), edit_acc=round(r.edit_acc, 3))
+                        for r in result["excluded"].itertuples()],
+        not_discriminating=[dict(task=r.task, quantity=r.quantity, metric=r.metric, lowest=round(r.lowest, 3),
+                                 highest=round(r.highest, 3), status=r.status)
+                            for r in result["floor_ceiling"].itertuples() if r.status != "discriminates"],
+        claims=[dict(dataset=r.dataset, metric=r.metric, versus=r.versus, n_pairs=int(r.n_pairs), diff=round(r.diff, 4),
+                     low=round(r.low, 4), high=round(r.high, 4), p_holm=round(r.p_holm, 4),
+                     p_signflip_holm=round(r.p_signflip_holm, 4), verdict=r.verdict) for r in claims.itertuples()],
+        claims_surviving_signflip=int((claims["p_signflip_holm"] <= alpha).sum()),
+    )

@@ -1,0 +1,45 @@
+"""Pre-registration: the plan file is read, checked, and a grid without one is refused."""
+
+from pathlib import Path
+
+import pytest
+
+from mechunlearn_nb import plan
+
+V2 = Path(__file__).resolve().parents[1] / "plans" / "v2.toml"
+
+
+def test_the_shipped_plan_loads():
+    p = plan.load(V2)
+    assert p.alpha == 0.05 and p.correction == "holm" and p.tuning_seed not in p.test_seeds
+    assert p.subject == "fact lookup" and "random" in p.comparators
+    assert p.probe_window == (6, 14) and p.edit_completeness == 0.95
+    assert {c.id for c in p.claims} >= {"mcq", "qa", "relearning", "probe"}
+    assert {s.metric: s.margin for s in p.side_effects}["maintain_acc"] == 0.05
+    assert p.family_size == sum(len(c.datasets) for c in p.claims) * 3 + len(p.side_effects) * 2 * 3
+
+
+def test_a_missing_plan_is_refused_naming_the_file_and_the_fix(tmp_path):
+    with pytest.raises(plan.PlanError, match=r"No plan file at .*nowhere\.toml.*Fix: write one"):
+        plan.require(tmp_path / "nowhere.toml")
+    with pytest.raises(plan.PlanError, match="no plan.*Fix: pass the path"):
+        plan.require(None)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (("alpha = 0.05", "alpha = 5"), r"\[plan\]\.alpha = 5 is out of range"),
+    (("tuning_seed = 100", "tuning_seed = 1"), "tuning_seed 1 is also a test seed"),
+    (('"random"]', '"randomly"]'), "unknown localization"),
+    (("window = [6, 14]", "window = [14, 6]"), r"\[probe\]\.window"),
+    (('instrument = "mcq_debiased"\nchance = 0.25', 'instrument = "mcq_debiased"'), "no known chance level"),
+    (("edit_completeness = 0.95", ""), "has no 'edit_completeness'"),
+    (("[plan]", "[plan"), "not valid TOML"),
+])
+def test_a_malformed_plan_is_refused(tmp_path, change, problem):
+    text = V2.read_text()
+    assert change[0] in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(change[0], change[1], 1))
+    with pytest.raises(plan.PlanError, match=problem) as err:
+        plan.require(bad)
+    assert str(bad) in str(err.value) and "Fix:" in str(err.value)
