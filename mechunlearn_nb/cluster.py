@@ -36,6 +36,8 @@ from .io import save_json
 from .tasks import dataset_of
 
 LOCK_NAME = ".driver.lock"
+#: local Ray start-ups tried before giving up (a busy machine can miss Ray's start-up deadline once)
+START_ATTEMPTS = 2
 
 
 class GridLockedError(RuntimeError):
@@ -171,18 +173,25 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, num_gpu
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        try:
-            ray.init(address="local", num_cpus=None if num_cpus is None else max(1, math.ceil(num_cpus)),
-                     num_gpus=None if num_gpus is None else math.ceil(num_gpus), include_dashboard=False,
-                     log_to_driver=False,
-                     object_store_memory=200 * 1024 ** 2)
-        except Exception as err:
-            if "timed out during startup" not in str(err):
-                raise
-            raise RuntimeError(
-                f"The local Ray instance did not start ({err}) On a machine this busy Ray's node agents miss its fixed "
-                f"15 s start-up deadline (their logs: /tmp/ray/session_latest/logs/raylet.out; ray-project/ray#65983). "
-                f"Fix: retry when the machine is less loaded, or use --workers 1 (no Ray).") from err
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                ray.init(address="local", num_cpus=None if num_cpus is None else max(1, math.ceil(num_cpus)),
+                         num_gpus=None if num_gpus is None else math.ceil(num_gpus), include_dashboard=False,
+                         log_to_driver=False, object_store_memory=200 * 1024 ** 2)
+                break
+            except Exception as err:
+                if "timed out during startup" not in str(err):
+                    raise
+                ray.shutdown()
+                if attempt < START_ATTEMPTS:
+                    print(f"Ray's local start timed out (a busy machine); starting again ({attempt + 1} of "
+                          f"{START_ATTEMPTS}).", flush=True)
+                    continue
+                raise RuntimeError(
+                    f"The local Ray instance did not start in {START_ATTEMPTS} attempts ({err}) On a machine this busy "
+                    f"Ray's node agents miss its fixed 15 s start-up deadline (their logs: "
+                    f"/tmp/ray/session_latest/logs/raylet.out; ray-project/ray#65983). Fix: retry when the machine is "
+                    f"less loaded, or use --workers 1 (no Ray).") from err
     return {"address": address or "local", "local": not address, "seconds": round(time.perf_counter() - t0, 2)}
 
 
