@@ -80,6 +80,7 @@ class Lab:
         dataset: ``"sports"`` or ``"counterfact"``.
         components: ``{label: [component, ...]}`` for the located localizations (default: the registry's
             FAST components, which name blocks of the embedded model).
+        names: the registry's localizations to offer (labels or keys; fact lookup is always built).
         known: the known facts to choose from (default: :func:`.tasks.known_facts`, cached on disk).
         n_maintain: known facts of other groups the edit trains to keep.
         n_neighbours: known facts of the same group (sport / relation) measured as kept, never trained on.
@@ -89,7 +90,7 @@ class Lab:
     """
 
     def __init__(self, model, dataset: str = "sports", components: dict[str, list[str]] | None = None,
-                 known: pd.DataFrame | None = None, n_maintain: int = 32, n_neighbours: int = 8, n_related: int = 8,
+                 names=registry.LABELS, known: pd.DataFrame | None = None, n_maintain: int = 32, n_neighbours: int = 8, n_related: int = 8,
                  n_paragraphs: int = 4, seed: int = 0):
         self.dataset = check_str("dataset", dataset, ("sports", "counterfact"))
         self.n_maintain = check_int("n_maintain", n_maintain, min=1)
@@ -102,7 +103,7 @@ class Lab:
         self.subject_col = "athlete" if dataset == "sports" else "subject"
         self.group_col = "sport" if dataset == "sports" else "relation_id"
         self.true_col = "sport" if dataset == "sports" else "target_true"
-        self.locs, _ = registry.build(model, registry.LABELS, dataset=dataset, components=components,
+        self.locs, _ = registry.build(model, names, dataset=dataset, components=components,
                                       fast=components is None, seed=seed)
         editing.require_base_model(model, "The lab")
         self.base = weight_hashes(model)

@@ -21,6 +21,9 @@ VIEW = {"plots", "widgets"}
 ABOVE_VIEW = {"__main__", "report"}
 #: the core: loading, reading, formatting, scoring, positions, writing; it imports nothing above it
 CORE = {"models", "data", "prompts", "scoring", "positions", "io", "checks"}
+#: the run layer: the grid, notebooks, the command line, expected values, the report and the one-fact lab;
+#: only the view layer (and the run layer itself) imports them
+RUN = {"grid", "runner", "report", "expected", "__main__", "lab"}
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -119,3 +122,11 @@ def test_the_core_imports_nothing_above_it(graph):
     bad = sorted((name, sorted(inside - CORE - {"__init__"})) for name, (inside, _) in graph.items()
                  if name in CORE and inside - CORE - {"__init__"})
     assert not bad, f"{bad}: a core module imports a higher layer. Fix: move the shared code down into the core."
+
+
+def test_nothing_below_the_run_layer_imports_it(graph):
+    assert "lab" in graph, "the lab module is not read"
+    bad = sorted((name, sorted(inside & RUN)) for name, (inside, _) in graph.items()
+                 if name not in RUN | VIEW | {"__init__"} and inside & RUN)
+    assert not bad, (f"{bad} import the run layer ({sorted(RUN)}). Fix: move what they need down into the layer "
+                     "that computes it, and let the run layer call it.")
