@@ -43,10 +43,10 @@ from .scoring import score_set, single_token_id
 FORGET = "forget"
 #: the lab's edit settings: small batches, few general-text tokens, the accuracies at every step
 #: (on the one fact and a few maintain facts), so that a step takes about a second on two CPU cores
-EDIT_SETTINGS = dict(batch_size=1, maintain_batch_size=8, lm_tokens=32, lm_window=32, eval_every=1, eval_facts=8)
+EDIT_SETTINGS = dict(batch_size=1, maintain_batch_size=8, lm_tokens=32, lm_window=32, eval_every=1, eval_facts=4)
 #: the relearning attack's settings in the lab (LoRA as in :class:`.attacks.RelearnConfig`, fewer steps)
 ATTACK_SETTINGS = dict(steps=10, eval_steps=(0, 2, 4, 6, 8, 10), batch_size=8, maintain_batch_size=8, lm_tokens=32,
-                       lm_window=32, eval_maintain=8)
+                       lm_window=32, eval_maintain=4)
 
 
 def weight_hashes(model) -> dict[str, str]:
@@ -188,7 +188,7 @@ class Lab:
             raise ValueError(f"The lab has no localization {localization!r}; choose one of {self.localizations}.")
         return self.locs[label]
 
-    def edit(self, subject: str, target: str = FORGET, localization: str = "fact lookup", steps: int = 10,
+    def edit(self, subject: str, target: str = FORGET, localization: str = "fact lookup", steps: int = 5,
              on_step: Callable[[dict], None] | None = None, **overrides) -> editing.EditResult:
         """Edit one fact through one localization and leave the edit applied (any earlier edit is reverted first).
 

@@ -242,7 +242,7 @@ LAB_ERRORS = (ValueError, TypeError, RuntimeError)
 
 
 def unlearning_lab(model=None, *, lab=None, default: str = "LeBron James", target: str = "forget",
-                   localization: str = "fact lookup", steps: int = 10, **lab_kwargs) -> widgets.VBox:
+                   localization: str = "fact lookup", steps: int = 5, **lab_kwargs) -> widgets.VBox:
     """The unlearning lab: pick a known fact, a target, a localization and steps; **Edit**, **Attack**, **Revert**.
 
     **Edit** trains through :meth:`.lab.Lab.edit` with a live loss / accuracy curve and a progress bar,
