@@ -27,7 +27,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -61,7 +61,7 @@ def weight_hashes(model) -> dict[str, str]:
 
 @dataclass
 class Applied:
-    """The edit the lab holds: its task, result and target."""
+    """The edit the lab holds: its task, result, target and related facts; the base model's measurements, once made."""
 
     task: tasks.Task
     result: editing.EditResult
@@ -69,7 +69,6 @@ class Applied:
     related: pd.DataFrame
     baseline: pd.DataFrame | None = None
     mcq_before: pd.DataFrame | None = None
-    meta: dict = field(default_factory=dict)
 
 
 class Lab:
@@ -167,11 +166,12 @@ class Lab:
                                              new_answer=None if target == FORGET else target)
         if self.dataset == "counterfact" and target != FORGET:
             forget = forget.assign(target_new=target)
-        def keep(d): return d.assign(true_answer=d[self.true_col]).reset_index(drop=True)  # noqa: E704
+        maintain, neighbours, related = (d.assign(true_answer=d[self.true_col]).reset_index(drop=True)
+                                         for d in (maintain, neighbours, related))
         task = tasks.Task(f"{'forget' if target == FORGET else 'edit'} {subject}", self.dataset,
-                          forget.reset_index(drop=True), keep(maintain), keep(neighbours),
+                          forget.reset_index(drop=True), maintain, neighbours,
                           dict(subject=subject, target=target, seed=self.seed))
-        return task, keep(related)
+        return task, related
 
     # -- edit, report, attack, revert -----------------------------------------
 
