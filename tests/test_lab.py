@@ -114,10 +114,10 @@ def test_lab_on_the_embedded_model(gemma):
     """Forget one athlete through fact lookup on Gemma 3 270M (a few steps), attack, revert to the base bit for bit."""
     lab = lab_module.Lab(gemma, n_maintain=8, n_neighbours=4, n_related=4, n_paragraphs=1)
     rows = []
-    result = lab.edit("LeBron James", "forget", "fact lookup", steps=4, on_step=rows.append)
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and all(pd.notna(r["forget_acc"]) for r in rows)
+    result = lab.edit("LeBron James", "forget", "fact lookup", steps=2, on_step=rows.append)
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(pd.notna(r["forget_acc"]) for r in rows)
     assert result.delta.is_applied(gemma) and lab.differ_from_base()
-    report = tiny_lab.shown["report"]
+    report = lab.report()
     fact = report[(report["set"] == "forget") & (report["format"] == "fact")].set_index("metric")
     assert fact.loc["acc_true", "before"] == 1.0
     assert fact.loc["p_true", "after"] < fact.loc["p_true", "before"], report
