@@ -398,7 +398,7 @@ def plot_training(history: pd.DataFrame, accuracies: dict[str, str], steps: int 
         axes[0].plot(trained["step"], trained["loss"], marker="o", ms=3, color="#444444")
     axes[0].set(xlabel="step", ylabel="loss", title="loss", xlim=(0, xmax))
     for col, label in accuracies.items():
-        if col in history:
+        if col in history and history[col].notna().any():  # an unlearning edit has no new answer to draw
             measured = history.dropna(subset=[col])
             axes[1].plot(measured["step"], measured[col], marker="o", ms=3, label=label)
     axes[1].set(xlabel="step", ylabel="accuracy", title="accuracy", xlim=(0, xmax), ylim=(-0.05, 1.05))

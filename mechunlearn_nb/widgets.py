@@ -284,8 +284,8 @@ def unlearning_lab(model=None, *, lab=None, default: str = "LeBron James", targe
     status = widgets.HTML(value="Pick a fact, a target and a localization, then press <b>Edit</b>.")
     progress = widgets.IntProgress(value=0, min=0, max=max(steps, 1), description="", bar_style="info",
                                    layout=widgets.Layout(width="320px"))
-    curve = widgets.Output(layout=widgets.Layout(width="58%"))
-    report = widgets.Output(layout=widgets.Layout(width="42%"))
+    curve = widgets.Output(layout=widgets.Layout(width="55%"))
+    report = widgets.Output(layout=widgets.Layout(width="45%", overflow="auto"))
     busy = {"on": False}
     shown: dict[str, pd.DataFrame] = {}  # what the widget shows now, as tables (curve, report, attack)
 
