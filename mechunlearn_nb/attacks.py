@@ -133,9 +133,12 @@ def _maintain_control(model, task, n: int, seed: int) -> train.Facts | None:
     return facts.subset(np.sort(np.random.default_rng(seed).permutation(len(facts))[:n]).tolist())
 
 
-def _attack_sets(model, task, seed: int, split_seed: int | None, eval_maintain: int):
-    """The tokenised facts of an attack: ``(half A, half B, held-out maintain control, maintain_train)``."""
-    half_a, half_b = split_forget(task, seed if split_seed is None else split_seed)
+def _attack_sets(model, task, seed: int, split_seed: int | None, eval_maintain: int, halves=None):
+    """The tokenised facts of an attack: ``(half A, half B, held-out maintain control, maintain_train)``.
+
+    ``halves``: given ``(A, B)`` tasks instead of a split of ``task``'s forget set.
+    """
+    half_a, half_b = halves if halves is not None else split_forget(task, seed if split_seed is None else split_seed)
     facts_a, facts_b = train.tokenise_facts(model, half_a, "forget"), train.tokenise_facts(model, half_b, "forget")
     control = _maintain_control(model, task, eval_maintain, seed)
     maintain = train.tokenise_facts(model, task, "maintain_train") if len(task.maintain_train) else None
@@ -368,7 +371,7 @@ class RelearnConfig:
 
 
 def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: int = 0, split_seed: int | None = None,
-            progress: bool = True) -> pd.DataFrame:
+            progress: bool = True, halves=None, on_step=None) -> pd.DataFrame:
     """The relearning attack on one edit: fine-tune on half A's true answers, watch half B.
 
     Args:
@@ -380,6 +383,11 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
         seed: batch order, general-text windows, LoRA initialisation and dropout.
         split_seed: the split of the forget set (default: ``seed``).
         progress: show a progress bar.
+        halves: ``(A, B)``, two tasks whose forget sets are the facts to train on and the facts to
+            watch, instead of a split of ``task``'s forget set: e.g. other facts related to a one-fact
+            edit (A) and the edited fact (B). ``task`` still gives the maintain facts.
+        on_step: called with each step's row (``step, loss, ...`` and, at ``eval_steps``, the accuracy of
+            each half under its name in ``HALVES``) as soon as it is complete: a live curve.
 
     Returns:
         The tidy curve: ``task, localization, seed, method, step, half, accuracy, p_true, n``, one row per
@@ -389,7 +397,7 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
         is the model's top candidate, ``p_true`` its mean normalised probability.
     """
     config = config or RelearnConfig()
-    facts_a, facts_b, control, maintain = _attack_sets(model, task, seed, split_seed, config.eval_maintain)
+    facts_a, facts_b, control, maintain = _attack_sets(model, task, seed, split_seed, config.eval_maintain, halves)
     use_lm = config.lm_coef > 0 and config.lm_tokens > 0
     paragraphs = train.general_text("train", exclude=task.subjects) if use_lm else None
     rng = np.random.default_rng(seed)
@@ -399,10 +407,11 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
     hf = hf_model(model)
     rows: list[dict] = []
 
-    def record(step: int) -> None:
+    def record(step: int) -> dict:
         hf.eval()
-        rows.extend(dict(step=step, **r) for r in _measure_halves(model, (facts_a, facts_b, control),
-                                                                   batch_size=config.eval_batch_size))
+        measured = _measure_halves(model, (facts_a, facts_b, control), batch_size=config.eval_batch_size)
+        rows.extend(dict(step=step, **r) for r in measured)
+        return {r["half"]: r["accuracy"] for r in measured}
 
     def step_loss(step: int):
         hf.train()  # LoRA dropout is on while training, off while measuring
@@ -415,7 +424,7 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
     try:
         with _edited(model, result), adapter as params:
             train.train(params, step_loss, config.steps, config.lr, grad_clip=config.grad_clip, evaluate=record,
-                        eval_steps=config.eval_steps, desc=f"relearn [{label}]", progress=progress)
+                        eval_steps=config.eval_steps, desc=f"relearn [{label}]", progress=progress, on_step=on_step)
     finally:
         hf.train(was_training)
     curve = pd.DataFrame(rows).assign(task=task.name, localization=label, seed=seed, method=config.method)

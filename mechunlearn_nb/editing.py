@@ -482,7 +482,7 @@ def _jsonable(obj):
 
 
 def edit(model, loc: Localization, task, config: EditConfig | None = None, *, seed: int = 0,
-         progress: bool = True) -> EditResult:
+         progress: bool = True, on_step=None) -> EditResult:
     """Edit or unlearn a task's facts by training only ``loc``'s weights; return the delta.
 
     The model is trained in place and then restored: **when this returns, the model holds its
@@ -497,6 +497,8 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
         config: hyperparameters; default :meth:`EditConfig.for_localization` of ``loc``.
         seed: the order of the batches and general-text windows (same seed, same history).
         progress: show a progress bar.
+        on_step: called with each history row as soon as it is complete (``step, loss, ...`` and, at
+            the evaluated steps, the accuracies): a live curve (:func:`.widgets.unlearning_lab`).
 
     Returns:
         An :class:`EditResult` (delta, history, config, manifest).
@@ -536,7 +538,8 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
         log = train.train(trainable, lambda step: train.fact_step(model, terms, general, config.lm_coef),
                           config.steps, config.lr, schedule=train.cosine_schedule(config.warmup_steps, config.steps),
                           grad_clip=config.grad_clip, after_backward=lambda: loc.mask_grads(trainable),
-                          evaluate=evaluate, eval_steps=eval_steps, desc=f"edit [{loc.name}]", progress=progress)
+                          evaluate=evaluate, eval_steps=eval_steps, desc=f"edit [{loc.name}]", progress=progress,
+                          on_step=on_step)
         with torch.no_grad():
             tensors = {}
             for n, p in trainable.items():

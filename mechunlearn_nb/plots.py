@@ -402,3 +402,39 @@ def plot_claims(verdicts: pd.DataFrame, title: str = "Fact lookup minus comparat
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
+
+
+def plot_training(history: pd.DataFrame, accuracies: dict[str, str], steps: int | None = None, title: str = "",
+                  axes=None):
+    """Two panels of a training run as it goes: the loss, and accuracies, against the step.
+
+    Args:
+        history: rows of :func:`~mechunlearn_nb.train.train` (``step``, ``loss`` and accuracy columns; the rows
+            so far, for a live curve: the accuracies are drawn where measured).
+        accuracies: accuracy column → the label drawn for it (missing columns are skipped).
+        steps: the run's length, to fix the x axis while it grows.
+        title: the figure's title.
+        axes: two matplotlib axes (default: a new figure).
+
+    Returns:
+        The matplotlib figure.
+    """
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    fig = axes[0].figure
+    xmax = max(steps or 0, int(history["step"].max()) if len(history) else 1, 1)
+    if "loss" in history:  # step 0 is a measurement only: no loss yet
+        trained = history.dropna(subset=["loss"])
+        axes[0].plot(trained["step"], trained["loss"], marker="o", ms=3, color="#444444")
+    axes[0].set(xlabel="step", ylabel="loss", title="loss", xlim=(0, xmax))
+    for col, label in accuracies.items():
+        if col in history and history[col].notna().any():  # an unlearning edit has no new answer to draw
+            measured = history.dropna(subset=[col])
+            axes[1].plot(measured["step"], measured[col], marker="o", ms=3, label=label)
+    axes[1].set(xlabel="step", ylabel="accuracy", title="accuracy", xlim=(0, xmax), ylim=(-0.05, 1.05))
+    if axes[1].lines:
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -449,7 +449,8 @@ def train(trainable: dict[str, torch.Tensor] | Sequence[torch.Tensor],
           step_loss: Callable[[int], tuple[torch.Tensor, dict]], steps: int, lr: float, *,
           schedule: Callable | None = None, grad_clip: float | None = None,
           after_backward: Callable[[], None] | None = None, evaluate: Callable[[int], dict | None] | None = None,
-          eval_steps: Collection[int] = (), desc: str = "train", progress: bool = True) -> pd.DataFrame:
+          eval_steps: Collection[int] = (), desc: str = "train", progress: bool = True,
+          on_step: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Take ``steps`` optimiser steps on ``trainable``; return the history.
 
     Each step: ``loss, record = step_loss(step)``; ``loss.backward()``; ``after_backward()`` (e.g. zero
@@ -470,6 +471,8 @@ def train(trainable: dict[str, torch.Tensor] | Sequence[torch.Tensor],
         eval_steps: when to call ``evaluate`` (0: before the first step).
         desc: the progress bar's label.
         progress: show a progress bar.
+        on_step: called with each row as soon as it is complete (the step-0 measurement too), e.g. to
+            draw a live curve or a progress display.
 
     Returns:
         One row per step: ``step, lr, loss``, the record's values, ``grad_norm`` (when clipping),
@@ -483,6 +486,8 @@ def train(trainable: dict[str, torch.Tensor] | Sequence[torch.Tensor],
     rows: list[dict] = []
     if evaluate is not None and 0 in eval_steps:
         rows.append(dict(step=0, **(evaluate(0) or {})))
+        if on_step is not None:
+            on_step(rows[-1])
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
     for step in bar:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -502,5 +507,7 @@ def train(trainable: dict[str, torch.Tensor] | Sequence[torch.Tensor],
         if evaluate is not None and step in eval_steps:
             row.update(evaluate(step) or {})
         rows.append(row)
+        if on_step is not None:
+            on_step(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}")
     return pd.DataFrame(rows)

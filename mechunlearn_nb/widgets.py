@@ -9,6 +9,7 @@ none of them imports it.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import ipywidgets as widgets
@@ -19,7 +20,7 @@ from IPython.display import display
 
 from . import evaluation, grid, plots, probing, statistics, tracing
 from .evaluation import sport_probabilities
-from .prompts import SPORTS_FORMATS
+from .prompts import SPORTS, SPORTS_FORMATS
 
 
 def athlete_explorer(model, default: str = "LeBron James", formats=("fact", "qa")) -> widgets.VBox:
@@ -224,3 +225,161 @@ def head_explorer(model, prompts: dict[str, str], default_layer: int | None = No
     for w in (pick, layer, head):
         w.observe(show, names="value")
     return widgets.VBox([widgets.HBox([pick, layer, head]), out])
+
+
+# ---------------------------------------------------------------------------
+# The unlearning lab: edit one fact live, attack it, revert it
+# ---------------------------------------------------------------------------
+
+#: edit accuracies of :func:`.editing.edit`'s history, as the lab's curve labels them
+EDIT_CURVE = {"forget_acc": "fact: true answer", "edit_acc": "fact: new answer", "maintain_acc": "maintain facts"}
+#: the relearning attack's halves in the lab (:meth:`.lab.Lab.attack`)
+ATTACK_CURVE = {"A (trained)": "related facts (trained)", "B (held out)": "the edited fact",
+                "maintain (held out)": "neighbours (control)"}
+#: the errors the lab shows in the widget instead of a traceback: the package's bad-input errors
+#: (ParameterError and MultiTokenAnswerError are ValueErrors) and "no edit yet"
+LAB_ERRORS = (ValueError, TypeError, RuntimeError)
+
+
+def unlearning_lab(model=None, *, lab=None, default: str = "LeBron James", target: str = "forget",
+                   localization: str = "fact lookup", steps: int = 5, **lab_kwargs) -> widgets.VBox:
+    """The unlearning lab: pick a known fact, a target, a localization and steps; **Edit**, **Attack**, **Revert**.
+
+    **Edit** trains through :meth:`.lab.Lab.edit` with a live loss / accuracy curve and a progress bar,
+    then shows the report (:meth:`.lab.Lab.report`: every format, the neighbours, general text, before
+    and after) beside the curve. **Attack** runs the relearning attack on related facts with its curve;
+    **Revert** removes the edit and says whether every weight is the base model's again, bit for bit.
+    Changing the fact reverts the edit first. Bad input (a fact the model does not know, a target of
+    several tokens, zero steps) shows the package's error message in the widget.
+
+    Args:
+        model: the bridge; ignored when ``lab`` is given.
+        lab: a :class:`.lab.Lab` (default: ``Lab(model, **lab_kwargs)``).
+        default, target, localization, steps: the controls' starting values.
+        lab_kwargs: :class:`.lab.Lab` arguments (``dataset``, ``components``, ``known`` ...).
+
+    Returns:
+        The widget; ``.lab`` is the :class:`.lab.Lab` and ``.controls`` a dict of its controls and
+        outputs (``fact, target, localization, steps, edit, attack, revert, status, progress, curve, report``),
+        so a test or a notebook can drive it; ``.shown`` holds the tables behind what it shows now
+        (``curve``: the live curve's rows, ``report``, ``attack``).
+    """
+    from . import lab as _lab
+
+    if lab is None:
+        if model is None:
+            raise ValueError("unlearning_lab needs a model (or a lab). Fix: unlearning_lab(model).")
+        lab = _lab.Lab(model, **lab_kwargs)
+    facts = lab.facts
+    wide = {"description_width": "initial"}
+    fact = widgets.Combobox(value=default if default in facts else facts[0], options=facts, ensure_option=False,
+                            description="Fact:", style=wide, continuous_update=False)
+    tgt = widgets.Combobox(value=target, options=[_lab.FORGET, *(["golf", *SPORTS] if lab.dataset == "sports" else [])],
+                           description="Target:", style=wide, continuous_update=False)
+    loc = widgets.Dropdown(options=lab.localizations, value=localization, description="Localization:", style=wide)
+    n_steps = widgets.IntText(value=steps, description="Steps:", style=wide, layout=widgets.Layout(width="130px"))
+    buttons = {name: widgets.Button(description=name, button_style=style, icon=icon)
+               for name, style, icon in (("Edit", "primary", "pencil"), ("Attack", "warning", "bolt"),
+                                         ("Revert", "", "undo"))}
+    status = widgets.HTML(value="Pick a fact, a target and a localization, then press <b>Edit</b>.")
+    progress = widgets.IntProgress(value=0, min=0, max=max(steps, 1), description="", bar_style="info",
+                                   layout=widgets.Layout(width="320px"))
+    curve = widgets.Output(layout=widgets.Layout(width="55%"))
+    report = widgets.Output(layout=widgets.Layout(width="45%", overflow="auto"))
+    busy = {"on": False}
+    shown: dict[str, pd.DataFrame] = {}  # what the widget shows now, as tables (curve, report, attack)
+
+    def say(message: str, kind: str = "info") -> None:
+        colour = {"info": "inherit", "error": "#b00020", "ok": "#1b7f3b"}[kind]
+        status.value = f"<span style='color:{colour}'>{message}</span>"
+
+    def draw(rows: list[dict], accuracies: dict[str, str], total: int, title: str) -> None:
+        shown["curve"] = pd.DataFrame(rows)
+        fig = plots.plot_training(shown["curve"], accuracies, steps=total, title=title)
+        curve.clear_output(wait=True)
+        with curve:
+            display(fig)
+        plt.close(fig)
+
+    def live(accuracies: dict[str, str], total: int, title: str):
+        rows: list[dict] = []
+        progress.max, progress.value = max(total, 1), 0
+
+        def on_step(row: dict) -> None:
+            rows.append(row)
+            progress.value = int(row["step"])
+            draw(rows, accuracies, total, title)
+
+        return on_step
+
+    def guarded(action):
+        def run(_=None):
+            if busy["on"]:
+                return
+            busy["on"] = True
+            for b in buttons.values():
+                b.disabled = True
+            try:
+                action()
+            except LAB_ERRORS as err:
+                say(html.escape(str(err), quote=False), "error")
+            finally:
+                busy["on"] = False
+                for b in buttons.values():
+                    b.disabled = False
+        return run
+
+    def do_edit():
+        total = n_steps.value
+        # bad input (fact, target, steps) fails before anything is reverted or trained
+        lab.config(loc.value, lab.task(fact.value, tgt.value)[0].meta["target"], total)
+        say(f"Editing {html.escape(fact.value)} → {html.escape(tgt.value)} through {loc.value}, {total} steps ...")
+        report.clear_output()
+        result = lab.edit(fact.value, tgt.value, loc.value, total,
+                          on_step=live(EDIT_CURVE, total, f"edit: {fact.value} → {tgt.value} ({loc.value})"))
+        say(f"Edited in {result.manifest['seconds']:.1f} s; measuring the report ...")
+        table = shown["report"] = lab.report()
+        with report:
+            display(table.round(3))
+            if table.attrs["untestable"]:
+                print(f"left out (the unedited model gets them wrong): {', '.join(table.attrs['untestable'])}")
+        say(f"Edit applied ({result.manifest['seconds']:.1f} s; report {table.attrs['seconds']:.1f} s). "
+            "Attack it, or revert it.", "ok")
+
+    def do_attack():
+        cur = lab._require_edit("Attack")
+        config_steps = _lab.ATTACK_SETTINGS["steps"]
+        say(f"Relearning attack on {len(cur.related)} related facts, {config_steps} steps ...")
+        table = shown["attack"] = lab.attack(on_step=live(ATTACK_CURVE, config_steps, f"relearning attack on {cur.task.name}"))
+        b = table[table["half"] == "B (held out)"]["accuracy"]
+        say(f"Attack done: the edited fact's true answer is {'back' if b.iloc[-1] >= 0.5 else 'still gone'} "
+            f"after {config_steps} steps (accuracy {b.iloc[0]:.0f} → {b.iloc[-1]:.0f}). The edit stays applied.", "ok")
+
+    def do_revert():
+        out = lab.revert()
+        progress.value = 0
+        shown.pop("report", None)
+        report.clear_output()
+        if out["restored"]:
+            say(f"Reverted: the model is restored to the base model, every weight equal bit for bit "
+                f"(checked in {out['seconds']:.1f} s).", "ok")
+        else:
+            say(f"Reverted, but {len(out['differ'])} weight tensor(s) differ from the base model: "
+                f"{html.escape(', '.join(out['differ'][:3]))}. Fix: reload the model.", "error")
+
+    def fact_changed(change):
+        if lab.current is not None and change["new"] != change["old"]:
+            guarded(do_revert)()
+
+    buttons["Edit"].on_click(guarded(do_edit))
+    buttons["Attack"].on_click(guarded(do_attack))
+    buttons["Revert"].on_click(guarded(do_revert))
+    fact.observe(fact_changed, names="value")
+    box = widgets.VBox([widgets.HBox([fact, tgt]), widgets.HBox([loc, n_steps]),
+                        widgets.HBox([*buttons.values(), progress]), status, widgets.HBox([curve, report])])
+    box.lab = lab
+    box.shown = shown
+    box.controls = dict(fact=fact, target=tgt, localization=loc, steps=n_steps, edit=buttons["Edit"],
+                        attack=buttons["Attack"], revert=buttons["Revert"], status=status, progress=progress,
+                        curve=curve, report=report)
+    return box

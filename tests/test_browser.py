@@ -9,6 +9,7 @@ headless Chromium against it with Playwright, and check what a student sees:
 - ``widgets.grid_explorer`` on the shipped grid: changing a dropdown changes the table, and no label is cut off;
 - a circuitsvis attention view (``widgets.show_head``, ``widgets.head_explorer``) draws, labelled with the
   head's component name;
+- the unlearning lab on the embedded model: Edit draws its curve and report, Revert says the model is restored;
 - no request leaves the machine (every URL the page asks for is on 127.0.0.1 / localhost, or data: / blob:).
 
 Each view is saved as a screenshot in the test's ``tmp_path`` and, when ``MECHUNLEARN_SCREENSHOTS=<dir>``
@@ -350,3 +351,43 @@ def test_run_report_opens_offline_and_says_where_widgets_live(browser_context, l
         _screenshot(page.locator("body"), tmp_path, f"report-{Path(page_name).stem}")
         requests.assert_stayed_local()
         page.close()
+
+
+def _wait_for_text(locator, text: str, what: str, seconds: float = 600) -> str:
+    """Wait until a locator's text contains ``text``; return the whole text."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        now = locator.inner_text()
+        if text in now:
+            return now
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: {text!r} did not appear within {seconds:.0f} s; it reads:\n{locator.inner_text()[:800]}")
+
+
+def test_unlearning_lab_edits_and_reverts(browser_context, lab, tmp_path):
+    """The unlearning lab on the embedded model: Edit draws the curve and the report, Revert says 'restored'."""
+    name = _write_notebook(
+        lab.root / "unlearning_lab.ipynb",
+        "from mechunlearn_nb import models, widgets\nmodel = models.load_model()",
+        "widgets.unlearning_lab(model, steps=2, n_maintain=8, n_neighbours=4, n_related=4, n_paragraphs=1)")
+    page = browser_context.new_page()
+    requests = Requests(page)
+    _open_and_run_all(page, lab, name)
+
+    widget = page.locator(".widget-vbox", has=page.locator("button", has_text="Revert")).last
+    widget.scroll_into_view_if_needed()
+    status = widget.locator(".widget-html").first
+    assert "press Edit" in status.inner_text()
+    widget.locator("button", has_text="Edit").click()
+    _wait_for_text(status, "Edit applied", "the lab's status after Edit")
+    curve, report = widget.locator(".widget-output").nth(0), widget.locator(".widget-output").nth(1)
+    assert curve.locator("img").count() == 1, "no live curve drawn after Edit"
+    table = report.inner_text()
+    assert "forget" in table and "general_text" in table and "before" in table, f"no report:\n{table[:800]}"
+    _screenshot(widget, tmp_path, "04_unlearning_lab_edit")
+    widget.locator("button", has_text="Revert").click()
+    text = _wait_for_text(status, "restored", "the lab's status after Revert")
+    assert "bit for bit" in text
+    _screenshot(widget, tmp_path, "04_unlearning_lab_revert")
+    requests.assert_stayed_local()
+    page.close()
