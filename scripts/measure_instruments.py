@@ -32,8 +32,12 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--n-mmlu", type=int, default=24, help="MMLU questions sampled")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--margin", type=float, default=evaluation.TESTABILITY_MARGIN)
+    ap.add_argument("--only", default="sports,counterfact,mmlu", help="comma-separated: which datasets to measure")
     ap.add_argument("--out", default="results/instruments")
     args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    if not only <= {"sports", "counterfact", "mmlu"}:
+        ap.error(f"--only: unknown dataset(s) {sorted(only - {'sports', 'counterfact', 'mmlu'})}")
     out = Path(args.out)
     model = models.load_model(args.model)
     seconds, frames = {}, []
@@ -51,6 +55,23 @@ def main(argv=None) -> pd.DataFrame:
         io.write_text(out / "base_accuracy.csv", table.to_csv(index=False, float_format="%.4f"))
         return table
 
+    run = dict(model=models.model_name(model), seed=args.seed, margin=args.margin, confidence=evaluation.CONFIDENCE,
+               seconds=seconds)
+    if "sports" in only:
+        sports_part(model, args, timed, run)
+    if "counterfact" in only:
+        counterfact_part(model, args, timed, run)
+    if "mmlu" in only:
+        timed("mmlu:mmlu", lambda: evaluation.mmlu_accuracy(model, n=args.n_mmlu, seed=args.seed))
+        run["n_mmlu"] = args.n_mmlu
+    table = save()
+    io.write_text(out / "run.json", json.dumps(run, indent=1))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table[["instrument", "variant", "accuracy", "n", "ci_low", "ci_high", "chance", "verdict"]].to_string())
+    return table
+
+
+def sports_part(model, args, timed, run):
     known = tasks.known_facts(model, "sports", progress=False)
     athletes = known.sample(min(args.n_sports, len(known)), random_state=args.seed).reset_index(drop=True)
     q, o, a = prompts.sports_mcq_items(athletes)
@@ -59,7 +80,10 @@ def main(argv=None) -> pd.DataFrame:
     for fmt in ("fact", "qa"):
         ps = prompts.sports_prompts(athletes, fmt, sports=prompts.SPORTS)
         timed(f"sports:{fmt}", lambda: evaluation.format_accuracy(model, ps, athletes["sport"].tolist()))
+    run.update(n_sports_known=len(known), n_sports=len(athletes))
 
+
+def counterfact_part(model, args, timed, run):
     cf_known = tasks.known_facts(model, "counterfact", progress=False)
     with_q = cf_known[cf_known["case_id"].isin(set(data.load_counterfact_mcq()["prompt_id"]))]
     facts = with_q.sample(min(args.n_counterfact, len(with_q)), random_state=args.seed).reset_index(drop=True)
@@ -68,17 +92,7 @@ def main(argv=None) -> pd.DataFrame:
     for fmt in ("cf_prompt", "cf_paraphrase"):
         ps = prompts.counterfact_prompts(facts, fmt)
         timed(f"counterfact:{fmt}", lambda: evaluation.format_accuracy(model, ps, ["target_true"] * len(facts)))
-
-    timed("mmlu:mmlu", lambda: evaluation.mmlu_accuracy(model, n=args.n_mmlu, seed=args.seed))
-
-    table = save()
-    run = dict(model=models.model_name(model), seed=args.seed, n_sports_known=len(known), n_sports=len(athletes),
-               n_counterfact_known=len(cf_known), n_counterfact_with_mcq=len(with_q), n_counterfact=len(facts),
-               n_mmlu=args.n_mmlu, margin=args.margin, confidence=evaluation.CONFIDENCE, seconds=seconds)
-    io.write_text(out / "run.json", json.dumps(run, indent=1))
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[["instrument", "variant", "accuracy", "n", "ci_low", "ci_high", "chance", "verdict"]].to_string())
-    return table
+    run.update(n_counterfact_known=len(cf_known), n_counterfact_with_mcq=len(with_q), n_counterfact=len(facts))
 
 
 if __name__ == "__main__":
