@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as _data
-from .checks import check_int
+from .checks import check_float, check_int
 from .editing import EditResult, require_base_model
 from .models import hf_model
 from .prompts import SPORTS, SPORTS_FORMATS, counterfact_prompts, sports_prompts
@@ -267,3 +267,270 @@ def athlete_before_after(model, athlete: str, results: dict[str, EditResult], fo
         with res.applied(model):
             frames.append(sport_probabilities(model, athlete, formats).assign(model=name))
     return pd.concat(frames, ignore_index=True)[["model", "format", "sport", "probability"]]
+
+
+# ---------------------------------------------------------------------------
+# Instruments that say whether they work on this model
+# ---------------------------------------------------------------------------
+#
+# A robustness claim ("the edit carried over to multiple choice") can only be tested by an
+# instrument on which the *unedited* model answers its held-out known facts better than chance:
+# if the base model picks its favourite letter whatever the question, an edit that moves that
+# letter changes the score without changing what the model knows. So every instrument below
+# reports its base accuracy with a binomial interval and its chance level, and
+# :func:`testability` calls it testable only where the interval clears chance by a declared margin.
+#
+# Multiple choice is scored in several ways at once (:func:`debiased_mcq`):
+#
+# - ``letter``: the probability of the answer letter after ``Answer:`` (the paper's scoring);
+# - ``text``: the probability of the option's own text as the answer (mean log-probability per
+#   token), which a letter preference cannot move;
+# - ``fixed order`` (the question as the grid asks it) or ``cyclic orders``: the question asked in
+#   all cyclic orders of its options (each option once at each letter), the option probabilities
+#   averaged over the orders;
+# - ``calibrated``: contextual calibration (Zhao et al. 2021): each option's probability divided by
+#   the probability the model gives it when the question is replaced by a content-free "N/A".
+
+#: The confidence level of every instrument's interval.
+CONFIDENCE = 0.95
+#: How far the lower end of the base accuracy's interval must lie above chance for an instrument to
+#: count as testable. Why 0.10: an edit is read as the accuracy falling towards chance, so the base
+#: must stand clear of chance by more than the noise of the held-out sets this runs on (a Wilson
+#: interval on 100-300 facts is +-0.05-0.10 wide); with less room, "fell to chance" and "was at
+#: chance" cannot be told apart on the sizes the notebooks use.
+TESTABILITY_MARGIN = 0.10
+TESTABLE, UNTESTABLE = "testable", "untestable on this model"
+INSTRUMENT_COLUMNS = ["instrument", "variant", "scoring", "orders", "calibrated", "accuracy", "n", "correct",
+                      "ci_low", "ci_high", "chance"]
+
+
+def binomial_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of ``correct`` successes in ``n`` trials (``scipy.stats.binomtest``)."""
+    from scipy.stats import binomtest
+
+    n = check_int("n", n, min=1)
+    correct = check_int("correct", correct, min=0, max=n)
+    ci = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
+    """Contextual calibration (Zhao et al. 2021): ``probs / content_free``, renormalised over the last axis.
+
+    Args:
+        probs: option probabilities (``... × options``), each row normalised or not.
+        content_free: the probabilities the model gives the same options for a content-free input
+            (same shape, or broadcastable).
+
+    Returns:
+        Calibrated probabilities, each row summing to 1: an option the model favours whatever the
+        question loses exactly that favour.
+    """
+    probs, content_free = np.asarray(probs, dtype=float), np.asarray(content_free, dtype=float)
+    if (content_free <= 0).any() or not np.isfinite(content_free).all():
+        raise ValueError("Content-free probabilities must be positive and finite to divide by.")
+    probs = probs / probs.sum(-1, keepdims=True)
+    content_free = content_free / content_free.sum(-1, keepdims=True)
+    q = probs / content_free
+    return q / q.sum(-1, keepdims=True)
+
+
+def _normalise_logp(logps: np.ndarray) -> np.ndarray:
+    return np.exp(logps - np.logaddexp.reduce(logps, axis=-1, keepdims=True))
+
+
+def _mcq_logps(model, prompt_set, shown: list[list[str]], batch_size: int, scorings: tuple[str, ...]
+               ) -> dict[str, np.ndarray]:
+    """Letter and option-text log-probabilities (items × letters) of one order's prompts."""
+    from .scoring import answer_tokens, candidate_logprobs, text_logprobs
+
+    letters = prompt_set.candidates
+    texts = [[f" {o}" for o in opts] for opts in shown]
+    out = {}
+    one_pass = "text" in scorings and "letter" in scorings and all(
+        len(answer_tokens(model, t)) == 1 for row in texts for t in row)
+    if one_pass:  # every option is one token: letters and texts come from the same last-position logits
+        firsts = [[answer_tokens(model, c)[0] for c in lt + tx] for lt, tx in zip(letters, texts)]
+        one_pass = all(len(set(f)) == len(f) for f in firsts)
+    if one_pass:
+        lp = candidate_logprobs(model, prompt_set.prompts, [lt + tx for lt, tx in zip(letters, texts)],
+                                batch_size=batch_size, progress=False)
+        k = len(letters[0])
+        return {"letter": np.stack([x[:k] for x in lp]), "text": np.stack([x[k:] for x in lp])}
+    if "letter" in scorings:
+        out["letter"] = np.stack(candidate_logprobs(model, prompt_set.prompts, letters, batch_size=batch_size,
+                                                    progress=False))
+    if "text" in scorings:
+        out["text"] = np.stack(text_logprobs(model, prompt_set.prompts, texts, batch_size=batch_size))
+    return out
+
+
+def mcq_option_probs(model, questions: list[str], options: list[list[str]], prefix: str = "",
+                     orders: list[tuple[int, ...]] | None = None, scorings: tuple[str, ...] = ("letter", "text"),
+                     batch_size: int = 32, progress: bool = False) -> dict[tuple[str, bool], np.ndarray]:
+    """Normalised option probabilities of multiple-choice items, in each order, with and without the question.
+
+    Args:
+        questions, options: the items (:func:`~mechunlearn_nb.prompts.sports_mcq_items` and friends);
+            every item has the same number of options.
+        prefix: text before each question (a system prompt and its newline).
+        orders: the option orders (default: :func:`~mechunlearn_nb.prompts.cyclic_orders`, order 0 first).
+        scorings: ``"letter"`` and/or ``"text"``.
+
+    Returns:
+        ``{(scoring, content_free): array orders × items × options}``, the options in each item's
+        own order (so column ``j`` is option ``j`` whatever letter it was shown at), normalised over
+        the options. ``content_free=True`` holds the same prompts with the question replaced by
+        :data:`~mechunlearn_nb.prompts.CONTENT_FREE`.
+    """
+    from .prompts import PromptSet, cyclic_orders, mcq_prompts
+
+    batch_size = check_int("batch_size", batch_size, min=1)
+    unknown = [s for s in scorings if s not in ("letter", "text")]
+    if unknown or not scorings:
+        raise ValueError(f"Unknown scoring(s) {unknown or scorings!r}; choose among ('letter', 'text').")
+    sizes = {len(o) for o in options}
+    if len(sizes) != 1:
+        raise ValueError(f"Every item needs the same number of options; got {sorted(sizes)}.")
+    n_opts = sizes.pop()
+    orders = orders or cyclic_orders(n_opts)
+    out: dict[tuple[str, bool], list[np.ndarray]] = {}
+    for order in tqdm(orders, desc="multiple choice orders", disable=not progress, leave=False):
+        shown = [[opts[j] for j in order] for opts in options]
+        inverse = np.argsort(order)  # column j of the result: the letter option j was shown at
+        for content_free in (False, True):
+            ps = mcq_prompts(questions, options, order, prefix=prefix, content_free=content_free)
+            if content_free:  # items with the same options share their content-free prompt: score each once
+                first: dict[str, int] = {}
+                for i, text in enumerate(ps.prompts):
+                    first.setdefault(text, i)
+                keep = list(first.values())
+                sub = PromptSet([ps.prompts[i] for i in keep], [ps.candidates[i] for i in keep],
+                                [ps.labels[i] for i in keep], list(range(len(keep))), ps.format)
+                logps = _mcq_logps(model, sub, [shown[i] for i in keep], batch_size, scorings)
+                slot = {i: r for r, i in enumerate(keep)}
+                rows = [slot[first[text]] for text in ps.prompts]
+                logps = {k: v[rows] for k, v in logps.items()}
+            else:
+                logps = _mcq_logps(model, ps, shown, batch_size, scorings)
+            for scoring, lp in logps.items():
+                out.setdefault((scoring, content_free), []).append(_normalise_logp(lp)[:, inverse])
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def accuracy_row(instrument: str, variant: str, correct, chance: float, confidence: float = CONFIDENCE, **extra) -> dict:
+    """One row of an instrument table: accuracy of a boolean array, its Wilson interval and the chance level."""
+    correct = np.asarray(correct, dtype=bool)
+    if correct.size == 0:
+        raise ValueError(f"{instrument} / {variant}: no answers to score.")
+    k, n = int(correct.sum()), int(correct.size)
+    lo, hi = binomial_interval(k, n, confidence)
+    return dict(instrument=instrument, variant=variant, accuracy=k / n, n=n, correct=k, ci_low=lo, ci_high=hi,
+                chance=float(chance), **extra)
+
+
+def debiased_mcq(model, questions: list[str], options: list[list[str]], answers: list[int], instrument: str = "mcq",
+                 prefix: str = "", scorings: tuple[str, ...] = ("letter", "text"), batch_size: int = 32,
+                 confidence: float = CONFIDENCE, progress: bool = False) -> pd.DataFrame:
+    """Multiple-choice accuracy in every variant: letter / option text × fixed / cyclic orders × calibrated or not.
+
+    ``fixed order`` asks each question once, options in the item's own order (for the sports and
+    CounterFact items: exactly the ``mcq`` / ``cf_mcq`` format, so its letter accuracy is the
+    grid's number); ``cyclic orders`` asks it in every cyclic order and averages each option's
+    probability over the orders before taking the most probable; ``calibrated`` divides by the
+    content-free probabilities (:func:`calibrate`) in each order first.
+
+    Args:
+        questions, options, answers: the items and the index of each one's answer in its options.
+        instrument: the name in the table's ``instrument`` column (e.g. ``"mcq"``, ``"mcq_nosys"``).
+        prefix: text before each question (the ``mcq`` format's system prompt and newline).
+        scorings: ``"letter"`` and/or ``"text"`` (option-text scoring costs one forward pass per
+            option when options span several tokens).
+
+    Returns:
+        One row per variant: ``instrument, variant, scoring, orders, calibrated, accuracy, n, correct,
+        ci_low, ci_high, chance`` (chance: one over the number of options).
+    """
+    answers = np.asarray(answers)
+    if len(answers) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers.")
+    probs = mcq_option_probs(model, questions, options, prefix=prefix, scorings=scorings, batch_size=batch_size,
+                             progress=progress)
+    n_opts = len(options[0])
+    if ((answers < 0) | (answers >= n_opts)).any():
+        raise ValueError(f"answers must be option indices 0..{n_opts - 1}.")
+    rows = []
+    for scoring in scorings:
+        p, cf = probs[(scoring, False)], probs[(scoring, True)]
+        for calibrated in (False, True):
+            q = calibrate(p, cf) if calibrated else p
+            for orders, qq in (("fixed order", q[:1]), ("cyclic orders", q)):
+                pred = qq.mean(0).argmax(-1)
+                variant = f"{scoring}, {orders}" + (", calibrated" if calibrated else "")
+                rows.append(accuracy_row(instrument, variant, pred == answers, 1.0 / n_opts, confidence,
+                                         scoring=scoring, orders=orders, calibrated=calibrated))
+    return pd.DataFrame(rows).reindex(columns=INSTRUMENT_COLUMNS)
+
+
+def format_accuracy(model, prompt_set, answers: list[str], instrument: str | None = None, batch_size: int = 32,
+                    confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Accuracy of one prompt format (argmax over its candidates), with interval and chance (one row).
+
+    ``n`` counts prompts (CounterFact paraphrases: two per fact); chance is one over the number of
+    candidates.
+    """
+    sc = score_set(model, prompt_set, answers, batch_size=batch_size, progress=False)
+    chance = float(np.mean([1.0 / len(c) for c in prompt_set.candidates]))
+    row = accuracy_row(instrument or prompt_set.format, "argmax over candidates", sc["correct"].to_numpy(), chance,
+                       confidence, scoring="answer", orders="fixed order", calibrated=False)
+    return pd.DataFrame([row]).reindex(columns=INSTRUMENT_COLUMNS)
+
+
+#: MMLU questions scored at FAST size (a seeded sample of the vendored test split)
+MMLU_FAST = 40
+
+
+def mmlu_accuracy(model, n: int = 200, seed: int = 0, subjects: list[str] | None = None,
+                  scorings: tuple[str, ...] = ("letter", "text"), batch_size: int = 16,
+                  confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """MMLU accuracy in every multiple-choice variant (:func:`debiased_mcq`), on a seeded sample of ``n`` questions.
+
+    A side-effect measure: an edit should leave general knowledge alone, which can only be read
+    where the base model answers MMLU above chance (:func:`testability`).
+    """
+    from .prompts import mmlu_items
+
+    n = check_int("n", n, min=1)
+    seed = check_int("seed", seed, min=0)
+    pool = _data.load_mmlu(subjects)
+    sample = pool.sample(min(n, len(pool)), random_state=seed).reset_index(drop=True)
+    q, o, a = mmlu_items(sample)
+    return debiased_mcq(model, q, o, a, instrument="mmlu", scorings=scorings, batch_size=batch_size,
+                        confidence=confidence)
+
+
+def testability(table: pd.DataFrame, margin: float = TESTABILITY_MARGIN) -> pd.DataFrame:
+    """Whether each instrument (variant) can test a claim on this model.
+
+    An instrument is ``"testable"`` when the lower end of its base accuracy's interval lies above
+    ``chance + margin``; otherwise ``"untestable on this model"`` — a claim it measures cannot
+    be decided by it, and says so with these numbers.
+
+    Args:
+        table: rows of :func:`debiased_mcq`, :func:`format_accuracy` or :func:`mmlu_accuracy` on the
+            *unedited* model (held-out known facts).
+        margin: :data:`TESTABILITY_MARGIN` by default.
+
+    Returns:
+        The table plus ``threshold`` (chance + margin), ``margin`` and ``verdict``.
+    """
+    margin = check_float("margin", margin, 0.0, 1.0)
+    need = {"accuracy", "ci_low", "chance"}
+    if not need <= set(table.columns):
+        raise ValueError(f"testability needs columns {sorted(need)}; got {list(table.columns)}. Fix: pass the table of "
+                         "debiased_mcq, format_accuracy or mmlu_accuracy.")
+    out = table.copy()
+    out["margin"] = margin
+    out["threshold"] = out["chance"] + margin
+    out["verdict"] = np.where(out["ci_low"] > out["threshold"], TESTABLE, UNTESTABLE)
+    return out

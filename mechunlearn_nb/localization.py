@@ -598,3 +598,154 @@ def fact_lookup(model, probe_df: pd.DataFrame | None, patching_df: pd.DataFrame,
                 first_layer=dec["layers"][0], last_layer=dec["layers"][-1],
                 evidence=ev.astype(object).where(ev.notna(), None).to_dict("records"))
     return Localization.from_components(model, [f"m{l}" for l in dec["layers"]], name=name, meta=meta)
+
+
+# ---------------------------------------------------------------------------
+# Checking a localization: does the rule's choice move with its thresholds, and do the chosen MLPs matter?
+# ---------------------------------------------------------------------------
+
+#: the thresholds :func:`threshold_sweep` varies by default, and the values it tries (the defaults among them)
+SWEEP = {
+    "probe_rise": (0.1, 0.2, 0.3, 0.5),
+    "mlp_threshold": (0.1, 0.2, 0.3, 0.5),
+    "head_threshold": (0.3, 0.5, 0.7),
+}
+
+
+def threshold_sweep(probe_df: pd.DataFrame | None, patching_df: pd.DataFrame, head_df: pd.DataFrame | None = None,
+                    grid: dict[str, tuple[float, ...]] | None = None, n_layers: int | None = None) -> pd.DataFrame:
+    """How the fact-lookup range moves when one threshold of the rule changes and the others keep their defaults.
+
+    Args:
+        probe_df, patching_df, head_df: the evidence, as for :func:`fact_lookup_evidence`.
+        grid: threshold name → values to try (default :data:`SWEEP`); names are fields of :class:`FactLookupRule`.
+        n_layers: number of blocks (default: from the tables).
+
+    Returns:
+        One row per (threshold, value): ``threshold, value, is_default, start, extraction, end, layers``
+        (the chosen blocks, ``""`` when no MLP passes), ``n_mlps`` and ``same_as_default`` (the same blocks
+        as the default rule).
+    """
+    grid = SWEEP if grid is None else grid
+    fields = set(FactLookupRule.__dataclass_fields__)
+    unknown = sorted(set(grid) - fields)
+    if unknown:
+        raise ValueError(f"Unknown threshold(s) {unknown}; choose among {sorted(fields)}.")
+    default = FactLookupRule()
+
+    def decide(rule):
+        try:
+            return fact_lookup_evidence(probe_df, patching_df, head_df, rule=rule, n_layers=n_layers).attrs["decision"]
+        except ValueError as err:  # the rule finds no look-up at this threshold: a result of the sweep, not a failure
+            return dict(start=None, extraction=None, end=None, layers=[], error=str(err))
+
+    base = decide(default)["layers"]
+    rows = []
+    for name, values in grid.items():
+        for value in values:
+            dec = decide(FactLookupRule(**{name: value}))
+            rows.append(dict(threshold=name, value=float(value), is_default=value == getattr(default, name),
+                             start=dec["start"], extraction=dec["extraction"], end=dec["end"],
+                             layers=" ".join(f"m{l}" for l in dec["layers"]), n_mlps=len(dec["layers"]),
+                             same_as_default=dec["layers"] == base))
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def ablate_mlps(model, facts: pd.DataFrame, layers: list[int], mode: str = "zero", batch_size: int = 16,
+                mean_over: pd.DataFrame | None = None) -> np.ndarray:
+    """Normalised probability of each athlete's true sport (fact prompt) with MLPs ablated at the subject tokens.
+
+    The output of each MLP in ``layers`` (``blocks.L.hook_mlp_out``) is replaced at the subject's
+    positions by zero (``mode="zero"``) or by its mean over the subject positions of ``mean_over``
+    (``mode="mean"``; default: of ``facts`` themselves). An empty ``layers`` gives the clean model.
+
+    Returns:
+        One probability per fact (normalised over the three sports of the data).
+    """
+    from .data import SPORTS
+    from .positions import FIRST_SUBJECT, LAST_SUBJECT, fact_positions
+    from .prompts import sports_prompts
+    from .scoring import encode_prompts, logits_at, pad_right, single_token_id
+
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"Unknown ablation mode {mode!r}; choose 'zero' or 'mean'.")
+    n_layers = model.cfg.n_layers
+    bad = [l for l in layers if not 0 <= int(l) < n_layers]
+    if bad:
+        raise ValueError(f"Layer(s) {bad} are outside the model's blocks 0..{n_layers - 1}.")
+    batch_size = check_int("batch_size", batch_size, min=1)
+    sport_ids = [single_token_id(model, f" {s}") for s in SPORTS]
+    answers = [SPORTS.index(s) for s in facts["sport"]]
+
+    def subject_masks(frame):
+        ps = sports_prompts(frame, "fact")
+        pos = fact_positions(model, ps.prompts, frame["athlete"].astype(str).tolist())
+        return ps.prompts, pos
+
+    means = {}
+    if mode == "mean" and layers:
+        source = facts if mean_over is None else mean_over
+        prompts, pos = subject_masks(source)
+        ids, mask, last = pad_right(encode_prompts(model, prompts), model.tokenizer.pad_token_id or 0)
+        sub = torch.zeros(ids.shape, dtype=torch.bool)
+        for i, r in enumerate(pos.itertuples()):
+            sub[i, getattr(r, FIRST_SUBJECT): getattr(r, LAST_SUBJECT) + 1] = True
+        kept = {}
+
+        def keep(x, hook):
+            kept[hook.name] = x[sub.to(x.device)].mean(0)
+
+        with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_mlp_out", keep) for l in layers]):
+            logits_at(model, ids, mask, last)
+        means = kept
+    prompts, pos = subject_masks(facts.reset_index(drop=True))
+    seqs = encode_prompts(model, prompts)
+    out = np.zeros(len(prompts))
+    for s in range(0, len(prompts), batch_size):
+        ids, mask, last = pad_right(seqs[s: s + batch_size], model.tokenizer.pad_token_id or 0)
+        sub = torch.zeros(ids.shape, dtype=torch.bool)
+        for i, r in enumerate(pos.iloc[s: s + batch_size].itertuples()):
+            sub[i, getattr(r, FIRST_SUBJECT): getattr(r, LAST_SUBJECT) + 1] = True
+
+        def ablate(x, hook):
+            m = sub.to(x.device)
+            x[m] = means[hook.name].to(x.dtype) if mode == "mean" else 0.0
+            return x
+
+        with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_mlp_out", ablate) for l in layers]):
+            logits = logits_at(model, ids, mask, last)[:, sport_ids].float()
+        probs = torch.softmax(logits, -1).cpu().numpy()
+        out[s: s + len(probs)] = probs[np.arange(len(probs)), answers[s: s + len(probs)]]
+    return out
+
+
+def ablation_check(model, facts: pd.DataFrame, layers: list[int], n_random: int = 5, mode: str = "zero",
+                   seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
+    """Does ablating the chosen MLPs at the subject drop the answer more than ablating as many random MLPs?
+
+    Returns:
+        One row per ablated set: ``set`` (``"clean"``, ``"chosen"``, ``"random 0"`` ...), ``layers``,
+        ``mode``, ``p_true`` (mean normalised probability of the true sport), ``drop`` (clean minus it)
+        and ``n``; ``attrs["share_random_at_least"]``: the share of random sets whose drop is at least
+        the chosen set's (a permutation-style p-value; small when the chosen MLPs matter more).
+    """
+    n_random = check_int("n_random", n_random, min=1)
+    layers = sorted(int(l) for l in layers)
+    if not layers:
+        raise ValueError("No layers to ablate. Fix: pass the localization's MLP blocks, e.g. [2, 3, 4, 5].")
+    rng = np.random.default_rng(check_int("seed", seed, min=0))
+    sets = [("clean", []), ("chosen", layers)]
+    others = np.arange(model.cfg.n_layers)
+    sets += [(f"random {i}", sorted(int(x) for x in rng.choice(others, size=len(layers), replace=False)))
+             for i in range(n_random)]
+    rows = []
+    for name, ls in sets:
+        p = ablate_mlps(model, facts, ls, mode=mode, batch_size=batch_size)
+        rows.append(dict(set=name, layers=" ".join(f"m{l}" for l in ls), mode=mode, p_true=float(p.mean()), n=len(p)))
+    table = pd.DataFrame(rows)
+    table["drop"] = table.loc[0, "p_true"] - table["p_true"]
+    chosen = table.loc[table["set"] == "chosen", "drop"].item()
+    rand = table.loc[table["set"].str.startswith("random"), "drop"]
+    table.attrs["share_random_at_least"] = float((rand >= chosen).mean())
+    return table

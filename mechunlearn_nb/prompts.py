@@ -22,6 +22,14 @@ CounterFact formats (candidates ``target_true`` and ``target_new``):
 (other subjects with the same true attribute: an edit should leave them alone),
 and ``cf_mcq`` (the vendored multiple-choice questions, options in a seeded
 order).
+
+Debiased multiple choice (:func:`mcq_prompts`): a small model often answers a
+multiple-choice question with its favourite *letter*, whatever the question.
+Asking the same question in every cyclic order of its options
+(:func:`cyclic_orders`: each option once at each letter) and with the question
+replaced by a content-free text (:data:`CONTENT_FREE`, for calibration) lets
+:mod:`~mechunlearn_nb.evaluation` separate what the model knows from where it
+likes to point.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ MCQ_TEMPLATE = (
     + "".join(f"{letter}. {sport}\n" for letter, sport in zip(LETTERS, MCQ_SPORTS))
     + "Answer:"
 )
+
+#: the content-free input of contextual calibration (Zhao et al. 2021): it stands in for the question
+CONTENT_FREE = "N/A"
 
 SPORTS_FORMATS = ("fact", "qa", "mcq", "mcq_nosys")
 COUNTERFACT_FORMATS = ("cf_prompt", "cf_paraphrase", "cf_neighborhood", "cf_mcq")
@@ -194,3 +205,111 @@ def counterfact_prompts(facts: pd.DataFrame, fmt: str = "cf_prompt", mcq: pd.Dat
             labels.append(["target_true", "target_new"])
             idx.append(i)
     return PromptSet(prompts, cands, labels, idx, fmt)
+
+
+def cyclic_orders(n: int = 4) -> list[tuple[int, ...]]:
+    """The ``n`` cyclic shifts of ``n`` options: order ``k`` shows option ``(i + k) % n`` at letter ``i``.
+
+    Across the orders every option appears exactly once at every letter, so a model that always
+    answers one letter is right in exactly one order of ``n``. Order 0 is the original order.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(LETTERS):
+        raise ParameterError(f"n must be an int between 1 and {len(LETTERS)} (the letters {LETTERS}), got {n!r}.")
+    return [tuple((i + k) % n for i in range(n)) for k in range(n)]
+
+
+def mcq_text(question: str, options: list[str], prefix: str = "") -> str:
+    """One multiple-choice prompt, laid out as the ``mcq`` format: question, lettered options, ``Answer:``."""
+    if len(options) > len(LETTERS):
+        raise ParameterError(f"{len(options)} options but only the letters {LETTERS}. Fix: pass at most {len(LETTERS)}.")
+    return (prefix + f"Question: {question}\n" + "".join(f"{L}. {o}\n" for L, o in zip(LETTERS, options))
+            + "Answer:")
+
+
+def mcq_prompts(questions: list[str], options: list[list[str]], order: tuple[int, ...], prefix: str = "",
+                content_free: bool = False) -> PromptSet:
+    """Multiple-choice prompts with the options shown in ``order`` (one of :func:`cyclic_orders`).
+
+    Args:
+        questions: one question per item.
+        options: the option texts of each item, in the item's own order (``order`` permutes them).
+        order: which option goes at each letter.
+        prefix: text before the question (the system prompt of the ``mcq`` format, with its newline).
+        content_free: replace each question by :data:`CONTENT_FREE` (the options stay): the model's
+            answer then shows its preference among letters and option texts without the question.
+
+    Returns:
+        A :class:`PromptSet` whose candidates are the letters (``" A"`` ...) and whose labels are the
+        indices (as strings) of the options in the item's own order: ``labels[i][letter]``.
+    """
+    if len(questions) != len(options):
+        raise ValueError(f"{len(questions)} questions but {len(options)} option lists.")
+    if not questions:
+        raise ValueError("No multiple-choice items given: the question list is empty.")
+    prompts, cands, labels = [], [], []
+    for q, opts in zip(questions, options):
+        if sorted(order) != list(range(len(opts))):
+            raise ValueError(f"order {order} is not a permutation of the {len(opts)} options of {q!r}.")
+        shown = [opts[j] for j in order]
+        prompts.append(mcq_text(CONTENT_FREE if content_free else q, shown, prefix))
+        cands.append([f" {L}" for L in LETTERS[: len(opts)]])
+        labels.append([str(j) for j in order])
+    return PromptSet(prompts, cands, labels, list(range(len(questions))), "mcq_content_free" if content_free else "mcq",
+                     dict(order=tuple(order)))
+
+
+def sports_mcq_items(facts: pd.DataFrame) -> tuple[list[str], list[list[str]], list[int]]:
+    """The ``mcq`` format's items: ``(questions, options, answer index)``; options in the paper's order A–D."""
+    athletes = _check_athletes(facts)
+    if "sport" not in facts.columns:
+        raise ValueError(f"Sports multiple choice needs a 'sport' column (the answer); got {list(facts.columns)}.")
+    unknown = sorted(set(facts["sport"]) - set(MCQ_SPORTS))
+    if unknown:
+        raise ValueError(f"Sport(s) {unknown} are not options of the question {MCQ_SPORTS}.")
+    questions = [f"What sport does {a} play?" for a in athletes]
+    return questions, [list(MCQ_SPORTS)] * len(athletes), [MCQ_SPORTS.index(s) for s in facts["sport"]]
+
+
+def counterfact_mcq_items(facts: pd.DataFrame, mcq: pd.DataFrame | None = None, seed: int = 0
+                          ) -> tuple[list[str], list[list[str]], list[int], list[int]]:
+    """The ``cf_mcq`` format's items, options in the very order :func:`counterfact_prompts` shows them.
+
+    Returns:
+        ``(questions, options, answer index, fact index)``: the answer is ``target_true``; facts
+        without a question in ``counterfact_mcq.csv`` are skipped (``fact index`` says which remain).
+    """
+    _check_cf(facts, ("subject", "target_true", "target_new", "case_id"))
+    if mcq is None:
+        from .data import load_counterfact_mcq
+
+        mcq = load_counterfact_mcq()
+    by_case = mcq.drop_duplicates("prompt_id").set_index("prompt_id")
+    rng = np.random.default_rng(seed)  # drawn as counterfact_prompts draws it, so order 0 is the cf_mcq order
+    questions, options, answers, idx = [], [], [], []
+    for i, r in facts.reset_index(drop=True).iterrows():
+        if r["case_id"] not in by_case.index:
+            continue
+        q = by_case.loc[r["case_id"]]
+        opts = [q["target_true"], q["false_1"], q["false_2"], q["false_3"]]
+        if r["target_new"] not in opts:
+            opts[3] = r["target_new"]
+        opts = [opts[j] for j in rng.permutation(4)]
+        questions.append(q["question"])
+        options.append([str(o) for o in opts])
+        answers.append(opts.index(q["target_true"]))
+        idx.append(i)
+    if not questions:
+        raise ValueError("None of these CounterFact facts has a multiple-choice question in counterfact_mcq.csv.")
+    return questions, options, answers, idx
+
+
+def mmlu_items(questions: pd.DataFrame) -> tuple[list[str], list[list[str]], list[int]]:
+    """MMLU rows (``data.load_mmlu``) as multiple-choice items, options in the given order."""
+    need = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
+    missing = [c for c in need if c not in questions.columns]
+    if missing:
+        raise ValueError(f"MMLU questions need column(s) {missing}. Fix: pass rows of data.load_mmlu().")
+    if len(questions) == 0:
+        raise ValueError("No MMLU questions given: the DataFrame is empty.")
+    opts = questions[["choice0", "choice1", "choice2", "choice3"]].astype(str).to_numpy().tolist()
+    return questions["question"].astype(str).tolist(), opts, questions["answer"].astype(int).tolist()

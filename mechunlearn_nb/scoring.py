@@ -308,3 +308,30 @@ def score_set(model, prompt_set, answers: Sequence[str] | None = None, **kwargs)
     df["labels"] = prompt_set.labels
     return df
 
+
+
+def text_logprobs(model, prompts: Sequence[str], candidates: Sequence[Sequence[str]], batch_size: int = 32,
+                  progress: bool = False) -> list[np.ndarray]:
+    """Length-normalised log-probability of each candidate text: the mean over its tokens.
+
+    A candidate of several tokens (``" New York City"``) is scored teacher-forced, token by token
+    (``mode="full"``), and its summed log-probability divided by its number of tokens, so that long
+    options are not penalised for their length alone. When every candidate of every prompt is a
+    single token with a distinct id, one forward pass per prompt does (``mode="first"``: the same
+    numbers).
+
+    Returns:
+        For each prompt, an array with one mean log-probability per candidate.
+    """
+    if isinstance(candidates, str) or (candidates and isinstance(candidates[0], str)):
+        raise ParameterError("candidates must hold one list of texts per prompt. Fix: pass [[' golf', ' chess'], ...].")
+    cache: dict[str, int] = {}
+    lengths = [[cache.setdefault(c, len(answer_tokens(model, c))) for c in cands] for cands in candidates]
+    single = all(n == 1 for row in lengths for n in row)
+    if single:
+        firsts = [[answer_tokens(model, c)[0] for c in cands] for cands in candidates]
+        single = all(len(set(f)) == len(f) for f in firsts)
+    mode = "first" if single else "full"
+    logps = candidate_logprobs(model, prompts, [list(c) for c in candidates], batch_size=batch_size, mode=mode,
+                               progress=progress)
+    return [lp / np.asarray(n, dtype=float) for lp, n in zip(logps, lengths)]

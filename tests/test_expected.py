@@ -8,7 +8,8 @@ import pytest
 from mechunlearn_nb import expected, models
 
 QUICKSTART_OK = {"n_scored": 200, "accuracy": 0.6, "frac_known": 0.4, "acc_qa_known": 0.9,
-                 "mcq_top_choice_share": 0.7, "load_seconds": 5}
+                 "mcq_top_choice_share": 0.7, "load_seconds": 5, "n_mcq_debiased": 24, "mcq_letter_fixed_acc": 0.05,
+                 "mcq_best_variant_acc": 0.9, "n_mcq_testable_variants": 3}
 
 
 def test_a_metric_outside_its_range_fails_the_check():
