@@ -193,19 +193,6 @@ def test_save_json_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
 
 
-def test_expected_check():
-    ok = expected.check("00_quickstart", {"n_scored": 200, "accuracy": 0.6, "frac_known": 0.4,
-                                          "acc_qa_known": 0.9, "mcq_top_choice_share": 0.7, "load_seconds": 5})
-    assert ok["ok"].all()
-    bad = expected.check("00_quickstart", {"n_scored": 10})
-    assert not bad["ok"].any()
-    with pytest.raises(KeyError, match="expected.toml"):
-        expected.check("99_nothing", {})
-
-
-# --- the real embedded model --------------------------------------------------------------------
-
-@pytest.mark.slow
 def test_embedded_model_knows_its_sports(gemma):
     """The ballpark of DESIGN.md: ~600 of 1,559 athletes known, ~180 basketball players, accuracy ~0.58."""
     known = tasks.known_facts(gemma, "sports")
