@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
+import torch
 import pytest
 
 from mechunlearn_nb import cluster, grid, models
@@ -203,7 +204,16 @@ def test_two_embedded_cells_on_ray_equal_one_process(ray_local, gemma, tmp_path)
     outcome = cluster.run_cells(config, tmp_path / "ray", partial(models.load_model, None), progress=False)
     print(f"\n2 embedded cells on 1 Ray worker: {time.perf_counter() - t0:.1f} s")
     assert len(outcome.computed) == 2 and outcome.failed == []
-    local = grid.run_grid(gemma, config, tmp_path / "one", progress=False).set_index(KEYS).sort_index()
-    remote = grid.saved_cells(tmp_path / "ray").set_index(KEYS).sort_index()
-    pd.testing.assert_frame_equal(local, remote[local.columns], check_exact=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a worker computes (one thread per CPU it is given): the same sums in the same order
+    try:
+        local = grid.run_grid(gemma, config, tmp_path / "one", progress=False).set_index(KEYS).sort_index()
+    finally:
+        torch.set_num_threads(threads)
+    remote = grid.saved_cells(tmp_path / "ray").set_index(KEYS).sort_index()[local.columns]
+    # accuracies are counts of facts: equal exactly; losses are float32 sums, equal to float32 rounding (with two
+    # threads against one, the general-text loss change of the random cell differed by 1.4e-6)
+    losses = [c for c in local.columns if "loss" in c]
+    pd.testing.assert_frame_equal(local.drop(columns=losses), remote.drop(columns=losses), check_exact=True)
+    pd.testing.assert_frame_equal(local[losses], remote[losses], check_exact=False, rtol=0, atol=1e-5)
     print(local[["edit_acc", "maintain_acc", "relearn_acc", "lm_loss_change"]].to_string())
