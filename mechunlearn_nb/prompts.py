@@ -149,6 +149,15 @@ def _check_cf_prompt(prompt, row: int, case_id) -> None:
                              "elsewhere in full.")
 
 
+def _cf_options(q, target_new: str, rng: np.random.Generator) -> list:
+    """A CounterFact question's four options in a random order (one ``rng.permutation(4)`` draw); the edit's new
+    target replaces the last false option when absent, so an edit can be scored in multiple choice too."""
+    options = [q["target_true"], q["false_1"], q["false_2"], q["false_3"]]
+    if target_new not in options:
+        options[3] = target_new
+    return [options[j] for j in rng.permutation(4)]
+
+
 def counterfact_prompts(facts: pd.DataFrame, fmt: str = "cf_prompt", mcq: pd.DataFrame | None = None, seed: int = 0) -> PromptSet:
     """Prompts for CounterFact facts; candidates are ``[target_true, target_new]`` (MCQ: letters).
 
@@ -172,12 +181,7 @@ def counterfact_prompts(facts: pd.DataFrame, fmt: str = "cf_prompt", mcq: pd.Dat
             if r["case_id"] not in by_case.index:
                 continue
             q = by_case.loc[r["case_id"]]
-            options = [q["target_true"], q["false_1"], q["false_2"], q["false_3"]]
-            # the edit's new target becomes one of the options, so an edit can be scored in MCQ too
-            if r["target_new"] not in options:
-                options[3] = r["target_new"]
-            order = rng.permutation(4)
-            options = [options[j] for j in order]
+            options = _cf_options(q, r["target_new"], rng)
             option_labels = ["target_true" if o == q["target_true"] else "target_new" if o == r["target_new"] else "other"
                              for o in options]
             text = f"Question: {q['question']}\n" + "".join(f"{L}. {o}\n" for L, o in zip(LETTERS, options)) + "Answer:"
@@ -290,10 +294,7 @@ def counterfact_mcq_items(facts: pd.DataFrame, mcq: pd.DataFrame | None = None, 
         if r["case_id"] not in by_case.index:
             continue
         q = by_case.loc[r["case_id"]]
-        opts = [q["target_true"], q["false_1"], q["false_2"], q["false_3"]]
-        if r["target_new"] not in opts:
-            opts[3] = r["target_new"]
-        opts = [opts[j] for j in rng.permutation(4)]
+        opts = _cf_options(q, r["target_new"], rng)
         questions.append(q["question"])
         options.append([str(o) for o in opts])
         answers.append(opts.index(q["target_true"]))
