@@ -76,7 +76,7 @@ import torch
 from jaxtyping import Float
 
 from . import train
-from .checks import ParameterError, check_float, check_int
+from .checks import ParameterError, check_float, check_int, check_str
 from .models import hf_model, model_name, named_parameters
 from .scoring import device_of
 
@@ -351,6 +351,7 @@ class RelearnConfig:
     grad_clip: float = 1.0            # max global gradient norm
     eval_maintain: int = 32           # held-out maintain facts measured as a control (0: none)
     eval_batch_size: int = 32         # prompts per forward pass when measuring
+    precision: str = "float32"        # the training forward pass: "float32" or "bfloat16-mixed" (train.PRECISIONS)
 
     def __post_init__(self):
         if self.method not in ("lora", "full"):
@@ -368,6 +369,7 @@ class RelearnConfig:
         if not self.lr > 0 or self.batch_size < 1 or self.lm_window < 1:
             raise ValueError("lr must be positive and batch_size, lm_window at least 1.")
         resolve_targets(self.target_modules)
+        check_str("RelearnConfig.precision", self.precision, choices=train.PRECISIONS)
 
 
 def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: int = 0, split_seed: int | None = None,
@@ -424,7 +426,8 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
     try:
         with _edited(model, result), adapter as params:
             train.train(params, step_loss, config.steps, config.lr, grad_clip=config.grad_clip, evaluate=record,
-                        eval_steps=config.eval_steps, desc=f"relearn [{label}]", progress=progress, on_step=on_step)
+                        eval_steps=config.eval_steps, desc=f"relearn [{label}]", progress=progress, on_step=on_step,
+                        precision=config.precision)
     finally:
         hf.train(was_training)
     curve = pd.DataFrame(rows).assign(task=task.name, localization=label, seed=seed, method=config.method)

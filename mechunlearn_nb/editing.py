@@ -94,10 +94,12 @@ class EditConfig:
     warmup_steps: int = 0         # linear warm-up before the cosine decay
     eval_every: int = 10          # accuracies on the training facts every this many steps (0: start and end only)
     eval_facts: int = 64          # at most this many forget / maintain facts in those accuracies
+    precision: str = "float32"    # the training forward pass: "float32" or "bfloat16-mixed" (train.PRECISIONS)
 
     def __post_init__(self):
         # types first (steps=2.5 or lr="1e-3" would otherwise pass here and fail deep inside edit)
         check_str("EditConfig.objective", self.objective, choices=OBJECTIVES)
+        check_str("EditConfig.precision", self.precision, choices=train.PRECISIONS)
         for name in ("steps", "batch_size", "lm_window"):
             setattr(self, name, check_int(f"EditConfig.{name}", getattr(self, name), min=1))
         for name in ("maintain_batch_size", "lm_tokens", "warmup_steps", "eval_every", "eval_facts"):
@@ -539,7 +541,7 @@ def edit(model, loc: Localization, task, config: EditConfig | None = None, *, se
                           config.steps, config.lr, schedule=train.cosine_schedule(config.warmup_steps, config.steps),
                           grad_clip=config.grad_clip, after_backward=lambda: loc.mask_grads(trainable),
                           evaluate=evaluate, eval_steps=eval_steps, desc=f"edit [{loc.name}]", progress=progress,
-                          on_step=on_step)
+                          on_step=on_step, precision=config.precision)
         with torch.no_grad():
             tensors = {}
             for n, p in trainable.items():

@@ -18,7 +18,8 @@ def weights(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in models.named_parameters(model).items()}
 
 
-def run(model, task, trainable: dict, seed: int, steps: int = 3, fail_at: int | None = None) -> pd.DataFrame:
+def run(model, task, trainable: dict, seed: int, steps: int = 3, fail_at: int | None = None,
+        precision: str = "float32") -> pd.DataFrame:
     """An injection with a maintain term and general text, training ``trainable`` in place."""
     rng = np.random.default_rng(seed)
     forget = train.tokenise_facts(model, task, "forget", need_new=True)
@@ -34,7 +35,7 @@ def run(model, task, trainable: dict, seed: int, steps: int = 3, fail_at: int | 
 
     return train.train(trainable, step_loss, steps, 1e-2, schedule=train.cosine_schedule(1, steps), grad_clip=1.0,
                        evaluate=lambda step: {"acc": train.accuracy(model, forget)["acc_new"]}, eval_steps=(0, steps),
-                       progress=False)
+                       progress=False, precision=precision)
 
 
 def test_same_seed_same_history_and_only_trainable_weights_move(tiny, task):
@@ -85,3 +86,34 @@ def test_accuracy_counts_the_top_candidate(tiny, task):
     assert np.isnan(train.accuracy(tiny, facts, idx=[])["acc_true"])
     sub = facts.subset([2, 0])
     assert sub.ids == [facts.ids[2], facts.ids[0]] and torch.equal(sub.true, facts.true[[2, 0]])
+
+
+def test_mixed_precision_trains_float32_weights_on_a_bfloat16_forward(tiny, task):
+    params = {n: p for n, p in models.named_parameters(tiny).items() if ".layers.1.mlp." in n}
+    seen = []
+
+    def spy(module, args, output):  # the dtype the forward pass computes in
+        seen.append(output.dtype)
+
+    mlp = next(m for n, m in train.hf_model(tiny).named_modules()
+               if isinstance(m, torch.nn.Linear) and "layers.1." in n and "down_proj" in n)
+    handle = mlp.register_forward_hook(spy)
+    try:
+        with train.restored(params), train.only_trainable(tiny, params):
+            full = run(tiny, task, params, seed=0)
+            n_full = len(seen)
+        with train.restored(params), train.only_trainable(tiny, params):
+            mixed = run(tiny, task, params, seed=0, precision="bfloat16-mixed")
+            assert all(p.dtype == torch.float32 for p in params.values()), "mixed precision changed the weights' dtype"
+    finally:
+        handle.remove()
+    train_full, train_mixed = seen[:n_full], seen[n_full:]
+    assert torch.bfloat16 not in train_full and torch.bfloat16 in train_mixed
+    # the measurements (evaluate) stay float32: the first and the last forward pass of each run
+    assert train_mixed[0] == torch.float32 and train_mixed[-1] == torch.float32
+    # the same batches, a loss within bfloat16's rounding of the float32 one, and a different one somewhere
+    steps = full["step"] > 0
+    np.testing.assert_allclose(mixed["loss"][steps], full["loss"][steps], rtol=0.05)
+    assert not np.array_equal(mixed["loss"][steps], full["loss"][steps])
+    with pytest.raises(ValueError, match="bfloat16-mixed"):
+        run(tiny, task, params, seed=0, precision="bf16")
