@@ -1,0 +1,110 @@
+"""Fair edits: a learning rate per localization, chosen by a declared rule on a seed no test uses.
+
+A comparison of localizations is unfair when one learning rate, tuned for one of them, is given to all: a
+localization that under-fits at that rate looks "less robust" because its edit never took hold. Here each
+localization gets its own rate, chosen on a *tuning seed* (a task drawn with a seed that is never a test seed)
+from a few candidates around its kind's default (:data:`.editing.DEFAULTS`), by a rule fixed before any test
+cell runs:
+
+1. an edit is **complete** when its accuracy on the prompts it was trained on reaches ``completeness``
+   (the new answer's accuracy for an injection; one minus the true answer's for unlearning);
+2. among the complete edits, the rate with the highest accuracy on *held-out* maintain facts wins (ties:
+   the smaller change of the general-text loss, then the smaller rate);
+3. when no candidate is complete, the rate with the highest training accuracy is chosen and marked
+   incomplete: its test cells will be reported and excluded, not averaged in.
+
+Every edit goes through :func:`.editing.edit` (the one training loop) and every measurement through
+:func:`.evaluation.evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from . import editing, evaluation
+from .checks import check_float
+from .localization import Localization
+
+#: the candidates tried per localization: its kind's default rate times each factor
+FACTORS = (0.5, 1.0, 2.0)
+
+COLUMNS = ["localization", "lr", "train_acc", "complete", "heldout_maintain_acc", "lm_loss_change", "seconds"]
+
+
+def train_accuracy(result: editing.EditResult) -> float:
+    """The edit's final accuracy on its own trained prompts: the new answer's (injection) or one minus the true
+    answer's (unlearning)."""
+    final = result.final()
+    if result.config.objective == "injection":
+        return final.get("edit_acc", float("nan"))
+    return 1.0 - final.get("forget_acc", float("nan"))
+
+
+def choose_rate(trials: pd.DataFrame, completeness: float) -> dict:
+    """The rule of this module applied to one localization's trials (rows of :data:`COLUMNS`).
+
+    Returns:
+        ``{"lr", "complete", "reason"}``.
+    """
+    completeness = check_float("completeness", completeness, min=0)
+    if not len(trials):
+        raise ValueError("No trials to choose a rate from. Fix: run tune_rates with at least one candidate rate.")
+    done = trials[trials["train_acc"] >= completeness]
+    if len(done):
+        best = done.sort_values(["heldout_maintain_acc", "lm_loss_change", "lr"], ascending=[False, True, True]).iloc[0]
+        return dict(lr=float(best["lr"]), complete=True,
+                    reason=f"complete (training accuracy {best['train_acc']:.3f} >= {completeness}) with the highest "
+                           f"held-out maintain accuracy ({best['heldout_maintain_acc']:.3f})")
+    best = trials.sort_values(["train_acc", "lr"], ascending=[False, True]).iloc[0]
+    return dict(lr=float(best["lr"]), complete=False,
+                reason=f"no candidate complete; highest training accuracy {best['train_acc']:.3f} < {completeness}")
+
+
+def tune_rates(model, task, localizations: dict[str, Localization], completeness: float,
+               factors: Sequence[float] = FACTORS, seed: int = 0, edit_overrides: dict | None = None,
+               eval_overrides: dict | None = None, progress: bool = True, on_trial=None) -> tuple[dict, pd.DataFrame]:
+    """Choose a learning rate for each localization on ``task`` (built with the tuning seed).
+
+    Args:
+        localizations: ``label -> Localization``.
+        completeness: the declared completeness (e.g. a plan's ``edit_completeness``).
+        factors: candidates are each localization kind's default rate times these.
+        seed: the edits' seed (batches, general-text windows).
+        edit_overrides: other :class:`~mechunlearn_nb.editing.EditConfig` fields (not ``lr``).
+        eval_overrides: other :func:`~mechunlearn_nb.evaluation.evaluate` arguments.
+        on_trial: called with each trial's row as it finishes (e.g. to save it).
+
+    Returns:
+        ``({label: {"lr", "complete", "reason"}}, trials)``; ``trials`` has one row per (localization, rate).
+    """
+    edit_overrides = dict(edit_overrides or {})
+    if "lr" in edit_overrides:
+        raise ValueError("edit_overrides sets 'lr', the value being tuned. Fix: leave it out (the candidates are the "
+                         "kind's default times `factors`).")
+    if not factors or any(not f > 0 for f in factors):
+        raise ValueError(f"factors must be positive numbers, got {list(factors)}. Fix: e.g. factors=(0.5, 1, 2).")
+    eval_args = {"formats": (task.train_format,), "n_unrelated": 0, "n_paragraphs": 4, "n_generate": 0,
+                 **(eval_overrides or {}), "progress": False}
+    base = evaluation.evaluate(model, task, None, **eval_args)
+    rows = []
+    for label, loc in localizations.items():
+        default = editing.EditConfig.for_localization(loc, **edit_overrides).lr
+        for factor in factors:
+            cfg = editing.EditConfig.for_localization(loc, **{**edit_overrides, "lr": default * factor})
+            result = editing.edit(model, loc, task, cfg, seed=seed, progress=progress)
+            table = evaluation.evaluate(model, task, result, baseline=base, **eval_args)
+            after = table[table["stage"] == "after"].set_index(["set", "metric"])["value"]
+            before = table[table["stage"] == "before"].set_index(["set", "metric"])["value"]
+            acc = train_accuracy(result)
+            row = dict(localization=label, lr=cfg.lr, train_acc=acc, complete=bool(acc >= completeness),
+                       heldout_maintain_acc=float(after[("maintain", "acc_true")]),
+                       lm_loss_change=float(after[("general_text", "lm_loss")] - before[("general_text", "lm_loss")]),
+                       seconds=result.manifest["seconds"])
+            rows.append(row)
+            if on_trial is not None:
+                on_trial(row)
+    trials = pd.DataFrame(rows, columns=COLUMNS)
+    chosen = {label: choose_rate(trials[trials["localization"] == label], completeness) for label in localizations}
+    return chosen, trials

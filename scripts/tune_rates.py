@@ -1,0 +1,74 @@
+"""A learning rate per localization on the plan's tuning seed (tuning.py's declared rule), before any test cell.
+
+For each dataset of the plan, one task is drawn with the plan's ``tuning_seed`` (never a test seed); every
+localization of the plan (its subject and comparators, from the located components of
+``--components``, random drawn with the tuning seed) edits it at each candidate rate
+(``tuning.FACTORS`` × its kind's default), at full size unless ``--steps`` says otherwise; the rule of
+:mod:`mechunlearn_nb.tuning` picks the rate with the plan's ``edit_completeness``. Each trial is appended to
+``<out>/trials.csv`` as it finishes (a rerun skips the trials there); ``<out>/rates.json`` holds the choice.
+
+    python scripts/tune_rates.py --plan plans/v2.toml --out results/tuning/v2 [--precision bfloat16-mixed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mechunlearn_nb import grid, models, plan, registry, tuning
+from mechunlearn_nb.io import save_json
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"sports": "edit 64 athletes", "counterfact": "counterfact 64"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--plan", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--components", default=str(ROOT / "results" / "09_comparison_full"),
+                    help="folder with localizations_<dataset>.json (located components)")
+    ap.add_argument("--datasets", default="sports,counterfact")
+    ap.add_argument("--precision", default="float32")
+    ap.add_argument("--steps", type=int, default=None, help="edit steps (default: EditConfig's)")
+    args = ap.parse_args()
+    p = plan.require(args.plan)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done_path = out / "trials.csv"
+    done = pd.read_csv(done_path) if done_path.exists() else pd.DataFrame(columns=["dataset", *tuning.COLUMNS])
+    model = models.load_model()
+    names = tuple(dict.fromkeys((p.subject, *p.comparators)))
+    overrides = {"eval_every": 0, "precision": args.precision, **({"steps": args.steps} if args.steps else {})}
+    chosen = {}
+    for dataset in args.datasets.split(","):
+        record = json.loads((Path(args.components) / f"localizations_{dataset}.json").read_text())
+        locs = grid.localizations_from_record(model, record, names, source=args.components)
+        locs = {n: registry.for_seed(model, locs, n, p.tuning_seed) for n in names}
+        task = grid.build_task(model, TASKS[dataset], p.tuning_seed)
+        todo = {n: loc for n, loc in locs.items() if not (done["dataset"].eq(dataset) & done["localization"].eq(n)).any()}
+
+        def save(row, dataset=dataset):
+            nonlocal done
+            done = pd.concat([done, pd.DataFrame([dict(dataset=dataset, **row)])], ignore_index=True)
+            tmp = done_path.with_suffix(".tmp")
+            done.to_csv(tmp, index=False)
+            tmp.replace(done_path)
+            print(json.dumps(dict(dataset=dataset, **row)), flush=True)
+
+        if todo:
+            tuning.tune_rates(model, task, todo, p.edit_completeness, seed=p.tuning_seed, edit_overrides=overrides,
+                              on_trial=save)
+        table = done[done["dataset"] == dataset]
+        chosen[dataset] = {n: tuning.choose_rate(table[table["localization"] == n], p.edit_completeness) for n in names}
+    save_json(dict(plan=str(args.plan), tuning_seed=p.tuning_seed, completeness=p.edit_completeness,
+                   factors=list(tuning.FACTORS), tasks={d: TASKS[d] for d in chosen}, edit_overrides=overrides,
+                   rates=chosen), out / "rates.json")
+    print(json.dumps(chosen, indent=1))
+
+
+if __name__ == "__main__":
+    main()
