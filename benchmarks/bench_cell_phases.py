@@ -17,12 +17,14 @@ package and in a bare baseline that computes the same numbers on a separately lo
   loop with the same adapters and loss.
 
 Each phase runs under both precisions of ``train.PRECISIONS`` for the training phases (the bare side
-under the same ``torch.autocast``); the evaluation is always float32. Sides alternate (``--rounds``) so
+under the same ``torch.autocast``); the evaluation is always float32. ``--phases evaluation-precision``
+shows why: it times the base evaluation in float32 and under bfloat16 autocast and reports the largest
+change of an accuracy between the two (a measurement that moves is not the same measurement). Sides alternate (``--rounds``) so
 that background load affects both alike; the first step of each training run is not timed (optimiser
 state). Ratios are bare time / package time (>1: the package is faster). One thread by default, as a grid
 worker runs. Results go to ``benchmarks/results/cell_phases-<time>.json``.
 
-    python benchmarks/bench_cell_phases.py [--steps 4] [--rounds 2] [--threads 1]
+    python benchmarks/bench_cell_phases.py [--steps 4] [--rounds 2] [--threads 1] [--phases edit,evaluation,attack]
 """
 
 from __future__ import annotations
@@ -193,6 +195,28 @@ def bench_evaluation(bridge, hf, tok, task) -> dict:
                 lm_loss_package=float(lm), lm_loss_bare=loss, n_prompts=len(formats) * sum(len(task.facts(w)) for w in ("forget", "maintain_eval")))
 
 
+def evaluation_precision(bridge, task) -> dict:
+    """Why the evaluation stays float32: the base evaluation in float32 and under bfloat16 autocast, timed,
+    with the largest change of an accuracy (and of the general-text loss) between the two."""
+    from mechunlearn_nb import evaluation
+
+    tables, seconds = {}, {}
+    for name, ctx in (("float32", torch.autocast("cpu", enabled=False)),
+                      ("bfloat16-autocast", torch.autocast("cpu", dtype=torch.bfloat16))):
+        t0 = time.perf_counter()
+        with ctx:
+            table = evaluation.evaluate(bridge, task, None, n_unrelated=0, n_generate=0, n_paragraphs=8, lm_tokens=128,
+                                        progress=False)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        tables[name] = table.set_index(["set", "format", "metric"])["value"]
+    diff = (tables["float32"] - tables["bfloat16-autocast"]).abs()
+    acc = diff[diff.index.get_level_values("metric").str.startswith("acc")]
+    worst = acc.idxmax()
+    return dict(seconds=seconds, max_accuracy_change=float(acc.max()), where=" / ".join(worst),
+                n_facts=int(len(task.facts(worst[0] if worst[0] != "maintain" else "maintain_eval"))),
+                lm_loss_change=float(diff.xs("lm_loss", level="metric").max()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=4, help="optimiser steps per training run (the first is not timed)")
@@ -219,7 +243,10 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(folder))
     paragraphs = train.general_text("train", exclude=task.subjects)
     results: dict = {}
-    for phase in args.phases.split(","):
+    if "evaluation-precision" in args.phases.split(","):
+        results["evaluation-precision"] = evaluation_precision(bridge, task)
+        print(f"evaluation-precision: {results['evaluation-precision']}", flush=True)
+    for phase in [p for p in args.phases.split(",") if p != "evaluation-precision"]:
         precisions = ["float32"] if phase == "evaluation" else args.precisions.split(",")
         for precision in precisions:
             runs = {"package": [], "bare": []}
@@ -242,6 +269,8 @@ def main() -> None:
                                                      **extra)
     print()
     for name, r in results.items():
+        if name == "evaluation-precision":
+            continue
         print(f"{name:32s} package {r['median_s']['package']:7.2f} s  bare {r['median_s']['bare']:7.2f} s  "
               f"ratio {r['ratio_bare_over_package']:.2f}x ({r['unit']})")
     out = Path(__file__).resolve().parent / "results"

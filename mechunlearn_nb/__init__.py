@@ -16,7 +16,8 @@ data flows down this list):
   (a ``Localization`` with its ``Kind``) → ``registry`` (the named localizations, built in one call);
 - train: ``train`` (the one loop: fact batches, losses, accuracy, weight restore);
 - use the loop: ``editing`` (deltas), ``attacks`` (relearning, soft prompt), ``masking``;
-- measure: ``evaluation``, ``latent`` (robustness tables), ``statistics`` (intervals, verdicts);
+- measure: ``evaluation``, ``latent`` (robustness tables), ``statistics`` (intervals, verdicts), ``tuning`` (a
+  learning rate per localization, by a declared rule);
 - run: ``grid`` (cells, resume), ``cluster`` (the grid on Ray workers), ``plan`` (pre-registration), ``reanalysis``, ``sizing``
   (grid configs, their cost), ``runner``, ``report``, ``expected``, ``__main__``;
 - view: ``plots`` (every figure), ``widgets`` (every explorer); only ``__main__``/``report`` sit above them.

@@ -131,7 +131,7 @@ LAYERS = [
     ("locate", {"tracing", "patching", "probing", "localization", "registry"}),
     ("train", {"train"}),
     ("use the loop", {"editing", "attacks", "masking"}),
-    ("measure", {"evaluation", "latent", "statistics"}),
+    ("measure", {"evaluation", "latent", "statistics", "tuning"}),
     ("run", RUN),
     ("view", VIEW),
 ]
