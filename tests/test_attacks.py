@@ -75,6 +75,21 @@ def test_lora_relearning_curve_and_model_bit_identical(tiny, task, result):
     assert a[3] > a[0], f"training on half A's true answers did not raise their probability: {a.to_dict()}"
 
 
+def test_the_papers_cosine_schedule_decays_the_attack_rate(tiny, task, result):
+    rates = {}
+    for schedule in attacks.SCHEDULES:
+        rows = []
+        cfg = attacks.RelearnConfig(eval_steps=(0, 4), rank=8, lr=2e-2, maintain_coef=0.0, schedule=schedule, **QUICK)
+        attacks.relearn(tiny, result, task, cfg, seed=0, progress=False, on_step=rows.append)
+        rates[schedule] = [r["lr"] for r in rows if "lr" in r]
+    assert rates["constant"] == [2e-2] * 4
+    assert rates["cosine"][0] == pytest.approx(2e-2) and rates["cosine"] == sorted(rates["cosine"], reverse=True)
+    assert rates["cosine"][-1] < 0.2 * 2e-2
+    assert attacks.RelearnConfig(**attacks.PAPER_LORA).rank == 512
+    with pytest.raises(ValueError, match="cosine"):
+        attacks.RelearnConfig(schedule="linear")
+
+
 def test_full_finetuning_and_base_attack_restore_weights(tiny, task, result):
     snap = Snapshot(tiny)
     cfg = attacks.RelearnConfig(method="full", eval_steps=(0, 2), lr=1e-3, lm_tokens=16, lm_window=16,
