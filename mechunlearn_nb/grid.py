@@ -63,7 +63,7 @@ from .tasks import dataset_of
 
 TASKS = ("forget basketball", "edit 16 athletes", "edit 64 athletes", "counterfact 16", "counterfact 64")
 #: task names :func:`build_task` understands (:data:`TASKS` are the paper's sizes)
-TASK_PATTERN = re.compile(r"forget basketball|edit [1-9]\d* athletes|counterfact [1-9]\d*")
+TASK_PATTERN = re.compile(r"forget basketball|(edit|forget) [1-9]\d* athletes|counterfact [1-9]\d*")
 SEEDS = (0, 1, 2)  # the full-size grid's seeds
 
 
@@ -72,7 +72,7 @@ def check_selection(tasks: tuple[str, ...], localizations: tuple[str, ...], seed
     unknown = [t for t in tasks if not TASK_PATTERN.fullmatch(t)]
     if unknown or not tasks:
         raise ValueError(f"Unknown task(s) {unknown or '(none given)'}; choose from {TASKS} (any size N in "
-                         f"'edit N athletes' and 'counterfact N').")
+                         f"'edit N athletes', 'forget N athletes' and 'counterfact N').")
     registry.check_names(localizations)
     if not seeds:
         raise ValueError("No seeds: give at least one seed.")
@@ -273,6 +273,9 @@ def build_task(model, name: str, seed: int, max_forget: int | None = None, max_m
     if name == "forget basketball":
         return tasks.forget_sport(model, "basketball", "golf", seed=seed, max_forget=max_forget, max_maintain=max_maintain,
                                   known=known)
+    m = re.fullmatch(r"forget (\d+) athletes", name)
+    if m:
+        return tasks.forget_athletes(model, n=int(m.group(1)), seed=seed, max_maintain=max_maintain, known=known)
     m = re.fullmatch(r"edit (\d+) athletes", name)
     if m:
         return tasks.edit_athletes(model, n=int(m.group(1)), seed=seed, max_maintain=max_maintain, known=known)

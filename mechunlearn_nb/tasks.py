@@ -339,6 +339,40 @@ def edit_athletes(model, n: int = 16, seed: int = 0, athletes: list[str] | None 
     return Task(f"edit {len(forget)} athletes", "sports", forget, train, held, dict(n=len(forget), seed=seed))
 
 
+def forget_athletes(model, n: int = 64, seed: int = 0, new: str = "golf", train_frac: float = 0.5,
+                    max_maintain: int | None = None, known: pd.DataFrame | None = None) -> Task:
+    """``n`` known athletes of every sport now play ``new`` (golf): forgetting that elimination cannot undo.
+
+    In "forget basketball" every forgotten athlete played the same sport, so an attack that relearns half of
+    them teaches the other half's answer by elimination (they all play basketball). Here the athletes are drawn
+    from all the known ones, whatever their sport: half A's true sports say nothing about half B's.
+
+    Args:
+        n: how many athletes (a seeded sample of the known ones).
+        seed: which athletes, and the maintain split.
+        new: the injected answer (golf by default: no athlete of the data plays it).
+        train_frac, max_maintain, known: as in :func:`edit_athletes`.
+    """
+    seed = check_int("seed", seed, min=0)
+    n = check_int("n", n, min=1)
+    if new not in _NEW_SPORTS:
+        raise ValueError(f"New sport {new!r} must be one of {list(_NEW_SPORTS)}.")
+    known = known_facts(model, "sports") if known is None else known
+    if new in SPORTS:
+        known = known[known["sport"] != new]  # an athlete who already plays the new sport has nothing to forget
+    if not n <= len(known) - 2:
+        raise ValueError(f"Cannot forget {n} athletes: the model knows {len(known)} eligible ones (and some must remain "
+                         f"to maintain). Fix: choose 1 <= n <= {len(known) - 2}.")
+    rng = np.random.default_rng(seed)
+    chosen = known.iloc[np.sort(rng.choice(len(known), size=n, replace=False))].reset_index(drop=True)
+    forget = chosen.assign(true_answer=chosen["sport"], new_answer=new)
+    rest = known[~known["athlete"].isin(set(forget["athlete"]))]
+    train, held = _split_maintain(rest, seed, train_frac, max_maintain, max_maintain)
+    train, held = (d.assign(true_answer=d["sport"]) for d in (train, held))
+    return Task(f"forget {len(forget)} athletes", "sports", forget, train, held,
+                dict(n=len(forget), seed=seed, new=new, sports=forget["sport"].value_counts().to_dict()))
+
+
 def counterfact_edit(model, n: int = 16, seed: int = 0, train_frac: float = 0.5, max_maintain: int | None = None,
                      known: pd.DataFrame | None = None) -> Task:
     """``n`` known CounterFact facts rewritten to their ``target_new``.

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mechunlearn_nb import data, editing, evaluation, models, scoring, tasks
+from mechunlearn_nb import data, editing, evaluation, grid, models, scoring, tasks
 from mechunlearn_nb.localization import Localization
 
 SMALL = dict(steps=3, lr=1e-2, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_every=2, eval_facts=8)
@@ -156,6 +156,14 @@ def test_task_builders_split_and_label(tiny):
     assert len(f.forget) == int((known["sport"] == "basketball").sum())
     with pytest.raises(ValueError, match="must differ"):
         tasks.forget_sport(tiny, "basketball", "basketball", known=known)
+    # forgetting that elimination cannot undo: athletes of every sport, all moved to golf
+    g = grid.build_task(tiny, "forget 30 athletes", 1, known=known)
+    assert g.name == "forget 30 athletes" and len(g.forget) == 30 and (g.forget["new_answer"] == "golf").all()
+    assert g.forget["sport"].nunique() == 3 and not set(g.subjects) & set(g.maintain_eval["athlete"])
+    pd.testing.assert_frame_equal(g.forget, tasks.forget_athletes(tiny, 30, seed=1, known=known).forget)
+    assert "basketball" not in set(tasks.forget_athletes(tiny, 10, seed=1, new="basketball", known=known).forget["sport"])
+    with pytest.raises(ValueError, match="Cannot forget"):
+        tasks.forget_athletes(tiny, len(known), known=known)
 
 
 def test_evaluate_table_shape_and_model_untouched(tiny, task, result):
