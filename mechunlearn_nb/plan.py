@@ -17,7 +17,12 @@ The file's tables (all required; see ``plans/v2.toml`` for a complete one):
 - ``[[claims]]``: ``id``, ``statement``, ``metric``, ``higher_is_better``, ``instrument`` (a prompt format of
   :data:`.statistics.CHANCE`, or any name with an explicit ``chance``), ``datasets``;
 - ``[[side_effects]]``: ``id``, ``metric``, ``margin`` (the equivalence margin of a TOST);
-- ``[comparators]``: ``subject`` (the localization the claims are about) and ``versus`` (registry labels or keys).
+- ``[comparators]``: ``subject`` (the localization the claims are about) and ``versus`` (registry labels or keys);
+- ``[grid]``: ``tasks`` (grid task names), ``precision`` (the training forward pass, ``train.PRECISIONS``),
+  ``relearn_steps`` (where the relearning curve is measured);
+- ``[tuning]``: ``factors`` (candidate rates: each localization kind's default times these, :mod:`.tuning`);
+- ``[attack]``: ``settings`` (from :data:`ATTACK_SETTINGS`), ``min_separation`` (the positive minus negative
+  control's held-out probability area a setting must reach to carry a relearning claim).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 CORRECTIONS = ("holm",)
+#: the relearning attack's settings a plan can name: "scaled" (RelearnConfig's default), "paper" (attacks.PAPER_LORA)
+ATTACK_SETTINGS = ("scaled", "paper")
 DATASETS = ("sports", "counterfact")
 FLOAT = (float, int)  # TOML writes 1 for 1.0
 _FIX = "Fix: edit the plan file (plans/v2.toml is a complete example) and commit it before the grid runs."
@@ -86,6 +93,17 @@ class Plan:
     comparators: tuple[str, ...]
     claims: tuple[Claim, ...]
     side_effects: tuple[SideEffect, ...]
+    tasks: tuple[str, ...] = ()
+    precision: str = "float32"
+    relearn_steps: tuple[int, ...] = (0, 5, 10, 20)
+    tuning_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
+    attack_settings: tuple[str, ...] = ("scaled",)
+    min_separation: float = 0.05
+
+    @property
+    def localizations(self) -> tuple[str, ...]:
+        """The grid's localizations: the subject, then its comparators."""
+        return (self.subject, *self.comparators)
 
     @property
     def family_size(self) -> int:
@@ -172,6 +190,24 @@ def load(path: str | Path) -> Plan:
                           metric=_get(path, s, f"[[side_effects]] #{i + 1}", "metric", str),
                           margin=_get(path, s, f"[[side_effects]] #{i + 1}", "margin", FLOAT, lambda v: v > 0, " (> 0)"))
                for i, s in enumerate(raw.get("side_effects") or [])]
+    design = _table(path, raw, "grid")
+    task_names = _get(path, design, "[grid]", "tasks", list, lambda v: len(v) >= 1 and all(isinstance(t, str) for t in v))
+    from .grid import TASK_PATTERN  # (grid does not import plan)
+    unknown = [t for t in task_names if not TASK_PATTERN.fullmatch(t)]
+    if unknown:
+        raise _fail(path, f"[grid].tasks names unknown task(s) {unknown} (e.g. 'edit 64 athletes', 'forget 64 athletes', "
+                          f"'counterfact 64')")
+    from .train import PRECISIONS
+    precision = _get(path, design, "[grid]", "precision", str, lambda v: v in PRECISIONS, f" (one of {PRECISIONS})")
+    steps = _get(path, design, "[grid]", "relearn_steps", list, lambda v: len(v) >= 2 and v[0] == 0 and
+                 all(isinstance(x, int) for x in v) and v == sorted(set(v)), " (increasing integer steps from 0)")
+    tuning_table = _table(path, raw, "tuning")
+    factors = _get(path, tuning_table, "[tuning]", "factors", list, lambda v: v and all(isinstance(f, FLOAT) and f > 0 for f in v),
+                   " (positive numbers)")
+    attack = _table(path, raw, "attack")
+    settings = _get(path, attack, "[attack]", "settings", list, lambda v: v and set(v) <= set(ATTACK_SETTINGS),
+                    f" (from {ATTACK_SETTINGS})")
+    separation = _get(path, attack, "[attack]", "min_separation", FLOAT, lambda v: 0 <= v < 1)
     ids = [c.id for c in claims] + [s.id for s in effects]
     if len(set(ids)) != len(ids):
         raise _fail(path, f"claim and side-effect ids must be unique; got {ids}")
@@ -185,7 +221,10 @@ def load(path: str | Path) -> Plan:
                 edit_completeness=_get(path, exclusions, "[exclusions]", "edit_completeness", FLOAT,
                                        lambda v: 0 < v <= 1, " (0 < completeness ≤ 1)"),
                 min_held_out=_get(path, exclusions, "[exclusions]", "min_held_out", int, lambda v: v >= 1, " (≥ 1)"),
-                subject=subject, comparators=tuple(versus), claims=tuple(claims), side_effects=tuple(effects))
+                subject=subject, comparators=tuple(versus), claims=tuple(claims), side_effects=tuple(effects),
+                tasks=tuple(task_names), precision=precision, relearn_steps=tuple(steps),
+                tuning_factors=tuple(float(f) for f in factors), attack_settings=tuple(settings),
+                min_separation=float(separation))
 
 
 def require(path: str | Path | None) -> Plan:

@@ -7,7 +7,7 @@ localization of the plan (its subject and comparators, from the located componen
 :mod:`mechunlearn_nb.tuning` picks the rate with the plan's ``edit_completeness``. Each trial is appended to
 ``<out>/trials.csv`` as it finishes (a rerun skips the trials there); ``<out>/rates.json`` holds the choice.
 
-    python scripts/tune_rates.py --plan plans/v2.toml --out results/tuning/v2 [--precision bfloat16-mixed]
+    python scripts/tune_rates.py --plan plans/v2.toml --out results/tuning/v2
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--components", default=str(ROOT / "results" / "09_comparison_full"),
                     help="folder with localizations_<dataset>.json (located components)")
     ap.add_argument("--datasets", default="sports,counterfact")
-    ap.add_argument("--precision", default="float32")
+    ap.add_argument("--precision", default=None, help="the training forward pass (default: the plan's)")
     ap.add_argument("--steps", type=int, default=None, help="edit steps (default: EditConfig's)")
     args = ap.parse_args()
     p = plan.require(args.plan)
@@ -42,9 +42,9 @@ def main() -> None:
     done = pd.read_csv(done_path) if done_path.exists() else pd.DataFrame(columns=["dataset", *tuning.COLUMNS])
     model = models.load_model()
     names = tuple(dict.fromkeys((p.subject, *p.comparators)))
-    overrides = {"eval_every": 0, "precision": args.precision, **({"steps": args.steps} if args.steps else {})}
+    overrides = {"eval_every": 0, "precision": args.precision or p.precision, **({"steps": args.steps} if args.steps else {})}
     chosen = {}
-    for dataset in args.datasets.split(","):
+    for dataset in args.datasets.split(","):  # (the plan's factors: tuning.tune_rates' candidates)
         record = json.loads((Path(args.components) / f"localizations_{dataset}.json").read_text())
         locs = grid.localizations_from_record(model, record, names, source=args.components)
         locs = {n: registry.for_seed(model, locs, n, p.tuning_seed) for n in names}
@@ -60,12 +60,12 @@ def main() -> None:
             print(json.dumps(dict(dataset=dataset, **row)), flush=True)
 
         if todo:
-            tuning.tune_rates(model, task, todo, p.edit_completeness, seed=p.tuning_seed, edit_overrides=overrides,
-                              on_trial=save)
+            tuning.tune_rates(model, task, todo, p.edit_completeness, factors=p.tuning_factors, seed=p.tuning_seed,
+                              edit_overrides=overrides, on_trial=save)
         table = done[done["dataset"] == dataset]
         chosen[dataset] = {n: tuning.choose_rate(table[table["localization"] == n], p.edit_completeness) for n in names}
     save_json(dict(plan=str(args.plan), tuning_seed=p.tuning_seed, completeness=p.edit_completeness,
-                   factors=list(tuning.FACTORS), tasks={d: TASKS[d] for d in chosen}, edit_overrides=overrides,
+                   factors=list(p.tuning_factors), tasks={d: TASKS[d] for d in chosen}, edit_overrides=overrides,
                    rates=chosen), out / "rates.json")
     print(json.dumps(chosen, indent=1))
 

@@ -16,7 +16,12 @@ def test_the_shipped_plan_loads():
     assert p.probe_window == (6, 14) and p.edit_completeness == 0.95
     assert {c.id for c in p.claims} >= {"mcq", "qa", "relearning", "probe"}
     assert {s.metric: s.margin for s in p.side_effects}["maintain_acc"] == 0.05
-    assert p.family_size == sum(len(c.datasets) for c in p.claims) * 3 + len(p.side_effects) * 2 * 3
+    assert p.family_size == sum(len(c.datasets) for c in p.claims) * 4 + len(p.side_effects) * 2 * 4
+    # the study's design: five test seeds, a forgetting task elimination cannot solve, both attack settings
+    assert len(p.test_seeds) >= 5 and "forget 64 athletes" in p.tasks and "forget basketball" not in p.tasks
+    assert p.localizations == ("fact lookup", "OT (causal tracing)", "OT (attribution patching)", "random",
+                               "non-localized")
+    assert p.precision == "bfloat16-mixed" and p.relearn_steps[0] == 0 and p.attack_settings == ("scaled", "paper")
 
 
 def test_a_missing_plan_is_refused_naming_the_file_and_the_fix(tmp_path):
@@ -29,11 +34,15 @@ def test_a_missing_plan_is_refused_naming_the_file_and_the_fix(tmp_path):
 @pytest.mark.parametrize("change, problem", [
     (("alpha = 0.05", "alpha = 5"), r"\[plan\]\.alpha = 5 is out of range"),
     (("tuning_seed = 100", "tuning_seed = 1"), "tuning_seed 1 is also a test seed"),
-    (('"random"]', '"randomly"]'), "unknown localization"),
+    (('"random", "non-localized"]', '"randomly", "non-localized"]'), "unknown localization"),
     (("window = [6, 14]", "window = [14, 6]"), r"\[probe\]\.window"),
     (('instrument = "mcq_debiased"\nchance = 0.25', 'instrument = "mcq_debiased"'), "no known chance level"),
     (("edit_completeness = 0.95", ""), "has no 'edit_completeness'"),
     (("[plan]", "[plan"), "not valid TOML"),
+    (('"forget 64 athletes"', '"forget everything"'), "unknown task"),
+    (('precision = "bfloat16-mixed"', 'precision = "half"'), r"\[grid\]\.precision"),
+    (('settings = ["scaled", "paper"]', 'settings = ["strong"]'), r"\[attack\]\.settings"),
+    (("relearn_steps = [0, 2, 5, 10, 20]", "relearn_steps = [5, 20]"), r"\[grid\]\.relearn_steps"),
 ])
 def test_a_malformed_plan_is_refused(tmp_path, change, problem):
     text = V2.read_text()
