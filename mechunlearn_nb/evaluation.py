@@ -154,11 +154,14 @@ def _generation_rows(model, task, n: int, max_new_tokens: int) -> list[dict]:
 
 
 def _measure(model, task, formats, unrelated, n_paragraphs, lm_tokens, n_generate, max_new_tokens, batch_size,
-             progress, stage) -> list[dict]:
+             progress, stage, mcq_debiased: int = 0) -> list[dict]:
     jobs = [("forget", f) for f in formats] + [("maintain_eval", f) for f in formats]
     rows = []
     for which, fmt in tqdm(jobs, desc=f"evaluate ({stage})", disable=not progress, leave=False):
         rows += _accuracy_rows(model, task, which, fmt, batch_size)
+    if mcq_debiased:
+        rows += debiased_mcq_rows(model, task, "forget", batch_size=batch_size)
+        rows += debiased_mcq_rows(model, task, "maintain_eval", limit=mcq_debiased, batch_size=batch_size)
     if unrelated is not None and len(unrelated):
         rows += _unrelated_rows(model, unrelated, batch_size)
     if n_paragraphs:
@@ -173,7 +176,8 @@ def _measure(model, task, formats, unrelated, n_paragraphs, lm_tokens, n_generat
 def evaluate(model, task, result: EditResult | None = None, *, baseline: pd.DataFrame | None = None,
              formats: tuple[str, ...] | None = None, unrelated: pd.DataFrame | None = None, n_unrelated: int = 48,
              n_paragraphs: int = 8, lm_tokens: int = 128, n_generate: int = 3, max_new_tokens: int = 6,
-             batch_size: int = 32, seed: int | None = None, progress: bool = True) -> pd.DataFrame:
+             batch_size: int = 32, seed: int | None = None, progress: bool = True, mcq_debiased: int = 0
+             ) -> pd.DataFrame:
     """The robustness table of one edit (or of the base model when ``result`` is None).
 
     Args:
@@ -190,6 +194,8 @@ def evaluate(model, task, result: EditResult | None = None, *, baseline: pd.Data
         n_generate: forget facts whose greedy continuation is recorded (0: skip).
         max_new_tokens: length of those continuations.
         seed: recorded in the table (default: the edit's seed).
+        mcq_debiased: also the debiased multiple choice (:func:`debiased_mcq_rows`, format ``"mcq_debiased"``)
+            of every forget fact and of this many held-out maintain facts (0: skip).
 
     Returns:
         The long table: ``task, dataset, localization, seed, stage, set, format, metric, value, n,
@@ -211,17 +217,18 @@ def evaluate(model, task, result: EditResult | None = None, *, baseline: pd.Data
     require_base_model(model, "evaluate()")
     if unrelated is None and n_unrelated:
         unrelated = unrelated_facts(model, task, n=n_unrelated)
+    mcq_debiased = check_int("mcq_debiased", mcq_debiased, min=0)
     args = (formats, unrelated, n_paragraphs, lm_tokens, n_generate, max_new_tokens, batch_size, progress)
     if baseline is not None:
         before = baseline[baseline["stage"] == "before"].to_dict("records")
         if not before or set(baseline["task"]) != {task.name}:
             raise ValueError(f"baseline is not a base-model table of task {task.name!r}. Fix: pass evaluate(model, task).")
     else:
-        before = _measure(model, task, *args, "before")
+        before = _measure(model, task, *args, "before", mcq_debiased)
     rows = [dict(r, stage="before") for r in before]
     if result is not None:
         with result.applied(model):
-            rows += [dict(r, stage="after") for r in _measure(model, task, *args, "after")]
+            rows += [dict(r, stage="after") for r in _measure(model, task, *args, "after", mcq_debiased)]
     label = result.localization if result is not None else "base"
     seed = seed if seed is not None else (result.seed if result is not None else 0)
     table = pd.DataFrame(rows)
@@ -507,6 +514,44 @@ def mmlu_accuracy(model, n: int = 200, seed: int = 0, subjects: list[str] | None
     q, o, a = mmlu_items(sample)
     return debiased_mcq(model, q, o, a, instrument="mmlu", scorings=scorings, batch_size=batch_size,
                         confidence=confidence)
+
+
+def debiased_mcq_rows(model, task, which: str = "forget", limit: int | None = None, batch_size: int = 32
+                      ) -> list[dict]:
+    """The debiased multiple choice of a task's facts as evaluation rows (``format="mcq_debiased"``).
+
+    The variant the unedited model answers best on held-out athletes (``results/instruments/``): each option's
+    *text* scored after ``Answer:`` in every cyclic order of the options, calibrated by the content-free
+    prompt, averaged over the orders; sports items carry the ``mcq`` format's system prompt. Rows:
+    ``acc_true, p_true`` (and ``acc_new, p_new`` on the forget facts of an edit), ``n`` the items scored
+    (CounterFact facts without a vendored question are left out).
+
+    Args:
+        which: ``"forget"`` or ``"maintain_eval"``.
+        limit: score only the first this many facts (None: all).
+    """
+    from .prompts import MCQ_SPORTS, SYSTEM_PROMPT, counterfact_mcq_items, sports_mcq_items
+
+    facts = task.facts(which).reset_index(drop=True)
+    if limit is not None:
+        facts = facts.iloc[: check_int("limit", limit, min=1)]
+    new_col = facts["new_answer"] if "new_answer" in facts else pd.Series([None] * len(facts))
+    if task.dataset == "sports":
+        questions, options, true = sports_mcq_items(facts)
+        prefix = SYSTEM_PROMPT + "\n"
+        new = [MCQ_SPORTS.index(a) if isinstance(a, str) and a in MCQ_SPORTS else -1 for a in new_col]
+    else:
+        questions, options, true, idx = counterfact_mcq_items(facts)
+        prefix = ""
+        new = [opts.index(t) if t in opts else -1 for opts, t in zip(options, facts["target_new"].iloc[idx])]
+    probs = mcq_option_probs(model, questions, options, prefix=prefix, scorings=("text",), batch_size=batch_size)
+    p = calibrate(probs[("text", False)], probs[("text", True)]).mean(0)
+    rows_idx = np.arange(len(true))
+    pred, true, new = p.argmax(-1), np.asarray(true), np.asarray(new)
+    rows = [dict(metric="acc_true", value=float((pred == true).mean())), dict(metric="p_true", value=float(p[rows_idx, true].mean()))]
+    if which == "forget" and (new >= 0).all():
+        rows += [dict(metric="acc_new", value=float((pred == new).mean())), dict(metric="p_new", value=float(p[rows_idx, new].mean()))]
+    return [dict(r, set="forget" if which == "forget" else "maintain", format="mcq_debiased", n=len(true)) for r in rows]
 
 
 def testability(table: pd.DataFrame, margin: float = TESTABILITY_MARGIN) -> pd.DataFrame:

@@ -138,3 +138,31 @@ def test_mmlu_and_counterfact_items(tiny):
         prompts.mmlu_items(pd.DataFrame({"question": ["q"]}))
     with pytest.raises(ValueError, match="n must be"):
         evaluation.mmlu_accuracy(tiny, n=0)
+
+
+def test_the_evaluation_table_carries_debiased_multiple_choice_before_and_after(tiny):
+    from mechunlearn_nb import editing, tasks
+    from mechunlearn_nb.localization import Localization
+
+    known = data.load_sports().head(200)
+    task = tasks.edit_athletes(tiny, n=4, seed=0, known=known, max_maintain=8)
+    res = editing.edit(tiny, Localization.from_components(tiny, ["m1"], name="m1"), task,
+                       editing.EditConfig(steps=2, batch_size=2, maintain_batch_size=2, lm_tokens=8, lm_window=8,
+                                          eval_every=0), seed=0, progress=False)
+    args = dict(formats=("fact",), n_unrelated=0, n_paragraphs=0, n_generate=0, progress=False)
+    table = evaluation.evaluate(tiny, task, res, mcq_debiased=3, **args)
+    deb = table[table["format"] == "mcq_debiased"]
+    # before and after; forget facts with the new answer too; held-out maintain facts capped at 3
+    assert set(deb["stage"]) == {"before", "after"}
+    assert set(deb[deb["set"] == "forget"]["metric"]) == {"acc_true", "p_true", "acc_new", "p_new"}
+    assert set(deb[deb["set"] == "maintain"]["n"]) == {3} and set(deb[deb["set"] == "forget"]["n"]) == {4}
+    # the rows are debiased_mcq's "text, cyclic orders, calibrated" variant on the same facts
+    rows = evaluation.debiased_mcq_rows(tiny, task, "forget")
+    q, opts, ans = prompts.sports_mcq_items(task.forget)
+    ref = evaluation.debiased_mcq(tiny, q, opts, ans, instrument="mcq", prefix=prompts.SYSTEM_PROMPT + "\n",
+                                  scorings=("text",))
+    ref_acc = ref.set_index("variant").loc["text, cyclic orders, calibrated", "accuracy"]
+    assert {r["metric"]: r["value"] for r in rows}["acc_true"] == pytest.approx(ref_acc)
+    before = deb[(deb["stage"] == "before") & (deb["set"] == "forget") & (deb["metric"] == "acc_true")]["value"].iloc[0]
+    assert before == pytest.approx(ref_acc)
+    assert "mcq_debiased" not in set(evaluation.evaluate(tiny, task, None, **args)["format"])  # only when asked
