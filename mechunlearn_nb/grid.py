@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import attacks, editing, evaluation, latent, registry, tasks
+from . import attacks, editing, evaluation, latent, registry, tasks, tuning
 from .io import save_json, slug
 from .models import hf_model
 from .tasks import dataset_of
@@ -65,6 +65,8 @@ TASKS = ("forget basketball", "edit 16 athletes", "edit 64 athletes", "counterfa
 #: task names :func:`build_task` understands (:data:`TASKS` are the paper's sizes)
 TASK_PATTERN = re.compile(r"forget basketball|(edit|forget) [1-9]\d* athletes|counterfact [1-9]\d*")
 SEEDS = (0, 1, 2)  # the full-size grid's seeds
+#: the relearning attacks a cell can run: the scaled default, and the paper's own setting (attacks.PAPER_LORA)
+ATTACK_SETTINGS = ("scaled", "paper")
 
 
 def check_selection(tasks: tuple[str, ...], localizations: tuple[str, ...], seeds: tuple[int, ...]) -> None:
@@ -109,6 +111,13 @@ class GridConfig:
             (None: from the layer after fact lookup's last MLP to the last layer minus four).
         known_threshold: the probability above which a fact counts as known (None: the paper's,
             :data:`~mechunlearn_nb.tasks.KNOWN_THRESHOLD`).
+        attack_settings: the relearning attacks of every cell, from :data:`ATTACK_SETTINGS` (``"scaled"``:
+            ``relearn_overrides`` as given; ``"paper"``: with :data:`~mechunlearn_nb.attacks.PAPER_LORA` on
+            top); the first one makes ``relearn_acc``, each its own ``relearn_<setting>_*`` curve summaries.
+        rates: a learning rate per localization, ``{dataset: {label: lr}}`` (e.g. ``scripts/tune_rates.py``'s
+            choice on a tuning seed); a localization missing there keeps its kind's default.
+        mcq_debiased: measure the debiased multiple choice on every forget fact and this many held-out
+            maintain facts (0: no).
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -128,9 +137,23 @@ class GridConfig:
     eval_overrides: dict = field(default_factory=dict)
     probe_window: tuple[int, int] | None = None
     known_threshold: float | None = None
+    attack_settings: tuple[str, ...] = ("scaled",)
+    rates: dict | None = None
+    mcq_debiased: int = 0
 
     def __post_init__(self):
         check_selection(self.tasks, self.localizations, self.seeds)
+        self.attack_settings = tuple(self.attack_settings)
+        bad = [a for a in self.attack_settings if a not in ATTACK_SETTINGS]
+        if bad or not self.attack_settings:
+            raise ValueError(f"attack_settings {list(self.attack_settings)}: choose one or more of {ATTACK_SETTINGS}.")
+        for dataset, rates in (self.rates or {}).items():
+            if dataset not in ("sports", "counterfact") or not isinstance(rates, dict):
+                raise ValueError(f"rates: give {{dataset: {{localization: lr}}}} with datasets 'sports' / 'counterfact'; "
+                                 f"got key {dataset!r}.")
+            registry.check_names(tuple(rates))
+            if any(not (isinstance(v, (int, float)) and v > 0) for v in rates.values()):
+                raise ValueError(f"rates[{dataset!r}]: every learning rate must be a positive number; got {rates}.")
         self.localizations = registry.check_names(self.localizations)  # keys become labels (the saved names)
         for dataset, comps in (self.components or {}).items():
             if dataset not in ("sports", "counterfact"):
@@ -336,11 +359,28 @@ def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: p
         base_mcq_forget_acc=_value(table, "forget", mcq, "acc_true", "before"),
         base_mcq_edit_acc=_value(table, "forget", mcq, "acc_new", "before"),
     )
+    if task.dataset == "sports":  # the question-answer format: a cross-format measure the unedited model answers
+        out.update(qa_forget_acc=_value(table, "forget", "qa", "acc_true"), qa_edit_acc=_value(table, "forget", "qa", "acc_new"),
+                   base_qa_forget_acc=_value(table, "forget", "qa", "acc_true", "before"))
+    if "mcq_debiased" in set(table["format"]):
+        out.update(mcq_debiased_forget_acc=_value(table, "forget", "mcq_debiased", "acc_true"),
+                   mcq_debiased_edit_acc=_value(table, "forget", "mcq_debiased", "acc_new"),
+                   base_mcq_debiased_forget_acc=_value(table, "forget", "mcq_debiased", "acc_true", "before"),
+                   base_mcq_debiased_maintain_acc=_value(table, "maintain", "mcq_debiased", "acc_true", "before"))
     out["relearn_acc"] = np.nan
     if curve is not None and len(curve):
-        held = curve[curve["half"].str.startswith("B")]
-        out["relearn_acc"] = float(held[held["step"] == held["step"].max()]["accuracy"].mean())
-        out["relearn_acc_step0"] = float(held[held["step"] == held["step"].min()]["accuracy"].mean())
+        settings = list(dict.fromkeys(curve["setting"])) if "setting" in curve else [None]
+        for k, setting in enumerate(settings):
+            sub = curve if setting is None else curve[curve["setting"] == setting]
+            held = sub[sub["half"].str.startswith("B")].groupby("step")[["accuracy", "p_true"]].mean()
+            if k == 0:  # the first setting is the grid's relearning number
+                out["relearn_acc"] = float(held["accuracy"].iloc[-1])
+                out["relearn_acc_step0"] = float(held["accuracy"].iloc[0])
+            if setting is not None:  # the whole curve of held-out probabilities (statistics.curve_metrics' summaries)
+                steps, p = held.index.to_numpy(dtype=float), held["p_true"].to_numpy()
+                auc = float(np.trapezoid(p, steps) / (steps[-1] - steps[0])) if len(steps) > 1 else float(p[0])
+                out.update({f"relearn_{setting}_p_true_auc": auc, f"relearn_{setting}_p_true_max": float(p.max()),
+                            f"relearn_{setting}_p_true_change": float(p[-1] - p[0])})
     out["probe_true"] = np.nan
     if probe is not None and len(probe):
         for stage, suffix in (("after", ""), ("before", "_base")):
@@ -394,14 +434,23 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
         seconds[name] = round(now - clock, 1)
         clock = now
 
-    cfg = editing.EditConfig.for_localization(loc, **config.edit_overrides)
+    rate = (config.rates or {}).get(task.dataset, {}).get(loc.name)
+    cfg = editing.EditConfig.for_localization(loc, **{**config.edit_overrides, **({"lr": rate} if rate else {})})
     result = editing.edit(model, loc, task, cfg, seed=seed, progress=progress)
     lap("edit")
     table = evaluation.evaluate(model, task, result, baseline=baseline, unrelated=unrelated,
-                                **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
+                                **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False,
+                                   "mcq_debiased": config.mcq_debiased})
     lap("evaluate")
-    rcfg = attacks.RelearnConfig(eval_steps=config.relearn_steps, **config.relearn_overrides)
-    curve = attacks.relearn(model, result, task, rcfg, seed=seed, progress=progress) if len(task.forget) >= 4 else None
+    curve = None
+    if len(task.forget) >= 4:
+        parts = []
+        for setting in config.attack_settings:
+            extra = attacks.PAPER_LORA if setting == "paper" else {}
+            rcfg = attacks.RelearnConfig(eval_steps=config.relearn_steps, **{**config.relearn_overrides, **extra})
+            part = attacks.relearn(model, result, task, rcfg, seed=seed, progress=progress)
+            parts.append(part.assign(setting=setting) if config.attack_settings != ("scaled",) else part)
+        curve = pd.concat(parts, ignore_index=True)
     lap("relearn")
     base, probe_note = probe_base(model, task, config, seed) if base_probe is None else base_probe
     probe = None if base is None else latent.latent_knowledge(model, task, {loc.name: result}, seed=seed,
@@ -411,7 +460,7 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
     if probe_note:
         metrics["probe_note"] = probe_note
     metrics.update(task=task.name, localization=loc.name, seed=seed, n_params=loc.n_params, n_forget=len(task.forget),
-                   components=list(loc.components))
+                   components=list(loc.components), lr=cfg.lr, train_acc=tuning.train_accuracy(result))
     scores = table[table["set"] != "generation"][["stage", "set", "format", "metric", "value", "n"]]
     return dict(metrics=metrics, curve=[] if curve is None else curve.to_dict("records"), seconds=seconds,
                 evaluation=scores.to_dict("records"),
@@ -507,7 +556,8 @@ class CellComputer:
             task = build_task(model, task_name, seed, config.max_forget, config.max_maintain, known=known)
             unrelated = evaluation.unrelated_facts(model, task, n=config.n_unrelated) if config.n_unrelated else None
             base = evaluation.evaluate(model, task, None, unrelated=unrelated,
-                                       **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False})
+                                       **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False,
+                                          "mcq_debiased": config.mcq_debiased})
             self._task = {key: (task, base, unrelated, probe_base(model, task, config, seed))}  # one task at a time
         task, base, unrelated, base_probe = self._task[key]
         loc = registry.for_seed(model, locs, loc_name, seed)

@@ -263,6 +263,36 @@ def test_grid_cell_on_the_tiny_model(tiny, task):
     json.dumps(cell)  # saved as JSON as it is
 
 
+def test_a_planned_cell_runs_both_attacks_at_its_own_rate_with_debiased_mcq(tiny, task):
+    from mechunlearn_nb import grid, statistics
+
+    loc = Localization.from_components(tiny, ["m1"], name="fact lookup")
+    config = grid.GridConfig(tasks=("edit 8 athletes",), seeds=(0,), relearn_steps=(0, 1, 2), n_unrelated=0,
+                             edit_overrides=dict(EDIT), relearn_overrides=dict(QUICK), probes=False,
+                             eval_overrides=dict(n_paragraphs=1, lm_tokens=16, formats=("fact", "qa")),
+                             attack_settings=("scaled", "paper"), rates={"sports": {"fact lookup": 3e-3}}, mcq_debiased=2)
+    cell = grid.run_cell(tiny, task, loc, 0, config)
+    m, curve = cell["metrics"], pd.DataFrame(cell["curve"])
+    assert m["lr"] == 3e-3 and cell["edit_config"]["lr"] == 3e-3
+    assert set(curve["setting"]) == {"scaled", "paper"} and set(curve["step"]) == {0, 1, 2}
+    # the first setting's held-out curve makes relearn_acc; each setting's probabilities its own summaries, which
+    # agree with statistics.curve_metrics on the same curve
+    scaled = curve[curve["setting"] == "scaled"].assign(task="t", localization="l", seed=0)
+    ref = statistics.curve_metrics(scaled)
+    ref = ref[ref["quantity"] == "p_true"].iloc[0]
+    assert m["relearn_scaled_p_true_auc"] == pytest.approx(ref["auc"]) and m["relearn_scaled_p_true_max"] == pytest.approx(ref["max"])
+    assert m["relearn_scaled_p_true_change"] == pytest.approx(ref["change"])
+    held = scaled[scaled["half"] == statistics.HELD_OUT]
+    assert m["relearn_acc"] == held[held["step"] == 2]["accuracy"].iloc[0]
+    assert "relearn_paper_p_true_auc" in m and m["train_acc"] == cell["history_tail"]["edit_acc"]  # completeness
+    assert {"qa_forget_acc", "mcq_debiased_edit_acc", "base_mcq_debiased_maintain_acc"} <= set(m)
+    json.dumps(cell)
+    with pytest.raises(ValueError, match="attack_settings"):
+        grid.GridConfig(attack_settings=("strong",))
+    with pytest.raises(ValueError, match="positive"):
+        grid.GridConfig(rates={"sports": {"fact lookup": -1}})
+
+
 def test_counterfact_grid_cell_on_the_tiny_model(tiny):
     """A CounterFact cell runs end to end: paraphrases and neighbourhood prompts scored, relearning, no probes."""
     from mechunlearn_nb import grid
