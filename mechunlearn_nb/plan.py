@@ -227,6 +227,24 @@ def load(path: str | Path) -> Plan:
                 min_separation=float(separation))
 
 
+def grid_config(p: Plan, rates: dict | None = None, components: dict | None = None, mcq_debiased: int = 64,
+                **sizes):
+    """The :class:`~mechunlearn_nb.grid.GridConfig` of a plan: its tasks, subject and comparators, test seeds,
+    probe window, relearning steps and attack settings, training precision, the debiased multiple choice on
+    ``mcq_debiased`` held-out facts, the tuned ``rates`` (``scripts/tune_rates.py``'s ``rates.json``:
+    ``{dataset: {label: lr}}``) and located ``components`` if given. The edits' training accuracy is measured
+    at their last step only (the completeness the plan's exclusions read). ``sizes``: other GridConfig fields.
+    """
+    from .grid import GridConfig  # (grid does not import plan)
+
+    mixed = {"precision": p.precision}
+    return GridConfig(tasks=p.tasks, localizations=p.localizations, seeds=p.test_seeds, relearn_steps=p.relearn_steps,
+                      edit_overrides={"eval_every": 0, **mixed, **sizes.pop("edit_overrides", {})},
+                      relearn_overrides={**mixed, **sizes.pop("relearn_overrides", {})},
+                      attack_settings=p.attack_settings, rates=rates, components=components,
+                      mcq_debiased=mcq_debiased, probe_window=p.probe_window, **sizes)
+
+
 def require(path: str | Path | None) -> Plan:
     """The plan a grid run must have: :func:`load` of ``path``, refusing ``None`` (no plan given) as clearly as a
     missing or malformed file."""

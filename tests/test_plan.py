@@ -52,3 +52,14 @@ def test_a_malformed_plan_is_refused(tmp_path, change, problem):
     with pytest.raises(plan.PlanError, match=problem) as err:
         plan.require(bad)
     assert str(bad) in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_the_plan_makes_the_grid_it_tests():
+    p = plan.load(V2)
+    config = plan.grid_config(p, rates={"sports": {"random": 1e-4}})
+    assert config.tasks == p.tasks and config.localizations == p.localizations and config.seeds == p.test_seeds
+    assert p.tuning_seed not in config.seeds and config.probe_window == p.probe_window
+    assert config.attack_settings == p.attack_settings and config.relearn_steps == p.relearn_steps
+    assert config.edit_overrides["precision"] == config.relearn_overrides["precision"] == p.precision
+    assert config.edit_overrides["eval_every"] == 0 and config.rates == {"sports": {"random": 1e-4}}
+    assert plan.grid_config(p, n_unrelated=0).n_unrelated == 0
