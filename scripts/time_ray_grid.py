@@ -2,7 +2,8 @@
 
 The cells: ``edit 64 athletes`` × (fact lookup, random of the same size) × seeds (0, 1) at notebook 09's
 full sizes (the shipped grid's settings, ``results/09_comparison_full/grid_config.json``, with its located
-components, so nothing is located again). Steps, each into its own folder under ``--out``:
+components, so nothing is located again; the edit's accuracies measured at its start and end only, as a cell keeps
+only the last). Steps, each into its own folder under ``--out``:
 
 1. ``workers2``: the 4 cells on 2 Ray workers (one CPU each);
 2. ``workers1``: the same 4 cells on 1 Ray worker;
@@ -40,8 +41,10 @@ def config_for(precision: str) -> grid.GridConfig:
     base = grid.GridConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()
                               if k in grid.GridConfig.__dataclass_fields__})
     extra = {} if precision == "float32" else {"precision": precision}
+    # the edit's accuracies only at its start and end (a cell keeps the last; the shipped grid measured every 10 steps)
     return replace(base, tasks=("edit 64 athletes",), localizations=("fact lookup", "random"), seeds=(0, 1),
-                   edit_overrides={**base.edit_overrides, **extra}, relearn_overrides={**base.relearn_overrides, **extra})
+                   edit_overrides={**base.edit_overrides, **extra, "eval_every": 0},
+                   relearn_overrides={**base.relearn_overrides, **extra})
 
 
 def cells_of(folder: Path) -> dict:
