@@ -188,7 +188,8 @@ def bench_evaluation(bridge, hf, tok, task) -> dict:
     bare = time.perf_counter() - t0
     diffs = []
     for (which, fmt), value in acc.items():
-        rows = table[(table["set"] == which) & (table["format"] == fmt) & (table["metric"] == "acc_true")]
+        label = "forget" if which == "forget" else "maintain"  # the evaluation table's name of the set
+        rows = table[(table["set"] == label) & (table["format"] == fmt) & (table["metric"] == "acc_true")]
         diffs.append(abs(float(rows["value"].iloc[0]) - value))
     lm = table[(table["set"] == "general_text") & (table["metric"] == "lm_loss")]["value"].iloc[0]
     return dict(package=[package], bare=[bare], max_accuracy_difference=max(diffs),
@@ -243,9 +244,21 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(folder))
     paragraphs = train.general_text("train", exclude=task.subjects)
     results: dict = {}
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"cell_phases-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+    def write():  # after every phase: a later failure keeps what was measured
+        path.write_text(json.dumps(dict(benchmark="cell_phases", results=results, config=vars(args), task=task.name,
+                                        localization=list(flu.components), n_params=int(flu.n_params),
+                                        torch=torch.__version__, machine=platform.machine(),
+                                        load_avg=list(psutil.getloadavg()), created=time.strftime("%Y-%m-%dT%H:%M:%S")),
+                                   indent=2))
+
     if "evaluation-precision" in args.phases.split(","):
         results["evaluation-precision"] = evaluation_precision(bridge, task)
         print(f"evaluation-precision: {results['evaluation-precision']}", flush=True)
+        write()
     for phase in [p for p in args.phases.split(",") if p != "evaluation-precision"]:
         precisions = ["float32"] if phase == "evaluation" else args.precisions.split(",")
         for precision in precisions:
@@ -267,20 +280,14 @@ def main() -> None:
             results[f"{phase} ({precision})"] = dict(median_s=med, ratio_bare_over_package=round(med["bare"] / med["package"], 3),
                                                      seconds=runs, unit="per step" if phase != "evaluation" else "per evaluation",
                                                      **extra)
+            write()
     print()
     for name, r in results.items():
         if name == "evaluation-precision":
             continue
         print(f"{name:32s} package {r['median_s']['package']:7.2f} s  bare {r['median_s']['bare']:7.2f} s  "
               f"ratio {r['ratio_bare_over_package']:.2f}x ({r['unit']})")
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"cell_phases-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(dict(benchmark="cell_phases", results=results, config=vars(args),
-                                    task=task.name, localization=list(flu.components), n_params=int(flu.n_params),
-                                    torch=torch.__version__, machine=platform.machine(),
-                                    load_avg=list(psutil.getloadavg()), created=time.strftime("%Y-%m-%dT%H:%M:%S")),
-                               indent=2))
+    write()
     print(f"written {path}")
 
 

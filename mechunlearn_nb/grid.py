@@ -372,11 +372,11 @@ def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: p
         settings = list(dict.fromkeys(curve["setting"])) if "setting" in curve else [None]
         for k, setting in enumerate(settings):
             sub = curve if setting is None else curve[curve["setting"] == setting]
-            held = sub[sub["half"].str.startswith("B")].groupby("step")[["accuracy", "p_true"]].mean()
+            held = sub[sub["half"].str.startswith("B")].groupby("step")[[c for c in ("accuracy", "p_true") if c in sub]].mean()
             if k == 0:  # the first setting is the grid's relearning number
                 out["relearn_acc"] = float(held["accuracy"].iloc[-1])
                 out["relearn_acc_step0"] = float(held["accuracy"].iloc[0])
-            if setting is not None:  # the whole curve of held-out probabilities (statistics.curve_metrics' summaries)
+            if setting is not None and "p_true" in held:  # the whole curve of held-out probabilities (statistics.curve_metrics' summaries)
                 steps, p = held.index.to_numpy(dtype=float), held["p_true"].to_numpy()
                 auc = float(np.trapezoid(p, steps) / (steps[-1] - steps[0])) if len(steps) > 1 else float(p[0])
                 out.update({f"relearn_{setting}_p_true_auc": auc, f"relearn_{setting}_p_true_max": float(p.max()),
