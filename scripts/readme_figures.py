@@ -3,8 +3,8 @@
     python scripts/readme_figures.py runs/<full-size run folder> [--width 720]
 
 Takes the causal-tracing heatmap (01), activation vs attribution patching (02), the fact-lookup evidence (03)
-from the run folder's notebook outputs, and the comparison bars of the shipped grid
-(``results/09_comparison_full/comparison_bars.png``); each is scaled to ``--width`` pixels at most and saved
+from the run folder's notebook outputs, and the re-analysed claims of the shipped grid
+(``results/09_comparison_full/reanalysis/claims.png``); each is scaled to ``--width`` pixels at most and saved
 as an optimised PNG under ``docs/figures/`` with ``docs/figures/sources.json`` naming where each came from.
 """
 
@@ -35,15 +35,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sources = {}
     todo = {name: run / folder / file for name, (folder, file) in FIGURES.items()}
-    todo["comparison.png"] = ROOT / "results" / "09_comparison_full" / "comparison_bars.png"
+    todo["comparison.png"] = ROOT / "results" / "09_comparison_full" / "reanalysis" / "claims.png"
     for name, src in todo.items():
         if not src.exists():
             found = sorted(p.name for p in src.parent.glob("*.png")) if src.parent.exists() else []
             raise SystemExit(f"{src} is missing (PNG files there: {found}). Fix: pass the folder of a full-size run "
                              f"of notebooks 01-03 (`run --full --only 01,02,03`).")
         img = Image.open(src)
-        if img.width > args.width:
-            img = img.resize((args.width, round(img.height * args.width / img.width)), Image.LANCZOS)
+        width = args.width * 5 // 4 if name == "comparison.png" else args.width  # many labelled rows: a little wider
+        if img.width > width:
+            img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
         img.save(out / name, optimize=True)
         sources[name] = str(src.relative_to(ROOT) if src.is_relative_to(ROOT) else src)
         print(f"{name}: {img.width}x{img.height}, {(out / name).stat().st_size // 1024} KB from {src}")

@@ -77,28 +77,31 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = config_for(args.precision)
     summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary.update(cells=[list(c) for c in grid.planned_cells(config)], precision=args.precision)
-    steps = {int(s) for s in args.steps.split(",")}
+    summary = {}
+
+    def save(**values):  # merged into what is on disk: two invocations may run steps side by side
+        on_disk = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary.update({**on_disk, **summary, **values})
+        save_json(summary, summary_path)
+
+    save(cells=[list(c) for c in grid.planned_cells(config)], precision=args.precision)
+    steps = {int(s) for s in args.steps.split(",") if s}
     load = partial(models.load_model)
     for step, name, workers in ((1, "workers2", 2), (2, "workers1", 1)):
         if step not in steps:
             continue
         t0 = time.perf_counter()
         outcome = cluster.run_cells(config, out / name, load, cluster.Resources(workers=workers, cpus=1.0))
-        summary[name] = dict(outcome.to_dict(), wall_s=round(time.perf_counter() - t0, 1))
-        save_json(summary, summary_path)
+        save(**{name: dict(outcome.to_dict(), wall_s=round(time.perf_counter() - t0, 1))})
         print(f"{name}: {summary[name]}", flush=True)
     if 3 in steps:
         torch.set_num_threads(1)
         one = replace(config, localizations=("fact lookup",), seeds=(0,))
         t0 = time.perf_counter()
         grid.run_grid(models.load_model(), one, out / "one_process", progress=True)
-        summary["one_process"] = dict(wall_s=round(time.perf_counter() - t0, 1), cells=1)
-        save_json(summary, summary_path)
+        save(one_process=dict(wall_s=round(time.perf_counter() - t0, 1), cells=1))
     if 4 in steps:
-        summary["startup"] = ray_startup()
-        save_json(summary, summary_path)
+        save(startup=ray_startup())
     # what the runs agree on
     runs = {name: cells_of(out / name) for name in ("workers2", "workers1", "one_process") if (out / name).exists()}
     seconds, same = {}, {}
@@ -111,11 +114,9 @@ def main() -> None:
         same[key] = {f"{a} = {b}": json.dumps(metrics[a], sort_keys=True) == json.dumps(metrics[b], sort_keys=True)
                      for a, b in zip(names, names[1:])}  # (as JSON: NaN equals NaN)
     totals = {name: [sum(c["seconds"].values()) for c in cells.values()] for name, cells in runs.items()}
-    summary.update(cell_seconds=seconds, identical_metrics=same,
-                   median_cell_s={k: float(np.median(v)) for k, v in totals.items() if v})
+    save(cell_seconds=seconds, identical_metrics=same, median_cell_s={k: float(np.median(v)) for k, v in totals.items() if v})
     if "workers1" in summary and "workers2" in summary:
-        summary["speedup_workers2_over_workers1"] = round(summary["workers1"]["wall_s"] / summary["workers2"]["wall_s"], 2)
-    save_json(summary, summary_path)
+        save(speedup_workers2_over_workers1=round(summary["workers1"]["wall_s"] / summary["workers2"]["wall_s"], 2))
     print(json.dumps({k: summary[k] for k in summary if k not in ("cell_seconds", "cells")}, indent=1))
 
 
