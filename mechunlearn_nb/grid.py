@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import attacks, editing, evaluation, latent, registry, tasks, tuning
+from . import attacks, editing, evaluation, latent, registry, statistics, tasks, tuning
 from .io import save_json, slug
 from .models import hf_model
 from .tasks import dataset_of
@@ -376,11 +376,10 @@ def cell_metrics(task, table: pd.DataFrame, curve: pd.DataFrame | None, probe: p
             if k == 0:  # the first setting is the grid's relearning number
                 out["relearn_acc"] = float(held["accuracy"].iloc[-1])
                 out["relearn_acc_step0"] = float(held["accuracy"].iloc[0])
-            if setting is not None and "p_true" in held:  # the whole curve of held-out probabilities (statistics.curve_metrics' summaries)
-                steps, p = held.index.to_numpy(dtype=float), held["p_true"].to_numpy()
-                auc = float(np.trapezoid(p, steps) / (steps[-1] - steps[0])) if len(steps) > 1 else float(p[0])
-                out.update({f"relearn_{setting}_p_true_auc": auc, f"relearn_{setting}_p_true_max": float(p.max()),
-                            f"relearn_{setting}_p_true_change": float(p[-1] - p[0])})
+            if setting is not None and "p_true" in held:  # the whole curve of held-out probabilities
+                summary = statistics.curve_metrics(sub.assign(task="", localization="", seed=0))
+                p = summary[summary["quantity"] == "p_true"].iloc[0]
+                out.update({f"relearn_{setting}_p_true_{k}": float(p[k]) for k in ("auc", "max", "change")})
     out["probe_true"] = np.nan
     if probe is not None and len(probe):
         for stage, suffix in (("after", ""), ("before", "_base")):

@@ -21,7 +21,7 @@ The file's tables (all required; see ``plans/v2.toml`` for a complete one):
 - ``[grid]``: ``tasks`` (grid task names), ``precision`` (the training forward pass, ``train.PRECISIONS``),
   ``relearn_steps`` (where the relearning curve is measured);
 - ``[tuning]``: ``factors`` (candidate rates: each localization kind's default times these, :mod:`.tuning`);
-- ``[attack]``: ``settings`` (from :data:`ATTACK_SETTINGS`), ``min_separation`` (the positive minus negative
+- ``[attack]``: ``settings`` (from :data:`.grid.ATTACK_SETTINGS`), ``min_separation`` (the positive minus negative
   control's held-out probability area a setting must reach to carry a relearning claim).
 """
 
@@ -39,8 +39,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 CORRECTIONS = ("holm",)
-#: the relearning attack's settings a plan can name: "scaled" (RelearnConfig's default), "paper" (attacks.PAPER_LORA)
-ATTACK_SETTINGS = ("scaled", "paper")
 DATASETS = ("sports", "counterfact")
 FLOAT = (float, int)  # TOML writes 1 for 1.0
 _FIX = "Fix: edit the plan file (plans/v2.toml is a complete example) and commit it before the grid runs."
@@ -204,6 +202,7 @@ def load(path: str | Path) -> Plan:
     tuning_table = _table(path, raw, "tuning")
     factors = _get(path, tuning_table, "[tuning]", "factors", list, lambda v: v and all(isinstance(f, FLOAT) and f > 0 for f in v),
                    " (positive numbers)")
+    from .grid import ATTACK_SETTINGS
     attack = _table(path, raw, "attack")
     settings = _get(path, attack, "[attack]", "settings", list, lambda v: v and set(v) <= set(ATTACK_SETTINGS),
                     f" (from {ATTACK_SETTINGS})")
