@@ -64,15 +64,18 @@ def _main(argv: list[str] | None = None) -> int:
                      help="parameter dtype of the models (default float32)")
     sub.add_parser("list", help="list the notebooks of the series")
     sub.add_parser("prepare", help="build the embedded model's cache folder (first load) and report the time")
-    status = sub.add_parser("grid-status", help="how far a comparison grid (notebook 09; by default its full size) "
-                                                "has got, and the time left; reads its saved cells only")
+    status = sub.add_parser("grid-status", help="how far a comparison grid (notebook 09; by default its plan's whole "
+                                                "grid) has got, and the time left; reads its saved cells only")
     status.add_argument("folder", help="the grid's output folder (a run's 09_comparison/, or notebook 09's OUTPUT_DIR)")
     status.add_argument("--workers", type=int, default=1, help="processes that will share the cells left (default 1)")
+    status.add_argument("--plan", default="v2",
+                        help="the plan whose cells the grid runs: a shipped plan's name or a plan file (default v2, "
+                             "notebook 09's); --tasks, --localizations, --seeds replace its parts")
     status.add_argument("--tasks", default=None,
-                        help="comma-separated tasks the grid runs (default: notebook 09's five), e.g. 'counterfact 16'")
+                        help="comma-separated tasks the grid runs (default: the plan's), e.g. 'counterfact 64'")
     status.add_argument("--localizations", default=None,
-                        help="comma-separated localizations the grid runs (default: notebook 09's seven)")
-    status.add_argument("--seeds", default=None, help="comma-separated seeds the grid runs (default: 0,1,2)")
+                        help="comma-separated localizations the grid runs (default: the plan's)")
+    status.add_argument("--seeds", default=None, help="comma-separated seeds the grid runs (default: the plan's test seeds)")
     plan = sub.add_parser("grid-plan", help="a grid config's cells, resources and estimated time (no model loaded)")
     plan.add_argument("config", help="a shipped config (embedded, gemma-2-9b) or the path of a .toml grid config")
     args = parser.parse_args(argv)
@@ -98,7 +101,7 @@ def _main(argv: list[str] | None = None) -> int:
             raise UsageError(str(err)) from None
         return 0
     if args.command == "grid-status":
-        return _grid_status(args.folder, args.workers, args.tasks, args.localizations, args.seeds)
+        return _grid_status(args.folder, args.workers, args.tasks, args.localizations, args.seeds, args.plan)
     only = args.only.split(",") if args.only else None
     _check_run_arguments(runner, only, args.model, args.workers)
     _check_ray_arguments(args)
@@ -166,8 +169,9 @@ def _check_ray_arguments(args) -> None:
 
 
 def _grid_status(folder: str, workers: int, tasks: str | None = None, localizations: str | None = None,
-                 seeds: str | None = None) -> int:
-    from . import grid, registry
+                 seeds: str | None = None, plan_name: str = "v2") -> int:
+    from . import grid
+    from . import plan as plans
 
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}. Fix: --workers 1 (or more).")
@@ -175,10 +179,14 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     def items(text):
         return tuple(x.strip() for x in text.split(",") if x.strip())
 
-    plan = dict(tasks=items(tasks) if tasks is not None else grid.TASKS,
-                localizations=items(localizations) if localizations is not None else registry.LABELS)
     try:
-        plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else grid.SEEDS
+        fixed = plans.require(plan_name)
+    except plans.PlanError as err:
+        raise UsageError(f"--plan: {err}") from None
+    plan = dict(tasks=items(tasks) if tasks is not None else fixed.tasks,
+                localizations=items(localizations) if localizations is not None else fixed.localizations)
+    try:
+        plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else fixed.test_seeds
     except ValueError:
         raise UsageError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
     try:
@@ -194,6 +202,11 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     left = table["seconds_left"].sum() / workers
     print(f"{table['done'].sum()} of {table['planned'].sum()} cells saved; about {left / 3600:.1f} h left "
           f"with {workers} process(es) at the cells' measured pace.")
+    # (rates and components: what a run may add to its plan; every other field is the plan's design or its sizes)
+    differ = grid.settings_differ(plans.grid_config(fixed), folder, ignore=("rates", "components"))
+    if differ:
+        print(f"Note: the cells in {folder} were computed with other settings than plan {fixed.name!r}'s full size "
+              f"({', '.join(differ)} differ): they are counted here by name, but they are not that plan's cells.")
     return 0
 
 

@@ -143,12 +143,16 @@ class Str:
 
 @dataclass(frozen=True)
 class ListOf:
-    """A list or tuple whose items each pass ``item`` (e.g. ``ListOf(Int(min=0))`` for seeds)."""
+    """A list or tuple whose items each pass ``item`` (e.g. ``ListOf(Int(min=0))`` for seeds), or None when
+    ``none``."""
 
     item: object
     min_len: int = 0
+    none: bool = False
 
     def check(self, name: str, value):
+        if value is None and self.none:
+            return None
         if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
             raise ParameterError(f"{name} must be a list, got {_given(value)}. Fix: pass a list, e.g. {name}=[0, 1, 2].")
         if len(value) < self.min_len:

@@ -3,10 +3,11 @@
 A comparison of localizations has many knobs that can be turned after the results are in: which layers the probes
 read, which metric stands for "relearning", which localizations a method is compared with, how close counts as
 "comparable", which edits are dropped. Turned after the fact, each can make a verdict; fixed before, each can fail.
-The plan file (TOML, e.g. ``plans/v2.toml``) writes them down, with a comment on where each choice comes from, and is
-committed before the grid runs. A grid run reads it with :func:`require`, which refuses to go on without one.
+The plan file (TOML) writes them down, with a comment on where each choice comes from, and is committed before the
+grid runs. A grid run reads it with :func:`require`, which refuses to go on without one. The plans this package ships
+live in ``mechunlearn_nb/plans/`` and are named by their stem (``"v2"``); any other plan is given by its path.
 
-The file's tables (all required; see ``plans/v2.toml`` for a complete one):
+The file's tables (all required; see ``mechunlearn_nb/plans/v2.toml`` for a complete one):
 
 - ``[plan]``: ``name``, ``alpha`` (family-wise level), ``correction`` (``"holm"``), ``test_seeds``,
   ``tuning_seed`` (never a test seed), ``n_boot`` and ``level`` of the two-level bootstrap;
@@ -41,7 +42,9 @@ except ModuleNotFoundError:  # Python 3.10
 CORRECTIONS = ("holm",)
 DATASETS = ("sports", "counterfact")
 FLOAT = (float, int)  # TOML writes 1 for 1.0
-_FIX = "Fix: edit the plan file (plans/v2.toml is a complete example) and commit it before the grid runs."
+_FIX = "Fix: edit the plan file (mechunlearn_nb/plans/v2.toml is a complete example) and commit it before the grid runs."
+#: the plans shipped with the package, each named by its file's stem (``"v2"``)
+SHIPPED = Path(__file__).resolve().parent / "plans"
 
 
 class PlanError(ValueError):
@@ -133,13 +136,30 @@ def _table(path: Path, raw: dict, key: str) -> dict:
     return raw[key]
 
 
+def shipped() -> list[str]:
+    """The names of the plans shipped with the package (``mechunlearn_nb/plans/<name>.toml``)."""
+    return sorted(f.stem for f in SHIPPED.glob("*.toml"))
+
+
+def resolve(plan: str | Path) -> Path:
+    """The file of a plan given by path, or by the name of a shipped plan (``"v2"``); a path that exists wins."""
+    path = Path(plan)
+    if path.is_file() or path.suffix or len(path.parts) > 1:
+        return path
+    if (SHIPPED / f"{plan}.toml").is_file():
+        return SHIPPED / f"{plan}.toml"
+    raise PlanError(f"No plan named {str(plan)!r}: the shipped plans are {shipped()} and there is no file {path}. "
+                    f"Fix: give a shipped plan's name or the path of a plan file.")
+
+
 def load(path: str | Path) -> Plan:
-    """Read and check a plan file; :class:`PlanError` (naming the file, the field and the fix) when anything is off."""
-    path = Path(path)
+    """Read and check a plan file (a path, or a shipped plan's name: :func:`resolve`); :class:`PlanError` (naming the
+    file, the field and the fix) when anything is off."""
+    path = resolve(path)
     if not path.is_file():
         raise PlanError(f"No plan file at {path}. A grid is compared only against a plan fixed before it runs. "
-                        f"Fix: write one (copy plans/v2.toml, keep its comments on where each choice comes from), "
-                        f"commit it, and pass its path.")
+                        f"Fix: write one (copy mechunlearn_nb/plans/v2.toml, keep its comments on where each choice "
+                        f"comes from), commit it, and pass its path.")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -237,11 +257,12 @@ def grid_config(p: Plan, rates: dict | None = None, components: dict | None = No
     from .grid import GridConfig  # (grid does not import plan)
 
     mixed = {"precision": p.precision}
-    return GridConfig(tasks=p.tasks, localizations=p.localizations, seeds=p.test_seeds, relearn_steps=p.relearn_steps,
-                      edit_overrides={"eval_every": 0, **mixed, **sizes.pop("edit_overrides", {})},
-                      relearn_overrides={**mixed, **sizes.pop("relearn_overrides", {})},
-                      attack_settings=p.attack_settings, rates=rates, components=components,
-                      mcq_debiased=mcq_debiased, probe_window=p.probe_window, **sizes)
+    fields = dict(tasks=p.tasks, localizations=p.localizations, seeds=p.test_seeds, relearn_steps=p.relearn_steps,
+                  attack_settings=p.attack_settings, probe_window=p.probe_window)
+    fields.update(sizes)  # (a part of the plan: notebook_config's selection; FAST's toy sizes)
+    return GridConfig(edit_overrides={"eval_every": 0, **mixed, **fields.pop("edit_overrides", {})},
+                      relearn_overrides={**mixed, **fields.pop("relearn_overrides", {})},
+                      rates=rates, components=components, mcq_debiased=mcq_debiased, **fields)
 
 
 def require(path: str | Path | None) -> Plan:
@@ -249,6 +270,84 @@ def require(path: str | Path | None) -> Plan:
     missing or malformed file."""
     if path is None:
         raise PlanError("This grid run has no plan. A comparison is tested against claims, metrics, comparators, "
-                        "margins and exclusions fixed before it runs. Fix: pass the path of a committed plan file "
-                        "(e.g. plans/v2.toml).")
+                        f"margins and exclusions fixed before it runs. Fix: name a shipped plan ({shipped()}, e.g. "
+                        f"PLAN = \"v2\" in notebook 09) or pass the path of a committed plan file.")
     return load(path)
+
+
+#: what notebook 09's ``FAST=True`` keeps of a plan: the design (its instruments, exclusions, analysis), at toy size —
+#: one small task, fact lookup against one output-tracing variant with notebook 03's full-size components, the
+#: plan's first two test seeds, the first attack setting, short edits and attacks. Not the study: a way to see it run.
+FAST_LOCALIZATIONS = ("fact lookup", "OT (attribution patching)")
+FAST_SIZES = dict(tasks=("edit 8 athletes",), n_known=200, max_maintain=16, relearn_steps=(0, 3), n_unrelated=8,
+                  mcq_debiased=8,
+                  edit_overrides=dict(steps=10, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16,
+                                      eval_facts=8),
+                  relearn_overrides=dict(batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16),
+                  eval_overrides=dict(n_paragraphs=2, lm_tokens=32, formats=("fact", "qa")))
+
+
+def _subset(p: Plan, name: str, given, planned: tuple, label=lambda x: x) -> tuple:
+    """``given`` (a notebook parameter) as a part of the plan's ``planned`` values; None: all of them."""
+    if given is None:
+        return planned
+    values = tuple(label(v) for v in given)
+    extra = [v for v in values if v not in planned]
+    if extra:
+        raise PlanError(f"{name} = {list(given)} runs {extra}, which plan {p.name!r} ({p.path}) does not hold: its "
+                        f"{name.lower()} are {list(planned)}. A pre-registered grid runs only its plan's cells. Fix: "
+                        f"leave {name} = None (the whole plan) or pick a part of it; a new design is a new plan file.")
+    return values
+
+
+def read_rates(rates) -> dict | None:
+    """A grid's tuned rates: ``{dataset: {label: lr}}`` as given, or the file ``scripts/tune_rates.py`` wrote
+    (``rates.json``, whose ``rates`` entry holds them); None: each localization's default rate."""
+    if rates is None or isinstance(rates, dict):
+        return rates
+    if not isinstance(rates, (str, Path)):
+        raise PlanError(f"RATES = {rates!r}: give the path of a rates.json (scripts/tune_rates.py), a dict "
+                        f"{{dataset: {{localization: lr}}}}, or None (each localization's default rate).")
+    import json
+
+    path = Path(rates)
+    if not path.is_file():
+        raise PlanError(f"RATES = {str(rates)!r}: no such file. Fix: the rates.json that scripts/tune_rates.py wrote "
+                        f"for this plan, or None (each localization's default rate).")
+    chosen = json.loads(path.read_text(encoding="utf-8")).get("rates")
+    if not isinstance(chosen, dict):
+        raise PlanError(f"{path} has no 'rates' entry. Fix: point RATES at the rates.json of scripts/tune_rates.py.")
+    return {ds: {label: float(r["lr"] if isinstance(r, dict) else r) for label, r in by.items()}
+            for ds, by in chosen.items()}
+
+
+def notebook_config(parameters: dict):
+    """The grid notebook 09 runs for its parameters (the notebook's names: ``PLAN``, ``FAST``, ``TASKS`` ...).
+
+    The grid is the plan's (:func:`grid_config`): ``PLAN`` names a shipped plan or a plan file and is required
+    (:func:`require` refuses ``None``). ``TASKS``, ``LOCALIZATIONS`` and ``SEEDS`` select a part of the plan (None:
+    all of it; anything outside it is refused). ``RATES``: the tuned rates (:func:`read_rates`). ``FAST=True``: the
+    plan's design at toy size (:data:`FAST_SIZES`, localizations :data:`FAST_LOCALIZATIONS` with notebook 03's
+    full-size components unless ``COMPONENTS`` is given). The notebook and ``run --workers`` (which computes the
+    notebook's cells on Ray before its final pass) build the same grid from the same parameters.
+    """
+    from . import registry
+
+    prm = dict(parameters)
+    p = require(prm.get("PLAN"))
+    labels = lambda v: registry.entry(v).label  # noqa: E731 (keys and labels both name a localization)
+    if prm.get("FAST"):
+        locs = _subset(p, "LOCALIZATIONS", FAST_LOCALIZATIONS, p.localizations, labels)
+        fixed = {n: c for n, c in (prm.get("COMPONENTS") or registry.FAST_COMPONENTS).items() if n in locs}
+        return grid_config(p, rates=read_rates(prm.get("RATES")), components={"sports": fixed}, localizations=locs,
+                           seeds=p.test_seeds[:2], attack_settings=p.attack_settings[:1], **FAST_SIZES)
+    tasks = _subset(p, "TASKS", prm.get("TASKS"), p.tasks)
+    locs = _subset(p, "LOCALIZATIONS", prm.get("LOCALIZATIONS"), p.localizations, labels)
+    seeds = _subset(p, "SEEDS", prm.get("SEEDS"), p.test_seeds, int)
+    fixed = prm.get("COMPONENTS")
+    return grid_config(p, rates=read_rates(prm.get("RATES")), tasks=tasks, localizations=locs, seeds=seeds,
+                       components=None if fixed is None else {"sports": {n: c for n, c in fixed.items() if n in locs}},
+                       n_locate=prm.get("N_LOCATE", 64), n_known=prm.get("N_KNOWN"), max_forget=prm.get("MAX_FORGET"),
+                       max_maintain=prm.get("MAX_MAINTAIN", 256), edit_overrides=prm.get("EDIT_OVERRIDES") or {},
+                       relearn_overrides=prm.get("RELEARN_OVERRIDES") or {},
+                       eval_overrides=prm.get("EVAL_OVERRIDES") or {}, n_unrelated=prm.get("N_UNRELATED", 48))

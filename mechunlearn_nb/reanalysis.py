@@ -64,7 +64,10 @@ COUNT_OF = {"mcq_edit_acc": ("forget", {"sports": "mcq", "counterfact": "cf_mcq"
             "mcq_forget_acc": ("forget", {"sports": "mcq", "counterfact": "cf_mcq"}),
             "paraphrase_edit_acc": ("forget", {"counterfact": "cf_paraphrase"}),
             "maintain_acc": ("maintain", {"sports": "fact", "counterfact": "cf_prompt"}),
-            "edit_acc": ("forget", {"sports": "fact", "counterfact": "cf_prompt"})}
+            "edit_acc": ("forget", {"sports": "fact", "counterfact": "cf_prompt"}),
+            "mcq_debiased_edit_acc": ("forget", {"sports": "mcq_debiased", "counterfact": "mcq_debiased"}),
+            "mcq_debiased_forget_acc": ("forget", {"sports": "mcq_debiased", "counterfact": "mcq_debiased"}),
+            "qa_forget_acc": ("forget", {"sports": "qa"}), "qa_edit_acc": ("forget", {"sports": "qa"})}
 
 
 def _records(out_dir: str | Path) -> list[dict]:
@@ -113,15 +116,18 @@ def baselines(out_dir: str | Path) -> pd.DataFrame:
     return frame.sort_values(["task", "set", "format", "seed"]).reset_index(drop=True)
 
 
-def testability_table(base: pd.DataFrame, margin: float = 0.05, n_boot: int = 4000) -> pd.DataFrame:
+def testability_table(base: pd.DataFrame, margin: float = 0.05, n_boot: int = 4000,
+                      chance: dict | None = None) -> pd.DataFrame:
     """Testability of every instrument on every task, from :func:`baselines` pooled over seeds.
 
     Held-out known facts are the ``maintain`` set; the probes are read on the edited facts before the edit (the only
-    unedited probe read-out a cell keeps). Chance: :data:`.statistics.CHANCE`, probes :data:`PROBE_CHANCE`.
+    unedited probe read-out a cell keeps). Chance: :data:`.statistics.CHANCE`, probes :data:`PROBE_CHANCE`, then
+    ``chance`` (``{format: level}``, e.g. a plan's instruments) on top.
     """
+    levels = {**CHANCE, "probe": PROBE_CHANCE, **(chance or {})}
     rows = []
     for (task, set_, fmt), g in base.groupby(["task", "set", "format"], sort=False):
-        chance = PROBE_CHANCE if fmt == "probe" else CHANCE.get(fmt)
+        chance = levels.get(fmt)
         if chance is None:
             continue
         t = statistics.testability(g["accuracy"], g["n"], chance=chance, margin=margin, n_boot=n_boot)
@@ -132,12 +138,28 @@ def testability_table(base: pd.DataFrame, margin: float = 0.05, n_boot: int = 40
     return pd.DataFrame(rows)
 
 
-def cells_with_curves(out_dir: str | Path) -> pd.DataFrame:
+def attack_curves(out_dir: str | Path, setting: str | None = None) -> pd.DataFrame:
+    """The saved relearning curves of one attack setting (``grid.curves``). Cells that ran several attacks
+    (``GridConfig.attack_settings``) keep a ``setting`` column; then ``setting`` picks one (None: the first, the
+    grid's ``relearn_acc``). Cells of a single attack have no such column and are returned whole."""
+    curves = grid.curves(out_dir)
+    if "setting" not in curves or curves.empty:
+        return curves
+    present = list(dict.fromkeys(curves["setting"].dropna()))
+    setting = setting or present[0]
+    if setting not in present:
+        raise ValueError(f"No relearning curves of attack setting {setting!r} in {out_dir}; it holds {present}. "
+                         f"Fix: pick one of them.")
+    return curves[curves["setting"] == setting].drop(columns="setting")
+
+
+def cells_with_curves(out_dir: str | Path, setting: str | None = None) -> pd.DataFrame:
     """The saved cells (``grid.saved_cells``) with the relearning curve summaries of :data:`CURVE_METRICS` (held-out
-    half) and each proportion's fact count (``n_<metric>``) joined on."""
+    half of the attack ``setting``'s curves, :func:`attack_curves`) and each proportion's fact count
+    (``n_<metric>``) joined on."""
     cells = grid.saved_cells(out_dir)
     cells["seed"] = cells["seed"].astype(int)
-    cm = statistics.curve_metrics(grid.curves(out_dir))
+    cm = statistics.curve_metrics(attack_curves(out_dir, setting))
     for metric, (quantity, summary) in CURVE_METRICS.items():
         part = cm[cm["quantity"] == quantity].set_index(["task", "localization", "seed"])
         idx = pd.MultiIndex.from_frame(cells[["task", "localization", "seed"]])
@@ -180,8 +202,14 @@ def _compare(pairs: pd.DataFrame, metric: str, n_boot: int, rng: int) -> dict:
 
 
 def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.05, completeness: float = COMPLETENESS,
-                margin: float = 0.05, n_boot: int = 10000, rng: int = 0) -> dict[str, pd.DataFrame]:
+                margin: float = 0.05, n_boot: int = 10000, rng: int = 0, claims=CLAIMS,
+                side_effects=statistics.SIDE_EFFECTS, better_if_higher: dict | None = None, chance: dict | None = None,
+                setting: str | None = None) -> dict[str, pd.DataFrame]:
     """The re-analysed verdicts of a saved grid (see the module docstring).
+
+    ``claims`` (``(statement, metric, {dataset: instrument})``), ``side_effects`` (``(name, metric, margin)``),
+    ``better_if_higher`` and ``chance`` (``{instrument: level}``) default to the shipped grid's; :func:`plan_verdicts`
+    passes a plan's. ``setting``: the attack whose curves the relearning claims read (:func:`attack_curves`).
 
     Returns:
         ``{"verdicts", "testability", "excluded", "floor_ceiling", "curves"}``: the claims with ``diff`` (FLU −
@@ -190,11 +218,12 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
         the instruments' testability; the cells left out as incomplete edits; the relearning summaries'
         floor/ceiling status; per-cell curve summaries.
     """
-    cells = cells_with_curves(out_dir)
-    test = testability_table(baselines(out_dir), margin=margin)
+    better_if_higher = {**BETTER_IF_HIGHER, **(better_if_higher or {})}
+    cells = cells_with_curves(out_dir, setting)
+    test = testability_table(baselines(out_dir), margin=margin, chance=chance)
     excluded = cells[cells["edit_acc"] < completeness][["task", "localization", "seed", "edit_acc", "forget_acc"]]
     complete = cells[~(cells["edit_acc"] < completeness)]
-    curve = statistics.curve_metrics(grid.curves(out_dir))
+    curve = statistics.curve_metrics(attack_curves(out_dir, setting))
     fc = statistics.floor_ceiling(curve)
     stuck = {(r.task, metric) for metric, (q, s) in CURVE_METRICS.items()
              for r in fc[(fc["quantity"] == q) & (fc["metric"] == s) & (fc["status"] != "discriminates")].itertuples()}
@@ -204,12 +233,13 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
     rows = []
     for dataset in ("sports", "counterfact"):
         in_ds = complete[complete["task"].map(dataset_of) == dataset]
-        for claim, metric, instruments in CLAIMS:
+        for claim, metric, instruments in claims:
             fmt = instruments.get(dataset)
             if fmt is None:
                 continue
             set_ = "forget" if fmt == "probe" else "maintain"
-            tasks = [t for t in dict.fromkeys(in_ds["task"]) if in_ds.loc[in_ds["task"] == t, metric].notna().any()]
+            tasks = [t for t in dict.fromkeys(in_ds["task"])
+                     if metric in in_ds and in_ds.loc[in_ds["task"] == t, metric].notna().any()]
             testable, notes = [], []
             for t in tasks:
                 if (t, set_, fmt) not in verdict_of.index:
@@ -226,7 +256,6 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
             for other in comparators:
                 row = dict(dataset=dataset, claim=claim, metric=metric, versus=other, instrument=fmt,
                            tasks=", ".join(testable), note="; ".join(notes))
-                pairs = _pairs(in_ds[in_ds["task"].isin(testable)], other, metric)
                 if not tasks:
                     rows.append(dict(row, verdict="no data"))
                     continue
@@ -234,25 +263,30 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                     rows.append(dict(row, verdict=(statistics.UNTESTABLE if any("untestable" in n for n in notes)
                                                    else "cannot discriminate (floor/ceiling)")))
                     continue
+                pairs = _pairs(in_ds[in_ds["task"].isin(testable)], other, metric)
                 if len(pairs) < 2:
                     rows.append(dict(row, n_pairs=len(pairs), verdict=f"too few pairs ({len(pairs)})"))
                     continue
                 compared = _compare(pairs, metric, n_boot, rng)
                 compared.pop("boot")
                 rows.append(dict(row, **compared, kind="claim"))
-        for name, metric, tol in statistics.SIDE_EFFECTS:
+        for name, metric, tol in side_effects:
             for other in comparators:
                 pairs = _pairs(in_ds, other, metric)
                 row = dict(dataset=dataset, claim=f"side effects: {name} (equivalent within ±{tol})", metric=metric,
                            versus=other, instrument="", tasks=", ".join(dict.fromkeys(pairs["task"])), note="")
                 if len(pairs) < 2:
-                    rows.append(dict(row, verdict="no data"))
+                    rows.append(dict(row, n_pairs=len(pairs),
+                                     verdict=f"too few pairs ({len(pairs)})" if len(pairs) else "no data"))
                     continue
                 compared = _compare(pairs, metric, n_boot, rng)
                 eq = statistics.tost_bootstrap(compared.pop("boot"), tol)
                 compared.update(p_value=eq["p_value"], method=eq["method"], p_signflip=np.nan)
                 rows.append(dict(row, **compared, kind="equivalence"))
     out = pd.DataFrame(rows)
+    for col in ("p_value", "p_signflip", "kind", "diff"):  # (a grid where no claim could be tested has none)
+        if col not in out:
+            out[col] = np.nan
     tested = out["p_value"].notna()
     out["p_holm"] = np.nan
     out["verdict_signflip"] = ""
@@ -267,7 +301,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
         if r["kind"] == "equivalence":
             out.loc[i, "verdict"] = "equivalent" if significant else "equivalence not shown"
         else:
-            better = r["diff"] > 0 if BETTER_IF_HIGHER[r["metric"]] else r["diff"] < 0
+            better = r["diff"] > 0 if better_if_higher[r["metric"]] else r["diff"] < 0
             out.loc[i, "verdict"] = ("supported" if better else "contradicted") if significant else "not distinguishable"
             exact = r["p_signflip_holm"] <= alpha
             out.loc[i, "verdict_signflip"] = ("supported" if better else "contradicted") if exact else "not distinguishable"
@@ -275,6 +309,26 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
             "low", "high", "method", "p_value", "p_holm", "family_size", "verdict", "p_signflip", "p_signflip_holm", "verdict_signflip", "note"]
     return dict(verdicts=out.reindex(columns=cols), testability=test, excluded=excluded.reset_index(drop=True),
                 floor_ceiling=fc, curves=curve)
+
+
+def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int = 0) -> dict[str, pd.DataFrame]:
+    """:func:`verdicts_v2` of a grid against its pre-registered plan (:class:`.plan.Plan`): the plan's claims,
+    instruments and chance levels, comparators, side effects and their margins, family-wise ``alpha``, testability
+    margin, completeness rule and bootstrap size. A grid that ran a part of the plan is compared with the plan's
+    comparators it holds (Holm's family is then the tests that part allows). ``setting``: the attack the relearning
+    claims read (default: the plan's first; the plan's ``[attack]`` rule picks the primary one from the calibration).
+    """
+    claims = tuple((c.statement, c.metric, {d: c.instrument for d in c.datasets}) for c in p.claims)
+    present = set(grid.saved_cells(out_dir)["localization"])
+    comparators = tuple(c for c in p.comparators if c in present)
+    if p.subject not in present or not comparators:
+        raise ValueError(f"{out_dir} holds cells of {sorted(present)}; plan {p.name!r} compares {p.subject!r} with "
+                         f"{list(p.comparators)}. Fix: run the subject and at least one comparator.")
+    return verdicts_v2(out_dir, comparators=comparators, alpha=p.alpha, completeness=p.edit_completeness,
+                       margin=p.testability_margin, n_boot=p.n_boot, rng=rng, claims=claims,
+                       side_effects=tuple((e.id, e.metric, e.margin) for e in p.side_effects),
+                       better_if_higher={c.metric: c.higher_is_better for c in p.claims},
+                       chance={c.instrument: c.chance for c in p.claims}, setting=setting or p.attack_settings[0])
 
 
 def summary(result: dict, alpha: float = 0.05) -> dict:

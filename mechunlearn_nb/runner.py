@@ -198,13 +198,14 @@ def takes_sports_components(notebook: Path) -> bool:
 
 
 def grid_parameters(notebook: Path) -> dict | None:
-    """A grid notebook's default ``TASKS`` and ``SEEDS`` (notebook 09); None for a notebook without both."""
+    """A grid notebook's default ``PLAN``, ``TASKS`` and ``SEEDS`` (notebook 09); None for a notebook without a
+    ``PLAN`` parameter (only a grid notebook runs a pre-registered plan)."""
     import papermill as pm
 
     params = pm.inspect_notebook(str(notebook))
-    if "TASKS" not in params or "SEEDS" not in params:
+    if "PLAN" not in params:
         return None
-    return {k: ast.literal_eval(params[k]["default"]) for k in ("TASKS", "SEEDS")}
+    return {k: ast.literal_eval(params[k]["default"]) for k in ("PLAN", "TASKS", "SEEDS") if k in params}
 
 
 def describe_error(err: BaseException) -> str:
@@ -238,7 +239,8 @@ def run_grid_on_ray(notebook: Path, run_dir: Path, parameters: dict, resources=N
                     device: str | None = None, dtype: str | None = None, progress: bool = True) -> dict:
     """Compute a grid notebook's cells on Ray workers (:func:`cluster.run_cells`) before its single final pass.
 
-    The grid is the one the notebook builds from the same parameters (:func:`grid.notebook_config`), saved
+    The grid is the one the notebook builds from the same parameters (:func:`plan.notebook_config`: its
+    plan, or the part of it the parameters select), saved
     into the notebook's output folder (``run_dir/<notebook stem>``); the notebook's final pass then finds
     every cell saved and only assembles the table (or computes what a failed cell left undone).
 
@@ -248,12 +250,12 @@ def run_grid_on_ray(notebook: Path, run_dir: Path, parameters: dict, resources=N
     """
     from functools import partial
 
-    from . import cluster, grid, models
+    from . import cluster, models, plan
 
     if grid_parameters(notebook) is None:
-        raise ValueError(f"{notebook.name} has no TASKS and SEEDS parameters; only a grid notebook (09) runs on Ray.")
+        raise ValueError(f"{notebook.name} has no PLAN parameter; only a grid notebook (09) runs on Ray.")
     params = {**notebook_defaults(notebook), **parameters}
-    config = grid.notebook_config(params)
+    config = plan.notebook_config(params)
     resources = resources or cluster.Resources()
     load = partial(models.load_model, params.get("MODEL_NAME"), device=device, dtype=dtype)
     outcome = cluster.run_cells(config, run_dir / notebook.stem, load, resources, address=address, progress=progress)

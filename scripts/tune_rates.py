@@ -5,9 +5,10 @@ localization of the plan (its subject and comparators, from the located componen
 ``--components``, random drawn with the tuning seed) edits it at each candidate rate
 (``tuning.FACTORS`` × its kind's default), at full size unless ``--steps`` says otherwise; the rule of
 :mod:`mechunlearn_nb.tuning` picks the rate with the plan's ``edit_completeness``. Each trial is appended to
-``<out>/trials.csv`` as it finishes (a rerun skips the trials there); ``<out>/rates.json`` holds the choice.
+``<out>/trials_<dataset>.csv`` as it finishes (a rerun skips the localizations finished there; one process per
+dataset may share ``--out``); ``<out>/rates.json`` holds the choice for every dataset whose trials are complete.
 
-    python scripts/tune_rates.py --plan plans/v2.toml --out results/tuning/v2
+    python scripts/tune_rates.py --plan v2 --out results/tuning/v2
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from mechunlearn_nb import grid, models, plan, registry, tuning
 from mechunlearn_nb.io import save_json
@@ -25,46 +27,62 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"sports": "edit 64 athletes", "counterfact": "counterfact 64"}
 
 
+def _trials(out: Path, dataset: str) -> pd.DataFrame:
+    path = out / f"trials_{dataset}.csv"
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["dataset", *tuning.COLUMNS])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--plan", required=True)
+    ap.add_argument("--plan", required=True, help="a shipped plan's name (v2) or a plan file")
     ap.add_argument("--out", required=True)
     ap.add_argument("--components", default=str(ROOT / "results" / "09_comparison_full"),
                     help="folder with localizations_<dataset>.json (located components)")
-    ap.add_argument("--datasets", default="sports,counterfact")
+    ap.add_argument("--datasets", default="sports,counterfact",
+                    help="which datasets this process tunes (one process per dataset can share --out)")
     ap.add_argument("--precision", default=None, help="the training forward pass (default: the plan's)")
     ap.add_argument("--steps", type=int, default=None, help="edit steps (default: EditConfig's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
     p = plan.require(args.plan)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    done_path = out / "trials.csv"
-    done = pd.read_csv(done_path) if done_path.exists() else pd.DataFrame(columns=["dataset", *tuning.COLUMNS])
     model = models.load_model()
     names = tuple(dict.fromkeys((p.subject, *p.comparators)))
     overrides = {"eval_every": 0, "precision": args.precision or p.precision, **({"steps": args.steps} if args.steps else {})}
-    chosen = {}
     for dataset in args.datasets.split(","):  # (the plan's factors: tuning.tune_rates' candidates)
+        done = _trials(out, dataset)
+        counts = done.groupby("localization").size() if len(done) else pd.Series(dtype=int)
+        partial = [n for n in names if 0 < counts.get(n, 0) < len(p.tuning_factors)]
+        done = done[~done["localization"].isin(partial)]  # a localization stopped part-way is tuned again, whole
         record = json.loads((Path(args.components) / f"localizations_{dataset}.json").read_text())
         locs = grid.localizations_from_record(model, record, names, source=args.components)
         locs = {n: registry.for_seed(model, locs, n, p.tuning_seed) for n in names}
         task = grid.build_task(model, TASKS[dataset], p.tuning_seed)
-        todo = {n: loc for n, loc in locs.items() if not (done["dataset"].eq(dataset) & done["localization"].eq(n)).any()}
+        todo = {n: loc for n, loc in locs.items() if not done["localization"].eq(n).any()}
 
         def save(row, dataset=dataset):
             nonlocal done
             done = pd.concat([done, pd.DataFrame([dict(dataset=dataset, **row)])], ignore_index=True)
-            tmp = done_path.with_suffix(".tmp")
+            path = out / f"trials_{dataset}.csv"
+            tmp = path.with_suffix(".tmp")
             done.to_csv(tmp, index=False)
-            tmp.replace(done_path)
+            tmp.replace(path)
             print(json.dumps(dict(dataset=dataset, **row)), flush=True)
 
         if todo:
             tuning.tune_rates(model, task, todo, p.edit_completeness, factors=p.tuning_factors, seed=p.tuning_seed,
-                              edit_overrides=overrides, on_trial=save)
-        table = done[done["dataset"] == dataset]
-        chosen[dataset] = {n: tuning.choose_rate(table[table["localization"] == n], p.edit_completeness) for n in names}
-    save_json(dict(plan=str(args.plan), tuning_seed=p.tuning_seed, completeness=p.edit_completeness,
+                              edit_overrides=overrides, on_trial=save, progress=False)
+    # the choice, from every dataset's finished trials in --out (another process may have tuned the other dataset)
+    chosen = {}
+    for dataset in TASKS:
+        table = _trials(out, dataset)
+        if len(table) and all(table["localization"].eq(n).sum() == len(p.tuning_factors) for n in names):
+            chosen[dataset] = {n: tuning.choose_rate(table[table["localization"] == n], p.edit_completeness)
+                               for n in names}
+    save_json(dict(plan=p.name, tuning_seed=p.tuning_seed, completeness=p.edit_completeness,
                    factors=list(p.tuning_factors), tasks={d: TASKS[d] for d in chosen}, edit_overrides=overrides,
                    rates=chosen), out / "rates.json")
     print(json.dumps(chosen, indent=1))

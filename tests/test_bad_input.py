@@ -440,6 +440,21 @@ def test_failed_notebook_reports_its_own_cell_and_exception(tmp_path, capsys):
 
 
 
+@pytest.mark.slow
+def test_notebook_09_without_a_plan_refuses_before_loading_a_model(tmp_path):
+    """The comparison grid runs only against a pre-registered plan: notebook 09 with ``PLAN = None`` stops in its
+    set-up cell (before the model or any cell) with the plan error naming the fix."""
+    import papermill as pm
+
+    from mechunlearn_nb import runner
+
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        runner.run_notebook(runner.NOTEBOOK_DIR / "09_comparison.ipynb", tmp_path, {"FAST": True, "PLAN": None})
+    assert err.value.ename == "PlanError" and "has no plan" in err.value.evalue and "Fix: name a shipped plan" in err.value.evalue
+    assert err.value.exec_count <= 2  # the set-up cell: nothing was computed
+    assert not (tmp_path / "09_comparison" / "cells").exists()
+
+
 # ---------------------------------------------------------------------------
 # BOS: each model scored the way its own tokenizer tokenizes
 # ---------------------------------------------------------------------------

@@ -223,11 +223,32 @@ def test_grid_progress_counts_cells_and_estimates_the_time_left(tmp_path, capsys
     assert p.loc["edit 16 athletes", ["planned", "done", "left"]].tolist() == [4, 3, 1]
     assert p.loc["edit 16 athletes", "cell_seconds"] == 200.0  # the untimed (older) cell is not counted
     assert p.loc["counterfact 16", "cell_seconds"] == 200.0 and p.loc["counterfact 16", "seconds_left"] == 800.0
-    full = grid.grid_progress(tmp_path)
+    full = grid.grid_progress(tmp_path)  # (the first grid's design: 5 tasks x 7 localizations x 3 seeds)
     assert full["planned"].sum() == 105 and full["done"].sum() == 3
+    # by default grid-status counts plan v2's cells (notebook 09's grid): these cells are not among them
     assert main(["grid-status", str(tmp_path), "--workers", "2"]) == 0
     out = capsys.readouterr().out
+    assert "0 of 75 cells saved" in out
+    assert main(["grid-status", str(tmp_path), "--workers", "2", "--plan", "v2", "--tasks",
+                 "forget basketball,edit 16 athletes,edit 64 athletes,counterfact 16,counterfact 64", "--localizations",
+                 "fact lookup,OT (causal tracing),OT MLPs only,OT (attribution patching),random,all MLPs,non-localized",
+                 "--seeds", "0,1,2"]) == 0
+    out = capsys.readouterr().out
     assert "3 of 105 cells saved" in out and f"{(102 * 200.0) / 2 / 3600:.1f} h left" in out
+    assert main(["grid-status", str(tmp_path), "--plan", "v9"]) == 2  # one line, no traceback
+    assert re.search("--plan: No plan named 'v9'", capsys.readouterr().err)
+    # cells saved under other settings than the plan's are named as such (counted by name, not the plan's cells)
+    from dataclasses import asdict
+
+    from mechunlearn_nb import plan
+
+    save_json(asdict(grid.GridConfig()), tmp_path / "grid_config.json")  # the first grid's design
+    assert main(["grid-status", str(tmp_path)]) == 0
+    assert re.search(r"Note: .*other settings than plan 'v2'.*attack_settings.*not that plan's cells",
+                     capsys.readouterr().out)
+    save_json(asdict(plan.grid_config(plan.require("v2"), rates={"sports": {"random": 1e-4}})),
+              tmp_path / "grid_config.json")
+    assert main(["grid-status", str(tmp_path)]) == 0 and "Note:" not in capsys.readouterr().out
     assert main(["grid-status", str(tmp_path / "cells")]) == 2  # one line, no traceback
     assert re.search("No saved cells.*Fix", capsys.readouterr().err)
     # another plan than the full-size grid: the cells outside it are not counted
@@ -301,7 +322,7 @@ def test_the_shipped_full_size_grid_is_complete_and_its_table_and_verdicts_follo
 
     root = Path(__file__).resolve().parents[1] / "results" / "09_comparison_full"
     metrics = json.loads((root / "metrics.json").read_text())
-    checked = expected.check("09_comparison", metrics, size="full")
+    checked = expected.check("09_comparison_v1", metrics, size="full")  # (the grid before plans: its own ranges)
     assert len(checked) > 20 and checked["ok"].all(), checked[~checked["ok"]]
     cells = grid.saved_cells(root)
     assert len(cells) == 105 and grid.grid_progress(root)["left"].sum() == 0

@@ -6,7 +6,7 @@ import pytest
 
 from mechunlearn_nb import plan
 
-V2 = Path(__file__).resolve().parents[1] / "plans" / "v2.toml"
+V2 = Path(__file__).resolve().parents[1] / "mechunlearn_nb" / "plans" / "v2.toml"
 
 
 def test_the_shipped_plan_loads():
@@ -27,8 +27,11 @@ def test_the_shipped_plan_loads():
 def test_a_missing_plan_is_refused_naming_the_file_and_the_fix(tmp_path):
     with pytest.raises(plan.PlanError, match=r"No plan file at .*nowhere\.toml.*Fix: write one"):
         plan.require(tmp_path / "nowhere.toml")
-    with pytest.raises(plan.PlanError, match="no plan.*Fix: pass the path"):
+    with pytest.raises(plan.PlanError, match=r"no plan.*Fix: name a shipped plan \(\['v2'\]"):
         plan.require(None)
+    with pytest.raises(plan.PlanError, match=r"No plan named 'v9': the shipped plans are \['v2'\]"):
+        plan.require("v9")
+    assert plan.require("v2") == plan.load(V2)  # a shipped plan by name (it lives in the package: pip installs it)
 
 
 @pytest.mark.parametrize("change, problem", [
@@ -63,3 +66,30 @@ def test_the_plan_makes_the_grid_it_tests():
     assert config.edit_overrides["precision"] == config.relearn_overrides["precision"] == p.precision
     assert config.edit_overrides["eval_every"] == 0 and config.rates == {"sports": {"random": 1e-4}}
     assert plan.grid_config(p, n_unrelated=0).n_unrelated == 0
+
+
+def test_notebook_09_runs_its_plan_or_a_part_of_it_and_nothing_else(tmp_path):
+    """Notebook 09's grid is its plan's (plan.notebook_config): the whole plan by default, a part of it on request;
+    a task, localization or seed outside the plan is refused, and so is a run without a plan."""
+    full = plan.notebook_config({"PLAN": "v2"})
+    p = plan.load(V2)
+    assert (full.tasks, full.localizations, full.seeds) == (p.tasks, p.localizations, p.test_seeds)
+    assert full.attack_settings == p.attack_settings and full.probe_window == p.probe_window and full.mcq_debiased
+    part = plan.notebook_config({"PLAN": "v2", "TASKS": ["counterfact 64"], "LOCALIZATIONS": ["fact lookup", "random"],
+                                 "SEEDS": [3]})
+    assert (part.tasks, part.localizations, part.seeds) == (("counterfact 64",), ("fact lookup", "random"), (3,))
+    for name, value, outside in (("TASKS", ["edit 16 athletes"], "edit 16 athletes"),
+                                 ("LOCALIZATIONS", ["fact lookup", "all MLPs"], "all MLPs"),
+                                 ("SEEDS", [0, p.tuning_seed], str(p.tuning_seed))):
+        with pytest.raises(plan.PlanError, match=rf"{name} = .*runs \[.*{outside}.*which plan 'v2'.*Fix: leave {name}"):
+            plan.notebook_config({"PLAN": "v2", name: value})
+    with pytest.raises(plan.PlanError, match="has no plan"):
+        plan.notebook_config({"PLAN": None, "FAST": True})
+    fast = plan.notebook_config({"PLAN": "v2", "FAST": True})
+    assert fast.tasks == plan.FAST_SIZES["tasks"] and fast.seeds == p.test_seeds[:2]
+    assert set(fast.localizations) <= set(p.localizations) and fast.edit_overrides["precision"] == p.precision
+    rates = tmp_path / "rates.json"
+    rates.write_text('{"rates": {"sports": {"fact lookup": {"lr": 0.0004, "complete": true}}}}')
+    assert plan.notebook_config({"PLAN": "v2", "RATES": str(rates)}).rates == {"sports": {"fact lookup": 0.0004}}
+    with pytest.raises(plan.PlanError, match="RATES = .*no such file"):
+        plan.notebook_config({"PLAN": "v2", "RATES": str(tmp_path / "none.json")})

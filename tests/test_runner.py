@@ -108,15 +108,19 @@ def test_run_builds_notebook_09s_grid_from_its_parameters_and_the_report_says_wh
     the report says how many cells Ray computed, on how many workers, and which failed."""
     from dataclasses import asdict
 
-    from mechunlearn_nb import grid
+    from mechunlearn_nb import plan
     from mechunlearn_nb.report import write_report
 
     nb = runner.NOTEBOOK_DIR / "09_comparison.ipynb"
     defaults = runner.notebook_defaults(nb)
-    full = grid.notebook_config(defaults)
-    assert asdict(full) == asdict(grid.GridConfig())  # notebook 09's defaults are the full-size grid
-    fast = grid.notebook_config({**defaults, "FAST": True})
-    assert fast.tasks == tuple(grid.FAST_PARAMETERS["TASKS"]) and fast.seeds == (0, 1) and fast.components["sports"]
+    full = plan.notebook_config(defaults)
+    # notebook 09's defaults are its plan's whole grid (plan v2: 3 tasks x 5 localizations x 5 test seeds)
+    assert asdict(full) == asdict(plan.grid_config(plan.require(defaults["PLAN"])))
+    assert len(full.tasks) * len(full.localizations) * len(full.seeds) == 75
+    fast = plan.notebook_config({**defaults, "FAST": True})
+    assert fast.tasks == plan.FAST_SIZES["tasks"] and fast.seeds == (0, 1) and fast.components["sports"]
+    with pytest.raises(plan.PlanError, match="has no plan"):  # no plan: no grid, on Ray or in the notebook
+        runner.run_grid_on_ray(nb, tmp_path, {"PLAN": None})
     with pytest.raises(ValueError, match="only a grid notebook"):
         runner.run_grid_on_ray(runner.NOTEBOOK_DIR / "00_quickstart.ipynb", tmp_path, {})
 

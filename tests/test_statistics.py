@@ -140,3 +140,40 @@ def test_reanalysis_of_the_shipped_grid():
     assert len(fig.axes) == 2 and {a.get_title() for a in fig.axes} == {"sports", "counterfact"}
     assert set(v["verdict"]) <= {"supported", "contradicted", "not distinguishable", "equivalent",
                                  "equivalence not shown", statistics.UNTESTABLE, "too few pairs (1)", "no data"}
+
+
+def test_a_grid_is_judged_against_its_plan(tmp_path):
+    """plan_verdicts reads a grid with the plan's claims, instruments, comparators, margins and alpha. On the shipped
+    grid (run before the plan): the plan's debiased multiple choice and QA-format metrics were never measured there
+    ("no data"), its relearning claim reads the curve's area, and its numbers equal the re-analysis' for the same
+    metric and comparator; a grid without the plan's subject or any comparator is refused."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from mechunlearn_nb import plan, reanalysis
+
+    grid_dir = Path(__file__).resolve().parents[1] / "results" / "09_comparison_full"
+    p = replace(plan.require("v2"), n_boot=1000)
+    r = reanalysis.plan_verdicts(grid_dir, p)
+    v = r["verdicts"]
+    assert set(v["versus"]) == set(p.comparators)  # the first grid ran all four of v2's comparators
+    claims = v[v["instrument"] != ""]
+    assert set(claims["claim"]) == {c.statement for c in p.claims}
+    assert (claims[claims["metric"].isin(["mcq_debiased_edit_acc", "qa_forget_acc"])]["verdict"] == "no data").all()
+    side = v[v["instrument"] == ""]
+    assert {c.split(" (")[0] for c in side["claim"]} == {f"side effects: {e.id}" for e in p.side_effects}
+    assert all(f"±{e.margin}" in " ".join(side["claim"]) for e in p.side_effects)
+    tested = v[v["p_value"].notna()]
+    assert (v["family_size"] == len(tested)).all() and tested["p_holm"].ge(tested["p_value"]).all()
+    # the same metric, comparator and pairs as the re-analysis: the same estimate
+    shipped = pd.read_csv(grid_dir / "reanalysis" / "verdicts_v2.csv")
+    key = ["dataset", "metric", "versus"]
+    both = tested[tested["metric"] == "relearn_p_true_auc"].merge(shipped, on=key, suffixes=("", "_shipped"))
+    assert len(both) == 6 and np.allclose(both["diff"], both["diff_shipped"])  # 2 datasets x 3 (non-localized: new)
+    assert (both["n_pairs"] == both["n_pairs_shipped"]).all()
+    alone = tmp_path / "cells"  # a grid of fact lookup alone: nothing to compare it with
+    alone.mkdir()
+    for cell in sorted((grid_dir / "cells").glob("edit-64-athletes__fact-lookup__*.json")):
+        (alone / cell.name).write_text(cell.read_text())
+    with pytest.raises(ValueError, match="run the subject and at least one comparator"):
+        reanalysis.plan_verdicts(tmp_path, p)
