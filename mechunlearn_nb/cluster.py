@@ -113,14 +113,15 @@ class GridWorker:
     device=..., dtype=...)``); ``threads``: torch's threads in this worker (its CPUs).
     """
 
-    def __init__(self, load, config: grid.GridConfig, threads: int = 1):
+    def __init__(self, load, config: grid.GridConfig, threads: int = 1, share: str | None = None):
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
         self.config = config
         self.model = load()
         self.records: dict[str, dict] = {}
-        self.computer = grid.CellComputer(self.model, config, self._localizations)
+        # the grid's folder: the unedited model's baselines computed once there for all workers that can reach it
+        self.computer = grid.CellComputer(self.model, config, self._localizations, share=share)
 
     def _localizations(self, dataset: str) -> dict:
         return grid.localizations_from_record(self.model, self.records[dataset], grid.located_names(self.config),
@@ -260,7 +261,8 @@ def run_cells(config: grid.GridConfig, out_dir: str | Path, load, resources: Res
         outcome.workers = n_workers
         actor = ray.remote(worker_class).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
                                                  max_restarts=max_retries, max_task_retries=max_retries)
-        actors = [actor.remote(load, config, threads=max(1, int(resources.cpus))) for _ in range(n_workers)]
+        actors = [actor.remote(load, config, threads=max(1, int(resources.cpus)), share=str(out_dir.resolve()))
+                  for _ in range(n_workers)]
         try:
             records = {}
             for dataset in dict.fromkeys(dataset_of(t) for t, _, _ in todo):  # once per dataset, before any cell

@@ -57,7 +57,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import attacks, editing, evaluation, latent, registry, statistics, tasks, tuning
-from .io import save_json, slug
+from .io import atomic_path, save_json, slug
 from .models import hf_model
 from .tasks import dataset_of
 
@@ -172,35 +172,6 @@ class GridConfig:
                 raise ValueError(f"probe_window={self.probe_window!r}: give two layers (first, last) with 0 <= first <= last.")
             self.probe_window = (int(self.probe_window[0]), int(self.probe_window[1]))
         self.tasks, self.localizations, self.seeds = tuple(self.tasks), tuple(self.localizations), tuple(self.seeds)
-
-
-#: notebook 09's small sizes (``FAST=True``): one task, two localizations, two seeds, short edits and attacks
-FAST_PARAMETERS = dict(
-    TASKS=["edit 8 athletes"], LOCALIZATIONS=["fact lookup", "OT (attribution patching)"], SEEDS=[0, 1],
-    N_KNOWN=200, MAX_MAINTAIN=16, RELEARN_STEPS=[0, 3], N_UNRELATED=8,
-    EDIT_OVERRIDES=dict(steps=5, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_facts=8,
-                        eval_every=0),
-    RELEARN_OVERRIDES=dict(batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16),
-    EVAL_OVERRIDES=dict(n_paragraphs=2, lm_tokens=32, formats=("fact", "mcq")))
-
-
-def notebook_config(parameters: dict) -> GridConfig:
-    """The grid notebook 09 runs for its parameters (``TASKS``, ``SEEDS``, ``FAST`` ...; the notebook's names).
-
-    ``FAST=True`` replaces the sizes by :data:`FAST_PARAMETERS` and, without ``COMPONENTS``, fixes the
-    localizations to :data:`registry.FAST_COMPONENTS`. The notebook and ``run --workers`` (which computes
-    the notebook's cells on Ray before its final pass) build the same grid from the same parameters.
-    """
-    p = dict(parameters)
-    if p.get("FAST"):
-        p.update(FAST_PARAMETERS)
-    fixed = registry.FAST_COMPONENTS if p.get("FAST") and p.get("COMPONENTS") is None else p.get("COMPONENTS")
-    return GridConfig(
-        tasks=tuple(p["TASKS"]), localizations=tuple(p["LOCALIZATIONS"]), seeds=tuple(p["SEEDS"]),
-        n_locate=p["N_LOCATE"], edit_overrides=p["EDIT_OVERRIDES"], relearn_steps=tuple(p["RELEARN_STEPS"]),
-        relearn_overrides=p["RELEARN_OVERRIDES"], max_forget=p["MAX_FORGET"], max_maintain=p["MAX_MAINTAIN"],
-        n_known=p["N_KNOWN"], n_unrelated=p["N_UNRELATED"], eval_overrides=p["EVAL_OVERRIDES"],
-        components=None if fixed is None else {"sports": {n: c for n, c in fixed.items() if n in p["LOCALIZATIONS"]}})
 
 
 # ---------------------------------------------------------------------------
@@ -471,14 +442,22 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
 _SELECTION = ("tasks", "localizations", "seeds")
 
 
-def _check_resume(config: GridConfig, out_dir: Path, cell_dir: Path) -> None:
-    """Refuse to mix cells computed under different settings in one folder."""
-    saved = out_dir / "grid_config.json"
-    if not saved.exists() or not any(cell_dir.glob("*.json")):
-        return
+def settings_differ(config: GridConfig, out_dir: str | Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The GridConfig fields (other than the selection of cells and ``ignore``) whose values differ between ``config``
+    and the settings a grid saved in ``out_dir`` (``grid_config.json``); empty when nothing was saved there."""
+    saved = Path(out_dir) / "grid_config.json"
+    if not saved.exists():
+        return []
     old = json.loads(saved.read_text())
     new = json.loads(json.dumps(asdict(config)))
-    changed = sorted(k for k in new if k not in _SELECTION and old.get(k) != new[k])
+    return sorted(k for k in new if k not in _SELECTION + tuple(ignore) and old.get(k) != new[k])
+
+
+def _check_resume(config: GridConfig, out_dir: Path, cell_dir: Path) -> None:
+    """Refuse to mix cells computed under different settings in one folder."""
+    if not any(cell_dir.glob("*.json")):
+        return
+    changed = settings_differ(config, out_dir)
     if changed:
         raise ValueError(f"{out_dir} holds cells computed with other settings ({', '.join(changed)} differ), which "
                          f"would be mixed into this table. Fix: use a new output folder, or delete {cell_dir} to recompute.")
@@ -495,6 +474,11 @@ def start_grid(config: GridConfig, out_dir: str | Path) -> Path:
     cell_dir = out_dir / "cells"
     cell_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(config, out_dir, cell_dir)
+    if settings_differ(config, out_dir) and (out_dir / "baselines").exists():
+        # no cell is left of the old settings (or _check_resume refused): their cached baselines go with them
+        import shutil
+
+        shutil.rmtree(out_dir / "baselines")
     save_json(asdict(config), out_dir / "grid_config.json")
     return cell_dir
 
@@ -517,6 +501,12 @@ def save_cell(cell: dict, out_dir: str | Path) -> Path:
     return path
 
 
+def baseline_path(out_dir: str | Path, task: str, seed: int) -> Path:
+    """Where a grid keeps the unedited model's evaluation and probe read-outs of a (task, seed):
+    ``out_dir/baselines/<task>__<seed>.pkl`` (:class:`CellComputer`'s ``share``)."""
+    return Path(out_dir) / "baselines" / f"{slug(task, seed)}.pkl"
+
+
 class CellComputer:
     """Computes cells on one model: the known facts and localizations of each dataset once, each (task, seed)'s
     task, baseline and base probes once (the last one kept), then :func:`run_cell`.
@@ -524,13 +514,44 @@ class CellComputer:
     Args:
         localizations: ``dataset -> {name: Localization}`` (the caller's way to get them: located and saved by
             :func:`dataset_localizations`, or rebuilt from a driver's record by :func:`localizations_from_record`).
+        share: a grid's output folder whose ``baselines/`` this computer reads a (task, seed)'s unedited evaluation
+            and probe read-outs from, and writes them to once computed (atomically; :func:`baseline_path`), so that
+            workers on one file system and resumed runs compute each once instead of once per process. The
+            folder's cells were all computed under one setting (:func:`start_grid` refuses others), so neither are
+            its baselines. A folder that cannot be written (a worker on another machine) is skipped: the
+            baseline is then computed here, as without ``share``.
     """
 
-    def __init__(self, model, config: GridConfig, localizations):
+    def __init__(self, model, config: GridConfig, localizations, share: str | Path | None = None):
         self.model, self.config, self._localizations = model, config, localizations
         self.known: dict[str, pd.DataFrame] = {}
         self.locs: dict[str, dict] = {}
         self._task: dict = {}
+        self.share = None if share is None else Path(share)
+        self.baselines_read = 0  # (task, seed) baselines taken from ``share`` instead of computed
+
+    def _baseline(self, task, task_name: str, seed: int, unrelated):
+        """The unedited model's evaluation and probe read-outs of a (task, seed): from ``share`` when saved there."""
+        import pickle
+
+        path = None if self.share is None else baseline_path(self.share, task_name, seed)
+        if path is not None and path.exists():
+            with open(path, "rb") as f:
+                self.baselines_read += 1
+                return pickle.load(f)
+        config = self.config
+        base = evaluation.evaluate(self.model, task, None, unrelated=unrelated,
+                                   **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False,
+                                      "mcq_debiased": config.mcq_debiased})
+        value = (base, probe_base(self.model, task, config, seed))
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    pickle.dump(value, f)
+            except OSError:  # not this worker's file system: it keeps its own copy only
+                pass
+        return value
 
     def known_facts(self, dataset: str) -> pd.DataFrame:
         if dataset not in self.known:
@@ -554,10 +575,8 @@ class CellComputer:
         if key not in self._task:
             task = build_task(model, task_name, seed, config.max_forget, config.max_maintain, known=known)
             unrelated = evaluation.unrelated_facts(model, task, n=config.n_unrelated) if config.n_unrelated else None
-            base = evaluation.evaluate(model, task, None, unrelated=unrelated,
-                                       **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False,
-                                          "mcq_debiased": config.mcq_debiased})
-            self._task = {key: (task, base, unrelated, probe_base(model, task, config, seed))}  # one task at a time
+            base, base_probe = self._baseline(task, task_name, seed, unrelated)
+            self._task = {key: (task, base, unrelated, base_probe)}  # one task at a time
         task, base, unrelated, base_probe = self._task[key]
         loc = registry.for_seed(model, locs, loc_name, seed)
         window = config.probe_window or probe_window_for(model, locs[registry.FLU.label])
@@ -578,7 +597,7 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
     out_dir = Path(out_dir)
     start_grid(config, out_dir)
     computer = CellComputer(model, config, lambda dataset: dataset_localizations(
-        model, dataset, config, out_dir, computer.known_facts(dataset)))
+        model, dataset, config, out_dir, computer.known_facts(dataset)), share=out_dir)
     rows = []
     bar = tqdm(planned_cells(config), desc="comparison grid", disable=not progress)
     for task_name, loc_name, seed in bar:

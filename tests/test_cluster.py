@@ -114,6 +114,36 @@ def test_small_grid_on_ray_survives_a_killed_worker_and_matches_one_process(ray_
     print(local[["edit_acc", "maintain_acc", "relearn_acc", "lm_loss_change"]].to_string())
 
 
+def test_the_unedited_baseline_is_computed_once_per_task_and_seed_and_shared_on_disk(tiny, tmp_path):
+    """A grid's folder keeps each (task, seed)'s unedited evaluation (``baselines/``): another computer on the same
+    folder (a second worker, a resumed run) reads it instead of computing it, and its cells are the same number for
+    number; a folder whose cells are gone and whose settings changed drops the old baselines."""
+    config = grid.GridConfig(**{**CONFIG.__dict__, "tasks": ("edit 4 athletes",), "seeds": (0,)})
+    out = tmp_path / "grid"
+    first = grid.run_grid(tiny, config, out, progress=False).set_index(KEYS).sort_index()
+    assert [p.name for p in (out / "baselines").iterdir()] == [grid.baseline_path(out, "edit 4 athletes", 0).name]
+
+    def locate(dataset):
+        return grid.localizations_from_record(tiny, json.loads((out / f"localizations_{dataset}.json").read_text()),
+                                              grid.located_names(config))
+
+    reader = grid.CellComputer(tiny, config, locate, share=out)
+    fresh = grid.CellComputer(tiny, config, locate)  # computes its own baseline
+    for loc in ("fact lookup", "random"):
+        shared, own = reader.compute("edit 4 athletes", loc, 0), fresh.compute("edit 4 athletes", loc, 0)
+        assert json.dumps(shared["metrics"]) == json.dumps(own["metrics"])  # every number, as saved
+        assert shared["evaluation"] == own["evaluation"]
+        row = first.loc[("edit 4 athletes", loc, 0)]
+        assert [shared["metrics"][k] for k in ("edit_acc", "maintain_acc", "lm_loss_change")] == \
+            [row[k] for k in ("edit_acc", "maintain_acc", "lm_loss_change")]
+    assert reader.baselines_read == 1 and fresh.baselines_read == 0
+    # other settings in a folder without cells: the stale baselines go (the cells were deleted to recompute)
+    for cell in (out / "cells").glob("*.json"):
+        cell.unlink()
+    grid.start_grid(grid.GridConfig(**{**config.__dict__, "max_maintain": 6}), out)
+    assert not (out / "baselines").exists()
+
+
 def test_stopped_driver_resumes_from_saved_cells(ray_local, tmp_path):
     """A driver stopped after its first saved cell leaves the others unsaved and its lock released; the next
     driver computes only the cells still missing."""
@@ -192,14 +222,11 @@ def test_tiny_model_runs_a_cell_on_the_device_torch_offers(tiny):
 @pytest.mark.slow
 def test_two_embedded_cells_on_ray_equal_one_process(ray_local, gemma, tmp_path):
     """2 cells on the embedded model at notebook 09's small sizes: a Ray worker's metrics are the one-process ones."""
-    from mechunlearn_nb import registry
+    from mechunlearn_nb import plan, registry
 
-    p = grid.FAST_PARAMETERS
+    sizes = {k: v for k, v in plan.FAST_SIZES.items() if k != "tasks"}
     config = grid.GridConfig(tasks=("edit 8 athletes",), localizations=("fact lookup", "random"), seeds=(0,),
-                             n_known=p["N_KNOWN"], max_maintain=p["MAX_MAINTAIN"], relearn_steps=tuple(p["RELEARN_STEPS"]),
-                             n_unrelated=p["N_UNRELATED"], edit_overrides=p["EDIT_OVERRIDES"],
-                             relearn_overrides=p["RELEARN_OVERRIDES"], eval_overrides=p["EVAL_OVERRIDES"],
-                             components={"sports": {"fact lookup": registry.FAST_COMPONENTS["fact lookup"]}})
+                             components={"sports": {"fact lookup": registry.FAST_COMPONENTS["fact lookup"]}}, **sizes)
     t0 = time.perf_counter()
     outcome = cluster.run_cells(config, tmp_path / "ray", partial(models.load_model, None), progress=False)
     print(f"\n2 embedded cells on 1 Ray worker: {time.perf_counter() - t0:.1f} s")
