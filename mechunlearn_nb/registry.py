@@ -285,3 +285,26 @@ def sizes(locs: dict[str, Localization], max_listed: int = 8) -> pd.DataFrame:
     return pd.DataFrame([dict(localization=n, kind=loc.kind.value, n_params=loc.n_params,
                               components=", ".join(loc.components) if len(loc.components) <= max_listed
                               else f"{len(loc.components)} components") for n, loc in locs.items()])
+
+
+def stability(model, dataset: str = "sports", seeds=(0, 1, 2), n_locate: int = 64, n_probe: int | None = None,
+              known: pd.DataFrame | None = None, progress: bool = False) -> pd.DataFrame:
+    """Fact lookup located again from other samples of its evidence: does the range hold still?
+
+    For each seed, :func:`locate` draws the known facts it patches (and, for sports, the probes' train/test split)
+    with that seed and applies the same rule. The first seed is the reference.
+
+    Returns:
+        One row per seed: ``seed, layers`` (FLU's MLP blocks), ``n_mlps``, ``same_as_first`` and ``jaccard``
+        (shared blocks / blocks in either, against the first seed's).
+    """
+    rows, first = [], None
+    for seed in seeds:
+        _, evidence = locate(model, dataset, names=(FLU.label,), n_locate=n_locate, n_probe=n_probe, seed=seed,
+                             progress=progress, known=known)
+        layers = [int(x) for x in evidence["flu_layers"]]
+        first = layers if first is None else first
+        union = set(layers) | set(first)
+        rows.append(dict(seed=seed, layers=layers, n_mlps=len(layers), same_as_first=layers == first,
+                         jaccard=len(set(layers) & set(first)) / len(union) if union else 1.0))
+    return pd.DataFrame(rows)

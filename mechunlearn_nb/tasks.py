@@ -373,6 +373,37 @@ def forget_athletes(model, n: int = 64, seed: int = 0, new: str = "golf", train_
                 dict(n=len(forget), seed=seed, new=new, sports=forget["sport"].value_counts().to_dict()))
 
 
+def unknown_athletes(model, n: int = 64, seed: int = 0, train_frac: float = 0.5, max_maintain: int | None = None,
+                     scores: pd.DataFrame | None = None, known: pd.DataFrame | None = None) -> Task:
+    """``n`` athletes the model does *not* know, as a task to attack without an edit: the negative control.
+
+    A relearning attack trained on half of these athletes' true sports and measured on the other half shows what
+    the attack teaches by itself (the sports' base rates, a sport said more often) — on facts that were never in
+    the model. An edit's "recovery" under the same attack means something only above this level.
+
+    Args:
+        n: how many athletes (a seeded sample of those whose normalised probability of the true sport is below
+            :data:`KNOWN_THRESHOLD`).
+        scores: every scored athlete (``known_facts(model, "sports", threshold=0.0)``: the default, cached).
+        known: the known athletes, the maintain sets (default: ``scores`` above the threshold).
+        seed, train_frac, max_maintain: as in :func:`edit_athletes`.
+    """
+    seed = check_int("seed", seed, min=0)
+    n = check_int("n", n, min=2)
+    scores = known_facts(model, "sports", threshold=0.0) if scores is None else scores
+    unknown = scores[scores["p_true_norm"] < KNOWN_THRESHOLD]
+    if len(unknown) < n:
+        raise ValueError(f"Only {len(unknown)} of the {len(scores)} scored athletes are unknown to the model; asked for "
+                         f"{n}. Fix: choose n <= {len(unknown)} (or score more athletes).")
+    known = scores[scores["p_true_norm"] >= KNOWN_THRESHOLD] if known is None else known
+    forget = unknown.sample(n, random_state=seed).reset_index(drop=True)
+    forget = forget.assign(true_answer=forget["sport"], new_answer=forget["sport"])  # nothing is edited
+    train, held = _split_maintain(known, seed, train_frac, max_maintain, max_maintain)
+    train, held = (d.assign(true_answer=d["sport"]) for d in (train, held))
+    return Task(f"unknown {n} athletes", "sports", forget, train, held,
+                dict(n=n, seed=seed, negative_control=True, p_true_norm_mean=float(forget["p_true_norm"].mean())))
+
+
 def counterfact_edit(model, n: int = 16, seed: int = 0, train_frac: float = 0.5, max_maintain: int | None = None,
                      known: pd.DataFrame | None = None) -> Task:
     """``n`` known CounterFact facts rewritten to their ``target_new``.

@@ -5,93 +5,111 @@ the scaled default (``RelearnConfig()``: LoRA rank 64, alpha 32, constant rate) 
 (``attacks.PAPER_LORA``: rank 512, alpha 32, cosine):
 
 - **positive control**: an edit confined to the last MLPs (``--late``, fact lookup's budget of four MLPs at
-  the top of the model, past the layers where the fact is looked up): a shallow edit the attack should undo;
+  the top of the model, past the layers where the fact is looked up): a shallow edit the attack should undo. At its
+  kind's default rate it does not complete (an attack on an incomplete edit measures the edit, not the attack), so
+  its rate is raised (x1, x2, x4, x8) until the edit reaches the plan's completeness; ``edits.json`` logs each try;
 - **negative control**: the attack on 64 athletes the unedited model does *not* know (normalised probability
   of their sport below the known threshold), with no edit: what the attack teaches by itself (sport base
   rates, elimination) — a localization's "recovery" is only recovery above this;
 - **under test**: fact lookup's MLPs and a random localization of the same size.
 
-Each curve is the held-out half's mean probability of the true answer at steps 0, 2, 5, 10, 20 and its
+Each curve is the held-out half's mean probability of the true answer at the plan's steps and its
 summaries (``statistics.curve_metrics``: area, maximum, change from step 0). Everything is appended to
 ``<out>/curves.csv`` as each attack finishes (a rerun skips the attacks there); ``<out>/summary.csv`` holds
 the summaries. The attack discriminates when the positive control's area clearly exceeds the negative
 control's; a setting that does not is reported as unable to separate localizations on this model.
 
-    python scripts/calibrate_attack.py --out results/attack_calibration [--seed 100] [--precision bfloat16-mixed]
+    python scripts/calibrate_attack.py --out results/attack_calibration [--plan v2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
 
-from mechunlearn_nb import attacks, editing, grid, models, registry, statistics, tasks
+from mechunlearn_nb import attacks, editing, grid, models, plan, registry, statistics, tasks
+from mechunlearn_nb.io import save_json
 from mechunlearn_nb.localization import Localization
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"scaled (rank 64, constant)": {}, "paper (rank 512, cosine)": attacks.PAPER_LORA}
-STEPS = (0, 2, 5, 10, 20)
-
-
-def unknown_task(model, n: int, seed: int, known: pd.DataFrame) -> tasks.Task:
-    """``n`` athletes the model does not know, as a task whose forget set holds their true sports."""
-    scores = tasks.known_facts(model, "sports", threshold=0.0, progress=False)
-    unknown = scores[scores["p_true_norm"] < tasks.KNOWN_THRESHOLD]
-    if len(unknown) < n:
-        raise ValueError(f"Only {len(unknown)} unknown athletes; asked for {n}.")
-    forget = unknown.sample(n, random_state=seed).assign(true_answer=lambda d: d["sport"]).reset_index(drop=True)
-    maintain = known.sample(min(len(known), 128), random_state=seed).assign(true_answer=lambda d: d["sport"])
-    half = len(maintain) // 2
-    return tasks.Task(f"unknown {n} athletes", "sports", forget, maintain.iloc[:half].reset_index(drop=True),
-                      maintain.iloc[half:].reset_index(drop=True), meta=dict(seed=seed, negative_control=True))
+#: the plan's attack settings (grid.ATTACK_SETTINGS): scaled = LoRA rank 64, alpha 32, constant; paper = rank 512, alpha 32, cosine
+SETTINGS = {"scaled": {}, "paper": attacks.PAPER_LORA}
+POSITIVE = "positive control (late MLPs)"
+#: the positive control's candidate rates: its kind's default times these, the first complete edit is attacked
+POSITIVE_FACTORS = (1, 2, 4, 8)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=100, help="the tuning seed (never a test seed)")
+    ap.add_argument("--plan", default="v2", help="the plan: its tuning seed, training precision and curve steps")
+    ap.add_argument("--seed", type=int, default=None, help="default: the plan's tuning seed (never a test seed)")
     ap.add_argument("--late", default="m14,m15,m16,m17", help="the positive control's components")
-    ap.add_argument("--precision", default="float32")
+    ap.add_argument("--precision", default=None, help="the training forward pass (default: the plan's)")
     ap.add_argument("--components", default=str(ROOT / "results" / "09_comparison_full" / "localizations_sports.json"))
     args = ap.parse_args()
+    p = plan.require(args.plan)
+    seed = p.tuning_seed if args.seed is None else args.seed
+    precision, steps = args.precision or p.precision, tuple(p.relearn_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curves.csv"
     curves = pd.read_csv(path) if path.exists() else pd.DataFrame()
     model = models.load_model()
     known = tasks.known_facts(model, "sports", progress=False)
-    task = grid.build_task(model, "edit 64 athletes", args.seed, known=known)
+    task = grid.build_task(model, "edit 64 athletes", seed, known=known)
     record = json.loads(Path(args.components).read_text())
     locs = grid.localizations_from_record(model, record, (registry.FLU.label,), source=args.components)
     flu = locs[registry.FLU.label]
-    edits = {"positive control (late MLPs)": Localization.from_components(model, args.late.split(","),
-                                                                           name="positive control (late MLPs)"),
+    edits = {POSITIVE: Localization.from_components(model, args.late.split(","), name=POSITIVE),
              registry.FLU.label: flu,
-             "random": registry.for_seed(model, locs, "random", args.seed)}
-    negative = unknown_task(model, 64, args.seed, known)
-    for setting, extra in SETTINGS.items():
-        cfg = attacks.RelearnConfig(eval_steps=STEPS, precision=args.precision, **extra)
-        todo = [name for name in [*edits, "negative control (unknown athletes)"]
+             "random": registry.for_seed(model, locs, "random", seed)}
+    negative = tasks.unknown_athletes(model, 64, seed, known=known, max_maintain=256)
+    names = [*edits, "negative control (unknown athletes)"]
+    edit_log = json.loads((out / "edits.json").read_text()) if (out / "edits.json").exists() else []
+    for name in names:  # each edit once, attacked under every setting
+        todo = [setting for setting in SETTINGS
                 if curves.empty or not ((curves["setting"] == setting) & (curves["localization"] == name)).any()]
-        for name in todo:
-            if name in edits:
-                result = editing.edit(model, edits[name], task,
-                                      editing.EditConfig.for_localization(edits[name], precision=args.precision,
-                                                                          eval_every=0), seed=args.seed)
-                curve = attacks.relearn(model, result, task, cfg, seed=args.seed)
+        if not todo:
+            continue
+        result = None
+        if name in edits:
+            # an attack on an incomplete edit measures the edit, not the attack: the positive control's rate is
+            # raised (its kind's default x 1, 2, 4, 8) until the edit reaches the plan's completeness
+            factors = POSITIVE_FACTORS if name == POSITIVE else (1,)
+            default = editing.EditConfig.for_localization(edits[name]).lr
+            for factor in factors:
+                t0 = time.perf_counter()
+                cfg = editing.EditConfig.for_localization(edits[name], precision=precision, eval_every=0,
+                                                          lr=default * factor)
+                result = editing.edit(model, edits[name], task, cfg, seed=seed, progress=False)
+                acc = result.final().get("edit_acc")
+                print(f"{name}: lr {cfg.lr:g}, edit {time.perf_counter() - t0:.0f} s, edit accuracy {acc}", flush=True)
+                edit_log.append(dict(localization=name, lr=cfg.lr, edit_acc=acc,
+                                     seconds=round(time.perf_counter() - t0, 1)))
+                save_json(edit_log, out / "edits.json")
+                if acc >= p.edit_completeness:
+                    break
+        for setting in todo:
+            t1 = time.perf_counter()
+            cfg = attacks.RelearnConfig(eval_steps=steps, precision=precision, **SETTINGS[setting])
+            if result is not None:
+                curve = attacks.relearn(model, result, task, cfg, seed=seed, progress=False)
                 extra_cols = dict(edit_acc=result.final().get("edit_acc"), n_params=int(edits[name].n_params))
             else:
-                curve = attacks.relearn(model, None, negative, cfg, seed=args.seed)
+                curve = attacks.relearn(model, None, negative, cfg, seed=seed, progress=False)
                 extra_cols = dict(edit_acc=float("nan"), n_params=0)
-            curve = curve.assign(localization=name, setting=setting, **extra_cols)
+            curve = curve.assign(localization=name, setting=setting, attack_seconds=round(time.perf_counter() - t1, 1),
+                                 lr=float("nan") if result is None else result.config.lr, **extra_cols)
             curves = pd.concat([curves, curve], ignore_index=True)
             tmp = path.with_suffix(".tmp")
             curves.to_csv(tmp, index=False)
             tmp.replace(path)
-            print(f"{setting} / {name}: held-out p_true by step "
+            print(f"{setting} / {name} ({time.perf_counter() - t1:.0f} s): held-out p_true by step "
                   f"{curve[curve['half'] == statistics.HELD_OUT].set_index('step')['p_true'].round(3).to_dict()}", flush=True)
     rows = []
     for setting, sub in curves.groupby("setting"):
@@ -100,6 +118,23 @@ def main() -> None:
     summary = pd.concat(rows, ignore_index=True)
     summary.to_csv(out / "summary.csv", index=False)
     print(summary[summary["quantity"] == "p_true"].to_string(index=False))
+    # the plan's [attack] rule: a setting separates localizations when the positive control's held-out probability
+    # area exceeds the negative control's by at least min_separation; the primary one separates them most
+    auc = summary[summary["quantity"] == "p_true"].set_index(["setting", "localization"])["auc"]
+    rule = {}
+    for setting in SETTINGS:
+        pos, neg = auc.get((setting, POSITIVE)), auc.get((setting, "negative control (unknown athletes)"))
+        if pos is None or neg is None:
+            continue
+        rule[setting] = dict(positive_auc=round(float(pos), 4), negative_auc=round(float(neg), 4),
+                             separation=round(float(pos - neg), 4), separates=bool(pos - neg >= p.min_separation),
+                             **{f"{name}_auc": round(float(auc[(setting, name)]), 4)
+                                for name in (registry.FLU.label, "random") if (setting, name) in auc.index})
+    usable = {k: v for k, v in rule.items() if v["separates"]}
+    primary = max(usable, key=lambda k: usable[k]["separation"]) if usable else None
+    save_json(dict(plan=p.name, seed=seed, precision=precision, steps=list(steps), min_separation=p.min_separation,
+                   settings=rule, primary=primary), out / "calibration.json")
+    print(json.dumps(dict(settings=rule, primary=primary), indent=1))
 
 
 if __name__ == "__main__":

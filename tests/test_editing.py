@@ -164,6 +164,14 @@ def test_task_builders_split_and_label(tiny):
     assert "basketball" not in set(tasks.forget_athletes(tiny, 10, seed=1, new="basketball", known=known).forget["sport"])
     with pytest.raises(ValueError, match="Cannot forget"):
         tasks.forget_athletes(tiny, len(known), known=known)
+    # the negative control: athletes the model does not know (here by their made-up scores), no edit
+    scores = known.assign(p_true_norm=np.linspace(0.0, 1.0, len(known)))
+    u = tasks.unknown_athletes(tiny, 20, seed=2, scores=scores)
+    assert len(u.forget) == 20 and (u.forget["p_true_norm"] < tasks.KNOWN_THRESHOLD).all()
+    assert (u.forget["true_answer"] == u.forget["sport"]).all() and u.meta["negative_control"]
+    assert (u.maintain_train["p_true_norm"] >= tasks.KNOWN_THRESHOLD).all() and not set(u.subjects) & set(u.maintain_eval["athlete"])
+    with pytest.raises(ValueError, match=r"Only 150 of the 300 scored athletes are unknown.*Fix: choose n <= 150"):
+        tasks.unknown_athletes(tiny, 151, scores=scores)
 
 
 def test_evaluate_table_shape_and_model_untouched(tiny, task, result):
