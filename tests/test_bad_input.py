@@ -451,7 +451,7 @@ def test_notebook_09_without_a_plan_refuses_before_loading_a_model(tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as err:
         runner.run_notebook(runner.NOTEBOOK_DIR / "09_comparison.ipynb", tmp_path, {"FAST": True, "PLAN": None})
     assert err.value.ename == "PlanError" and "has no plan" in err.value.evalue and "Fix: name a shipped plan" in err.value.evalue
-    assert err.value.exec_count <= 2  # the set-up cell: nothing was computed
+    assert err.value.exec_count == 3  # the set-up cell (after the parameters and papermill's injected ones)
     assert not (tmp_path / "09_comparison" / "cells").exists()
 
 
