@@ -224,7 +224,10 @@ def test_two_embedded_cells_on_ray_equal_one_process(ray_local, gemma, tmp_path)
     """2 cells on the embedded model at notebook 09's small sizes: a Ray worker's metrics are the one-process ones."""
     from mechunlearn_nb import plan, registry
 
+    # (the identity of the two paths does not need the plan's 10-step edits and debiased multiple choice: 5 steps,
+    # none, as before plans, keep this test at half the time)
     sizes = {k: v for k, v in plan.FAST_SIZES.items() if k != "tasks"}
+    sizes.update(mcq_debiased=0, edit_overrides={**sizes["edit_overrides"], "steps": 5})
     config = grid.GridConfig(tasks=("edit 8 athletes",), localizations=("fact lookup", "random"), seeds=(0,),
                              components={"sports": {"fact lookup": registry.FAST_COMPONENTS["fact lookup"]}}, **sizes)
     t0 = time.perf_counter()
