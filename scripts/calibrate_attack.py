@@ -7,7 +7,7 @@ the scaled default (``RelearnConfig()``: LoRA rank 64, alpha 32, constant rate) 
 - **positive control**: an edit confined to the last MLPs (``--late``, fact lookup's budget of four MLPs at
   the top of the model, past the layers where the fact is looked up): a shallow edit the attack should undo. At its
   kind's default rate it does not complete (an attack on an incomplete edit measures the edit, not the attack), so
-  its rate is raised (x1, x2, x4, x8) until the edit reaches the plan's completeness; ``edits.json`` logs each try;
+  its rate is raised (x1, x2, x4 ... x32) until the edit reaches the plan's completeness; ``edits.json`` logs each try;
 - **negative control**: the attack on 64 athletes the unedited model does *not* know (normalised probability
   of their sport below the known threshold), with no edit: what the attack teaches by itself (sport base
   rates, elimination) — a localization's "recovery" is only recovery above this;
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"scaled": {}, "paper": attacks.PAPER_LORA}
 POSITIVE = "positive control (late MLPs)"
 #: the positive control's candidate rates: its kind's default times these, the first complete edit is attacked
-POSITIVE_FACTORS = (1, 2, 4, 8)
+POSITIVE_FACTORS = (1, 2, 4, 8, 16, 32)
 
 
 def main() -> None:
@@ -69,7 +69,9 @@ def main() -> None:
              registry.FLU.label: flu,
              "random": registry.for_seed(model, locs, "random", seed)}
     negative = tasks.unknown_athletes(model, 64, seed, known=known, max_maintain=256)
-    names = [*edits, "negative control (unknown athletes)"]
+    # the negative control and the localizations under test first; the positive control, whose rate search is the
+    # longest, last
+    names = ["negative control (unknown athletes)", registry.FLU.label, "random", POSITIVE]
     edit_log = json.loads((out / "edits.json").read_text()) if (out / "edits.json").exists() else []
     for name in names:  # each edit once, attacked under every setting
         todo = [setting for setting in SETTINGS
@@ -82,6 +84,10 @@ def main() -> None:
             # raised (its kind's default x 1, 2, 4, 8) until the edit reaches the plan's completeness
             factors = POSITIVE_FACTORS if name == POSITIVE else (1,)
             default = editing.EditConfig.for_localization(edits[name]).lr
+            tried = {round(e["lr"] / default, 6): e["edit_acc"] for e in edit_log if e["localization"] == name}
+            done = [f for f in factors if f in tried and tried[f] >= p.edit_completeness]
+            # resume: the first complete rate found earlier, else the rates not yet tried (the last one is attacked)
+            factors = done[:1] or [f for f in factors if f not in tried] or factors[-1:]
             for factor in factors:
                 t0 = time.perf_counter()
                 cfg = editing.EditConfig.for_localization(edits[name], precision=precision, eval_every=0,
@@ -89,8 +95,9 @@ def main() -> None:
                 result = editing.edit(model, edits[name], task, cfg, seed=seed, progress=False)
                 acc = result.final().get("edit_acc")
                 print(f"{name}: lr {cfg.lr:g}, edit {time.perf_counter() - t0:.0f} s, edit accuracy {acc}", flush=True)
-                edit_log.append(dict(localization=name, lr=cfg.lr, edit_acc=acc,
-                                     seconds=round(time.perf_counter() - t0, 1)))
+                if round(factor, 6) not in tried:
+                    edit_log.append(dict(localization=name, lr=cfg.lr, edit_acc=acc,
+                                         seconds=round(time.perf_counter() - t0, 1)))
                 save_json(edit_log, out / "edits.json")
                 if acc >= p.edit_completeness:
                     break
