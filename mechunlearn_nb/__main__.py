@@ -171,7 +171,7 @@ def _check_ray_arguments(args) -> None:
 def _grid_status(folder: str, workers: int, tasks: str | None = None, localizations: str | None = None,
                  seeds: str | None = None, plan_name: str = "v2") -> int:
     from . import grid
-    from . import plan as plans
+    from . import plan
 
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}. Fix: --workers 1 (or more).")
@@ -180,21 +180,21 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
         return tuple(x.strip() for x in text.split(",") if x.strip())
 
     try:
-        fixed = plans.require(plan_name)
-    except plans.PlanError as err:
+        fixed = plan.require(plan_name)
+    except plan.PlanError as err:
         raise UsageError(f"--plan: {err}") from None
-    plan = dict(tasks=items(tasks) if tasks is not None else fixed.tasks,
-                localizations=items(localizations) if localizations is not None else fixed.localizations)
+    selection = dict(tasks=items(tasks) if tasks is not None else fixed.tasks,
+                     localizations=items(localizations) if localizations is not None else fixed.localizations)
     try:
-        plan["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else fixed.test_seeds
+        selection["seeds"] = tuple(int(x) for x in items(seeds)) if seeds is not None else fixed.test_seeds
     except ValueError:
         raise UsageError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}.") from None
     try:
-        grid.check_selection(**plan)  # names the unknown task or localization and the choices
+        grid.check_selection(**selection)  # names the unknown task or localization and the choices
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
-        table = grid.grid_progress(folder, **plan)
+        table = grid.grid_progress(folder, **selection)
     except FileNotFoundError as err:  # names the folder and the fix
         raise UsageError(str(err)) from None
     print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))
@@ -203,7 +203,7 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     print(f"{table['done'].sum()} of {table['planned'].sum()} cells saved; about {left / 3600:.1f} h left "
           f"with {workers} process(es) at the cells' measured pace.")
     # (rates and components: what a run may add to its plan; every other field is the plan's design or its sizes)
-    differ = grid.settings_differ(plans.grid_config(fixed), folder, ignore=("rates", "components"))
+    differ = grid.settings_differ(plan.grid_config(fixed), folder, ignore=("rates", "components"))
     if differ:
         print(f"Note: the cells in {folder} were computed with other settings than plan {fixed.name!r}'s full size "
               f"({', '.join(differ)} differ): they are counted here by name, but they are not that plan's cells.")

@@ -287,11 +287,12 @@ FAST_SIZES = dict(tasks=("edit 8 athletes",), n_known=200, max_maintain=16, rele
                   eval_overrides=dict(n_paragraphs=2, lm_tokens=32, formats=("fact", "qa")))
 
 
-def _subset(p: Plan, name: str, given, planned: tuple, label=lambda x: x) -> tuple:
-    """``given`` (a notebook parameter) as a part of the plan's ``planned`` values; None: all of them."""
+def _subset(p: Plan, name: str, given, planned: tuple, canonical=tuple) -> tuple:
+    """``given`` (a notebook parameter, its values made canonical: localization keys become labels) as a part of the
+    plan's ``planned`` values; None: all of them."""
     if given is None:
         return planned
-    values = tuple(label(v) for v in given)
+    values = canonical(given)
     extra = [v for v in values if v not in planned]
     if extra:
         raise PlanError(f"{name} = {list(given)} runs {extra}, which plan {p.name!r} ({p.path}) does not hold: its "
@@ -331,19 +332,16 @@ def notebook_config(parameters: dict):
     full-size components unless ``COMPONENTS`` is given). The notebook and ``run --workers`` (which computes the
     notebook's cells on Ray before its final pass) build the same grid from the same parameters.
     """
-    from . import registry
-
     prm = dict(parameters)
     p = require(prm.get("PLAN"))
-    labels = lambda v: registry.entry(v).label  # noqa: E731 (keys and labels both name a localization)
     if prm.get("FAST"):
-        locs = _subset(p, "LOCALIZATIONS", FAST_LOCALIZATIONS, p.localizations, labels)
+        locs = _subset(p, "LOCALIZATIONS", FAST_LOCALIZATIONS, p.localizations, registry.check_names)
         fixed = {n: c for n, c in (prm.get("COMPONENTS") or registry.FAST_COMPONENTS).items() if n in locs}
         return grid_config(p, rates=read_rates(prm.get("RATES")), components={"sports": fixed}, localizations=locs,
                            seeds=p.test_seeds[:2], attack_settings=p.attack_settings[:1], **FAST_SIZES)
     tasks = _subset(p, "TASKS", prm.get("TASKS"), p.tasks)
-    locs = _subset(p, "LOCALIZATIONS", prm.get("LOCALIZATIONS"), p.localizations, labels)
-    seeds = _subset(p, "SEEDS", prm.get("SEEDS"), p.test_seeds, int)
+    locs = _subset(p, "LOCALIZATIONS", prm.get("LOCALIZATIONS"), p.localizations, registry.check_names)
+    seeds = _subset(p, "SEEDS", prm.get("SEEDS"), p.test_seeds, lambda v: tuple(int(x) for x in v))
     fixed = prm.get("COMPONENTS")
     return grid_config(p, rates=read_rates(prm.get("RATES")), tasks=tasks, localizations=locs, seeds=seeds,
                        components=None if fixed is None else {"sports": {n: c for n, c in fixed.items() if n in locs}},

@@ -171,7 +171,8 @@ def _counterfact_locate_facts(model, known: pd.DataFrame, n: int, seed: int) -> 
 
 
 def locate(model, dataset: str = "sports", names=LABELS, n_locate: int = 64, n_probe: int | None = None,
-           seed: int = 0, progress: bool = True, known: pd.DataFrame | None = None) -> tuple[dict, dict]:
+           seed: int = 0, progress: bool = True, known: pd.DataFrame | None = None,
+           residuals: dict | None = None) -> tuple[dict, dict]:
     """Locate the localizations of one dataset from evidence, budget-matched to fact lookup.
 
     Sports: probes on known athletes, causal tracing (noised subjects) and attribution patching
@@ -183,6 +184,8 @@ def locate(model, dataset: str = "sports", names=LABELS, n_locate: int = 64, n_p
 
     Args:
         known: the known facts to locate with (default: :func:`tasks.known_facts`).
+        residuals: the residuals of ``known`` already read (:func:`probing.known_fact_residuals`'s second value),
+            for the probes (all of ``known`` only: with ``n_probe`` they are read again for the sample).
 
     Returns:
         ``({label: Localization}, evidence)``: fact lookup, the located ones of ``names`` and the whole-group
@@ -198,7 +201,8 @@ def locate(model, dataset: str = "sports", names=LABELS, n_locate: int = 64, n_p
         known = tasks.known_facts(model, "sports", progress=progress) if known is None else known
         facts = patching.balanced_sample(known, n_locate, seed=seed)
         probe_facts = known if n_probe is None else known.sample(min(n_probe, len(known)), random_state=seed)
-        probes = probing.layer_probes(model, probe_facts, seed=seed, progress=progress).accuracy
+        reuse = residuals if n_probe is None else None
+        probes = probing.layer_probes(model, probe_facts, seed=seed, progress=progress, X=reuse).accuracy
         ap_inputs = patching.corrupt_subjects(model, facts, pool=known, seed=seed)
         trace_kwargs = dict(components=("attn", "mlp"), seed=seed, progress=progress)
         trace = tracing.causal_trace(model, facts, **trace_kwargs) if needs_trace else None
@@ -249,6 +253,8 @@ def build(model, names=LABELS, dataset: str = "sports", components: dict[str, li
         n_locate: known facts for causal tracing and attribution patching.
         n_probe: known facts for the probes (None: all known).
         known: the known facts to locate with (default: :func:`tasks.known_facts`).
+        residuals: the residuals of ``known`` already read (:func:`probing.known_fact_residuals`'s second value),
+            for the probes (all of ``known`` only: with ``n_probe`` they are read again for the sample).
         fast: with no ``components``, take :data:`FAST_COMPONENTS` instead of locating (the notebooks'
             ``FAST`` switch: the evidence is computed at full size only).
 
@@ -288,11 +294,12 @@ def sizes(locs: dict[str, Localization], max_listed: int = 8) -> pd.DataFrame:
 
 
 def stability(model, dataset: str = "sports", seeds=(0, 1, 2), n_locate: int = 64, n_probe: int | None = None,
-              known: pd.DataFrame | None = None, progress: bool = False) -> pd.DataFrame:
+              known: pd.DataFrame | None = None, progress: bool = False, residuals: dict | None = None) -> pd.DataFrame:
     """Fact lookup located again from other samples of its evidence: does the range hold still?
 
     For each seed, :func:`locate` draws the known facts it patches (and, for sports, the probes' train/test split)
-    with that seed and applies the same rule. The first seed is the reference.
+    with that seed and applies the same rule. The first seed is the reference. ``residuals``: as in :func:`locate`
+    (read once for every seed).
 
     Returns:
         One row per seed: ``seed, layers`` (FLU's MLP blocks), ``n_mlps``, ``same_as_first`` and ``jaccard``
@@ -301,7 +308,7 @@ def stability(model, dataset: str = "sports", seeds=(0, 1, 2), n_locate: int = 6
     rows, first = [], None
     for seed in seeds:
         _, evidence = locate(model, dataset, names=(FLU.label,), n_locate=n_locate, n_probe=n_probe, seed=seed,
-                             progress=progress, known=known)
+                             progress=progress, known=known, residuals=residuals)
         layers = [int(x) for x in evidence["flu_layers"]]
         first = layers if first is None else first
         union = set(layers) | set(first)

@@ -138,7 +138,7 @@ def estimate(notebooks: list[Path], fast: bool, workers: int = 1, model: str | N
     for nb in notebooks:
         seconds = float(paces.get(nb.stem, float("nan")))
         basis = f"measured ({size} run, embedded model, 2 cores)" if nb.stem in paces else "not measured"
-        if not fast and workers > 1 and grid_parameters(nb) is not None:
+        if not fast and workers > 1 and is_grid_notebook(nb):
             seconds /= workers
             basis += f", grid divided by {workers} workers"
         if model is not None and nb.stem in paces:
@@ -197,15 +197,12 @@ def takes_sports_components(notebook: Path) -> bool:
     return "COMPONENTS" in pm.inspect_notebook(str(notebook))
 
 
-def grid_parameters(notebook: Path) -> dict | None:
-    """A grid notebook's default ``PLAN``, ``TASKS`` and ``SEEDS`` (notebook 09); None for a notebook without a
-    ``PLAN`` parameter (only a grid notebook runs a pre-registered plan)."""
+def is_grid_notebook(notebook: Path) -> bool:
+    """Whether a notebook is a grid notebook (notebook 09): it has a ``PLAN`` parameter, the pre-registered plan whose
+    cells it runs."""
     import papermill as pm
 
-    params = pm.inspect_notebook(str(notebook))
-    if "PLAN" not in params:
-        return None
-    return {k: ast.literal_eval(params[k]["default"]) for k in ("PLAN", "TASKS", "SEEDS") if k in params}
+    return "PLAN" in pm.inspect_notebook(str(notebook))
 
 
 def describe_error(err: BaseException) -> str:
@@ -252,7 +249,7 @@ def run_grid_on_ray(notebook: Path, run_dir: Path, parameters: dict, resources=N
 
     from . import cluster, models, plan
 
-    if grid_parameters(notebook) is None:
+    if not is_grid_notebook(notebook):
         raise ValueError(f"{notebook.name} has no PLAN parameter; only a grid notebook (09) runs on Ray.")
     params = {**notebook_defaults(notebook), **parameters}
     config = plan.notebook_config(params)
@@ -305,7 +302,7 @@ def run_series(root: str | Path = "runs", fast: bool = False, model: str | None 
             entry["components_from"] = summary["localizations_from"]
             print(f"    COMPONENTS from {summary['localizations_from']}", flush=True)
         try:
-            if on_ray and grid_parameters(nb) is not None:
+            if on_ray and is_grid_notebook(nb):
                 print(f"    computing its cells on Ray ({workers} worker(s), {cpus_per_worker} CPU and "
                       f"{gpus_per_worker} GPU each)", flush=True)
                 entry["cluster"] = run_grid_on_ray(nb, run_dir, params, resources, address=ray_address,

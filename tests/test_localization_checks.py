@@ -53,3 +53,25 @@ def test_ablating_mlps_at_the_subject(tiny):
     assert table.loc[0, "drop"] == 0 and 0 <= table.attrs["share_random_at_least"] <= 1
     with pytest.raises(ValueError, match="outside"):
         localization.ablate_mlps(tiny, facts, [99])
+
+
+def test_fact_lookup_located_again_from_other_evidence_samples(tiny, monkeypatch):
+    """registry.stability locates fact lookup once per seed and compares each with the first. The residuals notebook
+    03 already read can stand in for reading them again per seed: the probes come out the same. (The tiny random
+    model has no look-up for the rule to find, so the per-seed locating is replaced by recorded ranges here.)"""
+    from mechunlearn_nb import probing, registry
+
+    known, X = probing.known_fact_residuals(tiny, data.load_sports().head(120), threshold=0.0, progress=False)
+    for seed in (0, 1):
+        pd.testing.assert_frame_equal(probing.layer_probes(tiny, known, seed=seed, progress=False).accuracy,
+                                      probing.layer_probes(tiny, known, seed=seed, progress=False, X=X).accuracy)
+    ranges, passed = {0: [2, 3, 4, 5], 1: [3, 4, 5], 2: [2, 3, 4, 5]}, []
+
+    def recorded(model, dataset, names, n_locate, n_probe, seed, progress, known, residuals):
+        passed.append(residuals is X)
+        return {}, {"flu_layers": ranges[seed]}
+
+    monkeypatch.setattr(registry, "locate", recorded)
+    table = registry.stability(tiny, seeds=(0, 1, 2), known=known, residuals=X)
+    assert all(passed) and list(table["same_as_first"]) == [True, False, True]
+    assert list(table["jaccard"]) == [1.0, 0.75, 1.0] and list(table["n_mlps"]) == [4, 3, 4]
