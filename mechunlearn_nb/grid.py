@@ -80,6 +80,15 @@ def check_selection(tasks: tuple[str, ...], localizations: tuple[str, ...], seed
         raise ValueError("No seeds: give at least one seed.")
 
 
+def _good_rate(value) -> bool:
+    """A tuned rate of :class:`GridConfig`: a positive number, or ``{"lr": positive, "steps": positive int}``."""
+    def positive(v, kinds=(int, float)):
+        return isinstance(v, kinds) and not isinstance(v, bool) and v > 0
+    if isinstance(value, dict):
+        return set(value) == {"lr", "steps"} and positive(value["lr"]) and positive(value["steps"], int)
+    return positive(value)
+
+
 @dataclass
 class GridConfig:
     """Sizes of the comparison (plain values; the defaults are the full-size run).
@@ -115,7 +124,8 @@ class GridConfig:
             ``relearn_overrides`` as given; ``"paper"``: with :data:`~mechunlearn_nb.attacks.PAPER_LORA` on
             top); the first one makes ``relearn_acc``, each its own ``relearn_<setting>_*`` curve summaries.
         rates: a learning rate per localization, ``{dataset: {label: lr}}`` (e.g. ``scripts/tune_rates.py``'s
-            choice on a tuning seed); a localization missing there keeps its kind's default.
+            choice on a tuning seed), or ``{dataset: {label: {"lr": lr, "steps": steps}}}`` where the tuning chose
+            the edit steps too; a localization missing there keeps its kind's default.
         mcq_debiased: measure the debiased multiple choice on every forget fact and this many held-out
             maintain facts (0: no).
     """
@@ -152,8 +162,9 @@ class GridConfig:
                 raise ValueError(f"rates: give {{dataset: {{localization: lr}}}} with datasets 'sports' / 'counterfact'; "
                                  f"got key {dataset!r}.")
             registry.check_names(tuple(rates))
-            if any(not (isinstance(v, (int, float)) and v > 0) for v in rates.values()):
-                raise ValueError(f"rates[{dataset!r}]: every learning rate must be a positive number; got {rates}.")
+            if any(not _good_rate(v) for v in rates.values()):
+                raise ValueError(f"rates[{dataset!r}]: every learning rate must be a positive number, or "
+                                 f"{{'lr': <positive number>, 'steps': <positive integer>}}; got {rates}.")
         self.localizations = registry.check_names(self.localizations)  # keys become labels (the saved names)
         for dataset, comps in (self.components or {}).items():
             if dataset not in ("sports", "counterfact"):
@@ -405,7 +416,8 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
         clock = now
 
     rate = (config.rates or {}).get(task.dataset, {}).get(loc.name)
-    cfg = editing.EditConfig.for_localization(loc, **{**config.edit_overrides, **({"lr": rate} if rate else {})})
+    tuned = {} if rate is None else dict(rate) if isinstance(rate, dict) else {"lr": rate}
+    cfg = editing.EditConfig.for_localization(loc, **{**config.edit_overrides, **tuned})
     result = editing.edit(model, loc, task, cfg, seed=seed, progress=progress)
     lap("edit")
     table = evaluation.evaluate(model, task, result, baseline=baseline, unrelated=unrelated,

@@ -5,10 +5,11 @@ localization of the plan (its subject and comparators, from the located componen
 ``--components``, random drawn with the tuning seed) edits it at each candidate rate
 (``tuning.FACTORS`` × its kind's default), at full size unless ``--steps`` says otherwise; the rule of
 :mod:`mechunlearn_nb.tuning` picks the rate with the plan's ``edit_completeness``. Each trial is appended to
-``<out>/trials_<dataset>.csv`` as it finishes (a rerun skips the localizations finished there; one process per
-dataset may share ``--out``); ``<out>/rates.json`` holds the choice for every dataset whose trials are complete.
+``<out>/trials_<dataset>.csv`` as it finishes (a rerun reads those back instead of running them again; one
+process per dataset may share ``--out``). A localization with no complete edit is tried again with the plan's
+``fallback_steps``, when it declares them; ``<out>/rates.json`` holds the choice for every dataset whose trials are complete.
 
-    python scripts/tune_rates.py --plan v2 --out results/tuning/v2
+    python scripts/tune_rates.py --plan v3 --out results/tuning/v3
 """
 
 from __future__ import annotations
@@ -20,16 +21,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mechunlearn_nb import grid, models, plan, registry, tuning
+from mechunlearn_nb import editing, grid, models, plan, registry, tuning
 from mechunlearn_nb.io import save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"sports": "edit 64 athletes", "counterfact": "counterfact 64"}
 
 
-def _trials(out: Path, dataset: str) -> pd.DataFrame:
+def _trials(out: Path, dataset: str, overrides: dict) -> pd.DataFrame:
+    """The trials saved in ``out``; a file from before trials recorded their steps ran at the default steps."""
     path = out / f"trials_{dataset}.csv"
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["dataset", *tuning.COLUMNS])
+    table = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["dataset", *tuning.COLUMNS])
+    if "steps" not in table:
+        table.insert(3, "steps", overrides.get("steps", editing.EditConfig().steps))
+    return table
 
 
 def main() -> None:
@@ -51,17 +56,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = models.load_model()
     names = tuple(dict.fromkeys((p.subject, *p.comparators)))
+    chosen = {}
     overrides = {"eval_every": 0, "precision": args.precision or p.precision, **({"steps": args.steps} if args.steps else {})}
-    for dataset in args.datasets.split(","):  # (the plan's factors: tuning.tune_rates' candidates)
-        done = _trials(out, dataset)
-        counts = done.groupby("localization").size() if len(done) else pd.Series(dtype=int)
-        partial = [n for n in names if 0 < counts.get(n, 0) < len(p.tuning_factors)]
-        done = done[~done["localization"].isin(partial)]  # a localization stopped part-way is tuned again, whole
+    for dataset in args.datasets.split(","):  # (the plan's factors and fallback steps: tuning.tune_rates')
+        done = _trials(out, dataset, overrides)
         record = json.loads((Path(args.components) / f"localizations_{dataset}.json").read_text())
         locs = grid.localizations_from_record(model, record, names, source=args.components)
         locs = {n: registry.for_seed(model, locs, n, p.tuning_seed) for n in names}
         task = grid.build_task(model, TASKS[dataset], p.tuning_seed)
-        todo = {n: loc for n, loc in locs.items() if not done["localization"].eq(n).any()}
 
         def save(row, dataset=dataset):
             nonlocal done
@@ -72,16 +74,14 @@ def main() -> None:
             tmp.replace(path)
             print(json.dumps(dict(dataset=dataset, **row)), flush=True)
 
-        if todo:
-            tuning.tune_rates(model, task, todo, p.edit_completeness, factors=p.tuning_factors, seed=p.tuning_seed,
-                              edit_overrides=overrides, on_trial=save, progress=False)
-    # the choice, from every dataset's finished trials in --out (another process may have tuned the other dataset)
-    chosen = {}
-    for dataset in TASKS:
-        table = _trials(out, dataset)
-        if len(table) and all(table["localization"].eq(n).sum() == len(p.tuning_factors) for n in names):
-            chosen[dataset] = {n: tuning.choose_rate(table[table["localization"] == n], p.edit_completeness)
-                               for n in names}
+        # every trial already in trials_<dataset>.csv is read back, not run again (a rerun resumes)
+        chosen[dataset], _ = tuning.tune_rates(model, task, locs, p.edit_completeness, factors=p.tuning_factors,
+                                               seed=p.tuning_seed, edit_overrides=overrides, on_trial=save,
+                                               progress=False, fallback_steps=p.tuning_fallback_steps,
+                                               previous=done)
+    # another process may have tuned the other dataset into the same --out: its choice is kept
+    earlier = json.loads((out / "rates.json").read_text()).get("rates", {}) if (out / "rates.json").exists() else {}
+    chosen = {**{d: r for d, r in earlier.items() if d not in chosen}, **chosen}
     save_json(dict(plan=p.name, tuning_seed=p.tuning_seed, completeness=p.edit_completeness,
                    factors=list(p.tuning_factors), tasks={d: TASKS[d] for d in chosen}, edit_overrides=overrides,
                    rates=chosen), out / "rates.json")

@@ -291,6 +291,13 @@ def test_a_planned_cell_runs_both_attacks_at_its_own_rate_with_debiased_mcq(tiny
         grid.GridConfig(attack_settings=("strong",))
     with pytest.raises(ValueError, match="positive"):
         grid.GridConfig(rates={"sports": {"fact lookup": -1}})
+    # a rate tuned with its own edit steps (a plan's fallback_steps) edits with those steps
+    config = grid.GridConfig(tasks=("edit 8 athletes",), seeds=(0,), relearn_steps=(0, 1), n_unrelated=0,
+                             edit_overrides=dict(EDIT), relearn_overrides=dict(QUICK), probes=False,
+                             eval_overrides=dict(n_paragraphs=1, lm_tokens=16, formats=("fact",)),
+                             rates={"sports": {"fact lookup": {"lr": 2e-3, "steps": EDIT["steps"] + 1}}})
+    cell = grid.run_cell(tiny, task, loc, 0, config)
+    assert cell["edit_config"]["lr"] == 2e-3 and cell["edit_config"]["steps"] == EDIT["steps"] + 1
 
 
 def test_counterfact_grid_cell_on_the_tiny_model(tiny):
