@@ -68,9 +68,9 @@ def _main(argv: list[str] | None = None) -> int:
                                                 "grid) has got, and the time left; reads its saved cells only")
     status.add_argument("folder", help="the grid's output folder (a run's 09_comparison/, or notebook 09's OUTPUT_DIR)")
     status.add_argument("--workers", type=int, default=1, help="processes that will share the cells left (default 1)")
-    status.add_argument("--plan", default="v2",
-                        help="the plan whose cells the grid runs: a shipped plan's name or a plan file (default v2, "
-                             "notebook 09's); --tasks, --localizations, --seeds replace its parts")
+    status.add_argument("--plan", default=None,
+                        help="the plan whose cells the grid runs: a shipped plan's name or a plan file (default: "
+                             "notebook 09's, plan.CURRENT); --tasks, --localizations, --seeds replace its parts")
     status.add_argument("--tasks", default=None,
                         help="comma-separated tasks the grid runs (default: the plan's), e.g. 'counterfact 64'")
     status.add_argument("--localizations", default=None,
@@ -169,10 +169,11 @@ def _check_ray_arguments(args) -> None:
 
 
 def _grid_status(folder: str, workers: int, tasks: str | None = None, localizations: str | None = None,
-                 seeds: str | None = None, plan_name: str = "v2") -> int:
+                 seeds: str | None = None, plan_name: str | None = None) -> int:
     from . import grid
     from . import plan
 
+    plan_name = plan.CURRENT if plan_name is None else plan_name
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}. Fix: --workers 1 (or more).")
 

@@ -7,7 +7,7 @@ The plan file (TOML) writes them down, with a comment on where each choice comes
 grid runs. A grid run reads it with :func:`require`, which refuses to go on without one. The plans this package ships
 live in ``mechunlearn_nb/plans/`` and are named by their stem (``"v2"``); any other plan is given by its path.
 
-The file's tables (all required; see ``mechunlearn_nb/plans/v2.toml`` for a complete one):
+The file's tables (all required unless marked optional; see ``mechunlearn_nb/plans/v3.toml`` for a complete one):
 
 - ``[plan]``: ``name``, ``alpha`` (family-wise level), ``correction`` (``"holm"``), ``test_seeds``,
   ``tuning_seed`` (never a test seed), ``n_boot`` and ``level`` of the two-level bootstrap;
@@ -22,8 +22,11 @@ The file's tables (all required; see ``mechunlearn_nb/plans/v2.toml`` for a comp
 - ``[grid]``: ``tasks`` (grid task names), ``precision`` (the training forward pass, ``train.PRECISIONS``),
   ``relearn_steps`` (where the relearning curve is measured);
 - ``[tuning]``: ``factors`` (candidate rates: each localization kind's default times these, :mod:`.tuning`);
+  optional ``fallback_steps`` (edit steps of a second try for a localization with no complete edit);
 - ``[attack]``: ``settings`` (from :data:`.grid.ATTACK_SETTINGS`), ``min_separation`` (the positive minus negative
-  control's held-out probability area a setting must reach to carry a relearning claim).
+  control's held-out probability area a setting must reach to carry a relearning claim); optional
+  ``positive_task`` and ``positive_components`` (the positive control of the calibration: an edit of that task
+  confined to those components; default: the last four MLPs on ``edit 64 athletes``, plan v2's).
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ except ModuleNotFoundError:  # Python 3.10
 CORRECTIONS = ("holm",)
 DATASETS = ("sports", "counterfact")
 FLOAT = (float, int)  # TOML writes 1 for 1.0
-_FIX = "Fix: edit the plan file (mechunlearn_nb/plans/v2.toml is a complete example) and commit it before the grid runs."
+_FIX = "Fix: edit the plan file (mechunlearn_nb/plans/v3.toml is a complete example) and commit it before the grid runs."
 #: the plans shipped with the package, each named by its file's stem (``"v2"``)
 SHIPPED = Path(__file__).resolve().parent / "plans"
+#: the plan notebook 09, ``run --workers`` and ``grid-status`` use unless told otherwise (v3: v2 trained in float32,
+#: with a fallback for edits that never complete and a positive control that can; see its header)
+CURRENT = "v3"
 
 
 class PlanError(ValueError):
@@ -100,6 +106,9 @@ class Plan:
     tuning_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
     attack_settings: tuple[str, ...] = ("scaled",)
     min_separation: float = 0.05
+    tuning_fallback_steps: int | None = None
+    positive_task: str = "edit 64 athletes"
+    positive_components: tuple[str, ...] = ("m14", "m15", "m16", "m17")
 
     @property
     def localizations(self) -> tuple[str, ...]:
@@ -158,7 +167,7 @@ def load(path: str | Path) -> Plan:
     path = resolve(path)
     if not path.is_file():
         raise PlanError(f"No plan file at {path}. A grid is compared only against a plan fixed before it runs. "
-                        f"Fix: write one (copy mechunlearn_nb/plans/v2.toml, keep its comments on where each choice "
+                        f"Fix: write one (copy mechunlearn_nb/plans/v3.toml, keep its comments on where each choice "
                         f"comes from), commit it, and pass its path.")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -227,6 +236,13 @@ def load(path: str | Path) -> Plan:
     settings = _get(path, attack, "[attack]", "settings", list, lambda v: v and set(v) <= set(ATTACK_SETTINGS),
                     f" (from {ATTACK_SETTINGS})")
     separation = _get(path, attack, "[attack]", "min_separation", FLOAT, lambda v: 0 <= v < 1)
+    fallback = (_get(path, tuning_table, "[tuning]", "fallback_steps", int, lambda v: v >= 1, " (≥ 1 edit steps)")
+                if "fallback_steps" in tuning_table else None)
+    positive_task = (_get(path, attack, "[attack]", "positive_task", str, TASK_PATTERN.fullmatch,
+                          " (a task name like 'forget 64 athletes')") if "positive_task" in attack else Plan.positive_task)
+    positive = (_get(path, attack, "[attack]", "positive_components", list,
+                     lambda v: v and all(isinstance(c, str) for c in v), " (component names, e.g. ['m14', 'm15'])")
+                if "positive_components" in attack else Plan.positive_components)
     ids = [c.id for c in claims] + [s.id for s in effects]
     if len(set(ids)) != len(ids):
         raise _fail(path, f"claim and side-effect ids must be unique; got {ids}")
@@ -243,7 +259,8 @@ def load(path: str | Path) -> Plan:
                 subject=subject, comparators=tuple(versus), claims=tuple(claims), side_effects=tuple(effects),
                 tasks=tuple(task_names), precision=precision, relearn_steps=tuple(steps),
                 tuning_factors=tuple(float(f) for f in factors), attack_settings=tuple(settings),
-                min_separation=float(separation))
+                min_separation=float(separation), tuning_fallback_steps=fallback, positive_task=positive_task,
+                positive_components=tuple(positive))
 
 
 def grid_config(p: Plan, rates: dict | None = None, components: dict | None = None, mcq_debiased: int = 64,
@@ -271,7 +288,7 @@ def require(path: str | Path | None) -> Plan:
     if path is None:
         raise PlanError("This grid run has no plan. A comparison is tested against claims, metrics, comparators, "
                         f"margins and exclusions fixed before it runs. Fix: name a shipped plan ({shipped()}, e.g. "
-                        f"PLAN = \"v2\" in notebook 09) or pass the path of a committed plan file.")
+                        f"PLAN = \"{CURRENT}\" in notebook 09) or pass the path of a committed plan file.")
     return load(path)
 
 
@@ -318,8 +335,21 @@ def read_rates(rates) -> dict | None:
     chosen = json.loads(path.read_text(encoding="utf-8")).get("rates")
     if not isinstance(chosen, dict):
         raise PlanError(f"{path} has no 'rates' entry. Fix: point RATES at the rates.json of scripts/tune_rates.py.")
-    return {ds: {label: float(r["lr"] if isinstance(r, dict) else r) for label, r in by.items()}
-            for ds, by in chosen.items()}
+    def rate(r):  # the rate alone, or with the edit steps where the tuning chose them too (fallback_steps)
+        if not isinstance(r, dict):
+            return float(r)
+        steps = r.get("steps")
+        default = _default_steps()
+        return float(r["lr"]) if steps is None or int(steps) == default else {"lr": float(r["lr"]), "steps": int(steps)}
+
+    return {ds: {label: rate(r) for label, r in by.items()} for ds, by in chosen.items()}
+
+
+def _default_steps() -> int:
+    """The edit steps of :class:`~mechunlearn_nb.editing.EditConfig` (a tuned rate at these steps is a rate alone)."""
+    from .editing import EditConfig
+
+    return EditConfig().steps
 
 
 def notebook_config(parameters: dict):

@@ -4,10 +4,11 @@ On ``edit 64 athletes`` drawn with the tuning seed (held-out half: 32 facts), ea
 the scaled default (``RelearnConfig()``: LoRA rank 64, alpha 32, constant rate) and the paper's
 (``attacks.PAPER_LORA``: rank 512, alpha 32, cosine):
 
-- **positive control**: an edit confined to the last MLPs (``--late``, fact lookup's budget of four MLPs at
-  the top of the model, past the layers where the fact is looked up): a shallow edit the attack should undo. At its
-  kind's default rate it does not complete (an attack on an incomplete edit measures the edit, not the attack), so
-  its rate is raised (x1, x2, x4 ... x32) until the edit reaches the plan's completeness; ``edits.json`` logs each try;
+- **positive control**: the plan's ``positive_task`` edited through its ``positive_components`` only (plan v2: the
+  last four MLPs on ``edit 64 athletes``, fact lookup's budget at the top of the model, past the layers where the
+  fact is looked up): a shallow edit the attack should undo. When it does not complete at its kind's default rate
+  (an attack on an incomplete edit measures the edit, not the attack), its rate is raised (x1, x2, x4 ... x32)
+  until the edit reaches the plan's completeness; ``edits.json`` logs each try;
 - **negative control**: the attack on 64 athletes the unedited model does *not* know (normalised probability
   of their sport below the known threshold), with no edit: what the attack teaches by itself (sport base
   rates, elimination) — a localization's "recovery" is only recovery above this;
@@ -19,7 +20,7 @@ summaries (``statistics.curve_metrics``: area, maximum, change from step 0). Eve
 the summaries. The attack discriminates when the positive control's area clearly exceeds the negative
 control's; a setting that does not is reported as unable to separate localizations on this model.
 
-    python scripts/calibrate_attack.py --out results/attack_calibration [--plan v2]
+    python scripts/calibrate_attack.py --plan v3 --out results/attack_calibration/v3
 """
 
 from __future__ import annotations
@@ -31,14 +32,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechunlearn_nb import attacks, editing, grid, models, plan, registry, statistics, tasks
+from mechunlearn_nb import attacks, editing, grid, models, plan, registry, statistics, tasks, tuning
 from mechunlearn_nb.io import save_json
 from mechunlearn_nb.localization import Localization
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the plan's attack settings (grid.ATTACK_SETTINGS): scaled = LoRA rank 64, alpha 32, constant; paper = rank 512, alpha 32, cosine
 SETTINGS = {"scaled": {}, "paper": attacks.PAPER_LORA}
-POSITIVE = "positive control (late MLPs)"
+#: plan v2's positive control (edit 64 athletes, m14-m17) under the name its rows carry in results/attack_calibration
+V2_POSITIVE = "positive control (late MLPs)"
+
+
+def positive_name(p) -> str:
+    """The positive control's name in ``curves.csv`` and ``edits.json``: plan v2's as it was first run, any other
+    plan's from its task and components."""
+    if (p.positive_task, p.positive_components) == ("edit 64 athletes", ("m14", "m15", "m16", "m17")):
+        return V2_POSITIVE
+    return f"positive control ({p.positive_task}: {','.join(p.positive_components)})"
+
 #: the positive control's candidate rates: its kind's default times these, the first complete edit is attacked
 POSITIVE_FACTORS = (1, 2, 4, 8, 16, 32)
 
@@ -46,9 +57,8 @@ POSITIVE_FACTORS = (1, 2, 4, 8, 16, 32)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--plan", default="v2", help="the plan: its tuning seed, training precision and curve steps")
+    ap.add_argument("--plan", default=plan.CURRENT, help="the plan: its tuning seed, training precision and curve steps")
     ap.add_argument("--seed", type=int, default=None, help="default: the plan's tuning seed (never a test seed)")
-    ap.add_argument("--late", default="m14,m15,m16,m17", help="the positive control's components")
     ap.add_argument("--precision", default=None, help="the training forward pass (default: the plan's)")
     ap.add_argument("--components", default=str(ROOT / "results" / "09_comparison_full" / "localizations_sports.json"))
     args = ap.parse_args()
@@ -62,16 +72,18 @@ def main() -> None:
     model = models.load_model()
     known = tasks.known_facts(model, "sports", progress=False)
     task = grid.build_task(model, "edit 64 athletes", seed, known=known)
+    positive = positive_name(p)
+    positive_task = task if p.positive_task == task.name else grid.build_task(model, p.positive_task, seed, known=known)
     record = json.loads(Path(args.components).read_text())
     locs = grid.localizations_from_record(model, record, (registry.FLU.label,), source=args.components)
     flu = locs[registry.FLU.label]
-    edits = {POSITIVE: Localization.from_components(model, args.late.split(","), name=POSITIVE),
+    edits = {positive: Localization.from_components(model, list(p.positive_components), name=positive),
              registry.FLU.label: flu,
              "random": registry.for_seed(model, locs, "random", seed)}
     negative = tasks.unknown_athletes(model, 64, seed, known=known, max_maintain=256)
     # the negative control and the localizations under test first; the positive control, whose rate search is the
     # longest, last
-    names = ["negative control (unknown athletes)", registry.FLU.label, "random", POSITIVE]
+    names = ["negative control (unknown athletes)", registry.FLU.label, "random", positive]
     edit_log = json.loads((out / "edits.json").read_text()) if (out / "edits.json").exists() else []
     for name in names:  # each edit once, attacked under every setting
         todo = [setting for setting in SETTINGS
@@ -82,7 +94,7 @@ def main() -> None:
         if name in edits:
             # an attack on an incomplete edit measures the edit, not the attack: the positive control's rate is
             # raised (its kind's default x 1, 2, 4, 8) until the edit reaches the plan's completeness
-            factors = POSITIVE_FACTORS if name == POSITIVE else (1,)
+            factors = POSITIVE_FACTORS if name == positive else (1,)
             default = editing.EditConfig.for_localization(edits[name]).lr
             tried = {round(e["lr"] / default, 6): e["edit_acc"] for e in edit_log if e["localization"] == name}
             done = [f for f in factors if f in tried and tried[f] >= p.edit_completeness]
@@ -92,8 +104,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 cfg = editing.EditConfig.for_localization(edits[name], precision=precision, eval_every=0,
                                                           lr=default * factor)
-                result = editing.edit(model, edits[name], task, cfg, seed=seed, progress=False)
-                acc = result.final().get("edit_acc")
+                result = editing.edit(model, edits[name], positive_task if name == positive else task, cfg, seed=seed,
+                                      progress=False)
+                acc = tuning.train_accuracy(result)
                 print(f"{name}: lr {cfg.lr:g}, edit {time.perf_counter() - t0:.0f} s, edit accuracy {acc}", flush=True)
                 if round(factor, 6) not in tried:
                     edit_log.append(dict(localization=name, lr=cfg.lr, edit_acc=acc,
@@ -105,7 +118,8 @@ def main() -> None:
             t1 = time.perf_counter()
             cfg = attacks.RelearnConfig(eval_steps=steps, precision=precision, **SETTINGS[setting])
             if result is not None:
-                curve = attacks.relearn(model, result, task, cfg, seed=seed, progress=False)
+                curve = attacks.relearn(model, result, positive_task if name == positive else task, cfg, seed=seed,
+                                        progress=False)
                 extra_cols = dict(edit_acc=result.final().get("edit_acc"), n_params=int(edits[name].n_params))
             else:
                 curve = attacks.relearn(model, None, negative, cfg, seed=seed, progress=False)
@@ -130,7 +144,7 @@ def main() -> None:
     auc = summary[summary["quantity"] == "p_true"].set_index(["setting", "localization"])["auc"]
     rule = {}
     for setting in SETTINGS:
-        pos, neg = auc.get((setting, POSITIVE)), auc.get((setting, "negative control (unknown athletes)"))
+        pos, neg = auc.get((setting, positive)), auc.get((setting, "negative control (unknown athletes)"))
         if pos is None or neg is None:
             continue
         rule[setting] = dict(positive_auc=round(float(pos), 4), negative_auc=round(float(neg), 4),
@@ -139,7 +153,9 @@ def main() -> None:
                                 for name in (registry.FLU.label, "random") if (setting, name) in auc.index})
     usable = {k: v for k, v in rule.items() if v["separates"]}
     primary = max(usable, key=lambda k: usable[k]["separation"]) if usable else None
-    save_json(dict(plan=p.name, seed=seed, precision=precision, steps=list(steps), min_separation=p.min_separation,
+    save_json(dict(plan=p.name, seed=seed,
+                   positive_control=dict(name=positive, task=p.positive_task, components=list(p.positive_components)),
+                   precision=precision, steps=list(steps), min_separation=p.min_separation,
                    settings=rule, primary=primary), out / "calibration.json")
     print(json.dumps(dict(settings=rule, primary=primary), indent=1))
 

@@ -225,7 +225,7 @@ def test_grid_progress_counts_cells_and_estimates_the_time_left(tmp_path, capsys
     assert p.loc["counterfact 16", "cell_seconds"] == 200.0 and p.loc["counterfact 16", "seconds_left"] == 800.0
     full = grid.grid_progress(tmp_path)  # (the first grid's design: 5 tasks x 7 localizations x 3 seeds)
     assert full["planned"].sum() == 105 and full["done"].sum() == 3
-    # by default grid-status counts plan v2's cells (notebook 09's grid): these cells are not among them
+    # by default grid-status counts the current plan's cells (notebook 09's grid): these cells are not among them
     assert main(["grid-status", str(tmp_path), "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "0 of 75 cells saved" in out
@@ -244,9 +244,14 @@ def test_grid_progress_counts_cells_and_estimates_the_time_left(tmp_path, capsys
 
     save_json(asdict(grid.GridConfig()), tmp_path / "grid_config.json")  # the first grid's design
     assert main(["grid-status", str(tmp_path)]) == 0
-    assert re.search(r"Note: .*other settings than plan 'v2'.*attack_settings.*not that plan's cells",
+    assert re.search(rf"Note: .*other settings than plan '{plan.CURRENT}'.*attack_settings.*not that plan's cells",
                      capsys.readouterr().out)
     save_json(asdict(plan.grid_config(plan.require("v2"), rates={"sports": {"random": 1e-4}})),
+              tmp_path / "grid_config.json")  # plan v2's cells are not plan v3's: they trained in bfloat16
+    assert main(["grid-status", str(tmp_path)]) == 0 and re.search(r"Note: .*precision|Note: .*overrides",
+                                                                    capsys.readouterr().out)
+    assert main(["grid-status", str(tmp_path), "--plan", "v2"]) == 0 and "Note:" not in capsys.readouterr().out
+    save_json(asdict(plan.grid_config(plan.require(plan.CURRENT), rates={"sports": {"random": 1e-4}})),
               tmp_path / "grid_config.json")
     assert main(["grid-status", str(tmp_path)]) == 0 and "Note:" not in capsys.readouterr().out
     assert main(["grid-status", str(tmp_path / "cells")]) == 2  # one line, no traceback

@@ -27,9 +27,9 @@ def test_the_shipped_plan_loads():
 def test_a_missing_plan_is_refused_naming_the_file_and_the_fix(tmp_path):
     with pytest.raises(plan.PlanError, match=r"No plan file at .*nowhere\.toml.*Fix: write one"):
         plan.require(tmp_path / "nowhere.toml")
-    with pytest.raises(plan.PlanError, match=r"no plan.*Fix: name a shipped plan \(\['v2'\]"):
+    with pytest.raises(plan.PlanError, match=r"no plan.*Fix: name a shipped plan \(\['v2', 'v3'\]"):
         plan.require(None)
-    with pytest.raises(plan.PlanError, match=r"No plan named 'v9': the shipped plans are \['v2'\]"):
+    with pytest.raises(plan.PlanError, match=r"No plan named 'v9': the shipped plans are \['v2', 'v3'\]"):
         plan.require("v9")
     assert plan.require("v2") == plan.load(V2)  # a shipped plan by name (it lives in the package: pip installs it)
 
@@ -93,3 +93,40 @@ def test_notebook_09_runs_its_plan_or_a_part_of_it_and_nothing_else(tmp_path):
     assert plan.notebook_config({"PLAN": "v2", "RATES": str(rates)}).rates == {"sports": {"fact lookup": 0.0004}}
     with pytest.raises(plan.PlanError, match="RATES = .*no such file"):
         plan.notebook_config({"PLAN": "v2", "RATES": str(tmp_path / "none.json")})
+    # a rate tuned with more edit steps (the plan's fallback_steps) takes its steps into the grid's edits
+    rates.write_text('{"rates": {"sports": {"non-localized": {"lr": 3e-05, "steps": 80, "complete": true}, '
+                     '"random": {"lr": 0.0004, "steps": 40, "complete": true}}}}')
+    config = plan.notebook_config({"PLAN": "v2", "RATES": str(rates)})
+    assert config.rates == {"sports": {"non-localized": {"lr": 3e-05, "steps": 80}, "random": 0.0004}}
+    with pytest.raises(ValueError, match="steps"):
+        plan.grid_config(p, rates={"sports": {"random": {"lr": 1e-4, "steps": 2.5}}})
+
+
+def test_optional_fields_of_a_plan_default_to_plan_v2s_choices(tmp_path):
+    p = plan.load(V2)
+    assert p.tuning_fallback_steps is None
+    assert (p.positive_task, p.positive_components) == ("edit 64 athletes", ("m14", "m15", "m16", "m17"))
+    text = V2.read_text()
+    extra = tmp_path / "extra.toml"
+    extra.write_text(text.replace("factors = [0.5, 1.0, 2.0]", "factors = [0.5, 1.0, 2.0]\nfallback_steps = 80", 1)
+                     .replace("min_separation = 0.05", 'min_separation = 0.05\npositive_task = "forget 64 athletes"\n'
+                              'positive_components = ["m16", "m17"]', 1))
+    q = plan.load(extra)
+    assert q.tuning_fallback_steps == 80 and q.positive_task == "forget 64 athletes"
+    assert q.positive_components == ("m16", "m17")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("min_separation = 0.05", 'min_separation = 0.05\npositive_task = "forget the moon"', 1))
+    with pytest.raises(plan.PlanError, match="positive_task"):
+        plan.load(bad)
+
+
+def test_plan_v3_is_plan_v2_with_its_three_declared_changes():
+    """v3's header names three changes from v2 (float32 training, fallback steps, the positive control); nothing
+    else of the design may differ."""
+    from dataclasses import asdict
+
+    v2, v3 = asdict(plan.load(V2)), asdict(plan.load("v3"))
+    changed = {k for k in v2 if v2[k] != v3[k]}
+    assert changed == {"path", "name", "precision", "tuning_fallback_steps", "positive_task"}
+    assert (v3["precision"], v3["tuning_fallback_steps"], v3["positive_task"]) == ("float32", 80, "forget 64 athletes")
+    assert plan.CURRENT == "v3" and plan.notebook_config({"PLAN": plan.CURRENT}).edit_overrides["precision"] == "float32"
