@@ -117,3 +117,27 @@ def test_mixed_precision_trains_float32_weights_on_a_bfloat16_forward(tiny, task
     assert not np.array_equal(mixed["loss"][steps], full["loss"][steps])
     with pytest.raises(ValueError, match="bfloat16-mixed"):
         run(tiny, task, params, seed=0, precision="bf16")
+
+
+def test_bfloat16_training_without_native_support_warns_with_the_fix(monkeypatch):
+    """On a CPU without AMX or AVX-512 BF16, torch emulates bfloat16 (far slower than float32): training that way
+    warns once, naming precision='float32'; with native support, or in float32, nothing is said."""
+    import warnings
+
+    from mechunlearn_nb import train
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert train.native_bfloat16(cpu) is False and train.native_bfloat16("cuda") is True
+    train._warn_slow_bfloat16.cache_clear()
+    with pytest.warns(RuntimeWarning, match=r"no AMX or AVX-512 BF16.*Fix: precision='float32'"):
+        train.step_precision("bfloat16-mixed", cpu)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.step_precision("bfloat16-mixed", cpu)  # once per process
+        train.step_precision("float32", cpu)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+        train._warn_slow_bfloat16.cache_clear()
+        assert train.native_bfloat16(cpu) is True
+        train.step_precision("bfloat16-mixed", cpu)
