@@ -335,21 +335,18 @@ def read_rates(rates) -> dict | None:
     chosen = json.loads(path.read_text(encoding="utf-8")).get("rates")
     if not isinstance(chosen, dict):
         raise PlanError(f"{path} has no 'rates' entry. Fix: point RATES at the rates.json of scripts/tune_rates.py.")
-    def rate(r):  # the rate alone, or with the edit steps where the tuning chose them too (fallback_steps)
+    # a rate alone, or with its edit steps where the tuning chose other steps than its own (fallback_steps)
+    from .editing import EditConfig
+
+    tuned_at = json.loads(path.read_text(encoding="utf-8")).get("edit_overrides", {}).get("steps", EditConfig().steps)
+
+    def rate(r):
         if not isinstance(r, dict):
             return float(r)
         steps = r.get("steps")
-        default = _default_steps()
-        return float(r["lr"]) if steps is None or int(steps) == default else {"lr": float(r["lr"]), "steps": int(steps)}
+        return float(r["lr"]) if steps in (None, tuned_at) else {"lr": float(r["lr"]), "steps": int(steps)}
 
     return {ds: {label: rate(r) for label, r in by.items()} for ds, by in chosen.items()}
-
-
-def _default_steps() -> int:
-    """The edit steps of :class:`~mechunlearn_nb.editing.EditConfig` (a tuned rate at these steps is a rate alone)."""
-    from .editing import EditConfig
-
-    return EditConfig().steps
 
 
 def notebook_config(parameters: dict):

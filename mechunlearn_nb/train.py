@@ -479,7 +479,9 @@ def native_bfloat16(device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if device.type != "cpu":
         return device.type == "cuda"
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    # (torch's own CPU probes; private, so a torch without them counts as no native support)
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(probe is not None and probe() for probe in probes)
 
 
 @functools.cache

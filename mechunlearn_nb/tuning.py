@@ -55,6 +55,7 @@ def choose_rate(trials: pd.DataFrame, completeness: float) -> dict:
     completeness = check_float("completeness", completeness, min=0)
     if not len(trials):
         raise ValueError("No trials to choose a rate from. Fix: run tune_rates with at least one candidate rate.")
+
     def steps(row):
         value = row.get("steps")
         return None if value is None or pd.isna(value) else int(value)

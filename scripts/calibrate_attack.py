@@ -39,17 +39,6 @@ from mechunlearn_nb.localization import Localization
 ROOT = Path(__file__).resolve().parents[1]
 #: the plan's attack settings (grid.ATTACK_SETTINGS): scaled = LoRA rank 64, alpha 32, constant; paper = rank 512, alpha 32, cosine
 SETTINGS = {"scaled": {}, "paper": attacks.PAPER_LORA}
-#: plan v2's positive control (edit 64 athletes, m14-m17) under the name its rows carry in results/attack_calibration
-V2_POSITIVE = "positive control (late MLPs)"
-
-
-def positive_name(p) -> str:
-    """The positive control's name in ``curves.csv`` and ``edits.json``: plan v2's as it was first run, any other
-    plan's from its task and components."""
-    if (p.positive_task, p.positive_components) == ("edit 64 athletes", ("m14", "m15", "m16", "m17")):
-        return V2_POSITIVE
-    return f"positive control ({p.positive_task}: {','.join(p.positive_components)})"
-
 #: the positive control's candidate rates: its kind's default times these, the first complete edit is attacked
 POSITIVE_FACTORS = (1, 2, 4, 8, 16, 32)
 
@@ -72,8 +61,8 @@ def main() -> None:
     model = models.load_model()
     known = tasks.known_facts(model, "sports", progress=False)
     task = grid.build_task(model, "edit 64 athletes", seed, known=known)
-    positive = positive_name(p)
-    positive_task = task if p.positive_task == task.name else grid.build_task(model, p.positive_task, seed, known=known)
+    # (plan v2's rows in results/attack_calibration/ carry the name "positive control (late MLPs)")
+    positive = f"positive control ({p.positive_task}: {','.join(p.positive_components)})"
     record = json.loads(Path(args.components).read_text())
     locs = grid.localizations_from_record(model, record, (registry.FLU.label,), source=args.components)
     flu = locs[registry.FLU.label]
@@ -81,6 +70,10 @@ def main() -> None:
              registry.FLU.label: flu,
              "random": registry.for_seed(model, locs, "random", seed)}
     negative = tasks.unknown_athletes(model, 64, seed, known=known, max_maintain=256)
+    # the task each edit is trained and attacked on
+    edit_task = {registry.FLU.label: task, "random": task,
+                 positive: task if p.positive_task == task.name else grid.build_task(model, p.positive_task, seed,
+                                                                                     known=known)}
     # the negative control and the localizations under test first; the positive control, whose rate search is the
     # longest, last
     names = ["negative control (unknown athletes)", registry.FLU.label, "random", positive]
@@ -104,8 +97,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 cfg = editing.EditConfig.for_localization(edits[name], precision=precision, eval_every=0,
                                                           lr=default * factor)
-                result = editing.edit(model, edits[name], positive_task if name == positive else task, cfg, seed=seed,
-                                      progress=False)
+                result = editing.edit(model, edits[name], edit_task[name], cfg, seed=seed, progress=False)
                 acc = tuning.train_accuracy(result)
                 print(f"{name}: lr {cfg.lr:g}, edit {time.perf_counter() - t0:.0f} s, edit accuracy {acc}", flush=True)
                 if round(factor, 6) not in tried:
@@ -118,9 +110,8 @@ def main() -> None:
             t1 = time.perf_counter()
             cfg = attacks.RelearnConfig(eval_steps=steps, precision=precision, **SETTINGS[setting])
             if result is not None:
-                curve = attacks.relearn(model, result, positive_task if name == positive else task, cfg, seed=seed,
-                                        progress=False)
-                extra_cols = dict(edit_acc=result.final().get("edit_acc"), n_params=int(edits[name].n_params))
+                curve = attacks.relearn(model, result, edit_task[name], cfg, seed=seed, progress=False)
+                extra_cols = dict(edit_acc=tuning.train_accuracy(result), n_params=int(edits[name].n_params))
             else:
                 curve = attacks.relearn(model, None, negative, cfg, seed=seed, progress=False)
                 extra_cols = dict(edit_acc=float("nan"), n_params=0)

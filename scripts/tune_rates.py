@@ -81,7 +81,7 @@ def main() -> None:
                                                previous=done)
     # another process may have tuned the other dataset into the same --out: its choice is kept
     earlier = json.loads((out / "rates.json").read_text()).get("rates", {}) if (out / "rates.json").exists() else {}
-    chosen = {**{d: r for d, r in earlier.items() if d not in chosen}, **chosen}
+    chosen = {**earlier, **chosen}
     save_json(dict(plan=p.name, tuning_seed=p.tuning_seed, completeness=p.edit_completeness,
                    factors=list(p.tuning_factors), tasks={d: TASKS[d] for d in chosen}, edit_overrides=overrides,
                    rates=chosen), out / "rates.json")
