@@ -356,15 +356,19 @@ def notebook_config(parameters: dict):
     (:func:`require` refuses ``None``). ``TASKS``, ``LOCALIZATIONS`` and ``SEEDS`` select a part of the plan (None:
     all of it; anything outside it is refused). ``RATES``: the tuned rates (:func:`read_rates`). ``FAST=True``: the
     plan's design at toy size (:data:`FAST_SIZES`, localizations :data:`FAST_LOCALIZATIONS` with notebook 03's
-    full-size components unless ``COMPONENTS`` is given). The notebook and ``run --workers`` (which computes the
-    notebook's cells on Ray before its final pass) build the same grid from the same parameters.
+    full-size components unless ``COMPONENTS`` is given; a tuned rate's edit steps give way to the toy size's).
+    The notebook and ``run --workers`` (which computes the notebook's cells on Ray before its final pass) build the
+    same grid from the same parameters.
     """
     prm = dict(parameters)
     p = require(prm.get("PLAN"))
     if prm.get("FAST"):
         locs = _subset(p, "LOCALIZATIONS", FAST_LOCALIZATIONS, p.localizations, registry.check_names)
         fixed = {n: c for n, c in (prm.get("COMPONENTS") or registry.FAST_COMPONENTS).items() if n in locs}
-        return grid_config(p, rates=read_rates(prm.get("RATES")), components={"sports": fixed}, localizations=locs,
+        # FAST edits at toy size (FAST_SIZES' steps): a tuned rate keeps its learning rate, not its full-size steps
+        rates = {ds: {label: r["lr"] if isinstance(r, dict) else r for label, r in by.items()}
+                 for ds, by in (read_rates(prm.get("RATES")) or {}).items()} or None
+        return grid_config(p, rates=rates, components={"sports": fixed}, localizations=locs,
                            seeds=p.test_seeds[:2], attack_settings=p.attack_settings[:1], **FAST_SIZES)
     tasks = _subset(p, "TASKS", prm.get("TASKS"), p.tasks)
     locs = _subset(p, "LOCALIZATIONS", prm.get("LOCALIZATIONS"), p.localizations, registry.check_names)
