@@ -19,7 +19,8 @@ data flows down this list):
 - measure: ``evaluation``, ``latent`` (robustness tables), ``statistics`` (intervals, verdicts), ``tuning`` (a
   learning rate per localization, by a declared rule);
 - run: ``grid`` (cells, resume), ``cluster`` (the grid on Ray workers), ``plan`` (pre-registration), ``reanalysis``, ``sizing``
-  (grid configs, their cost), ``runner``, ``report``, ``expected``, ``__main__``;
+  (grid configs, their cost), ``sweep`` (every window of MLP layers edited alike), ``runner``, ``report``, ``expected``,
+  ``__main__``;
 - view: ``plots`` (every figure), ``widgets`` (every explorer); only ``__main__``/``report`` sit above them.
 
 Every stage returns plain tables (pandas), dataclasses or tensors that the next stage

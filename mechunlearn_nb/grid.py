@@ -577,23 +577,31 @@ class CellComputer:
             self.locs[dataset] = self._localizations(dataset)
         return self.locs[dataset]
 
-    def compute(self, task_name: str, loc_name: str, seed: int) -> dict:
-        """One cell's record (as :func:`run_cell` returns it)."""
+    def _prepared(self, task_name: str, seed: int) -> tuple:
+        """A (task, seed)'s task, unedited evaluation, unrelated facts and base probes (the last one kept)."""
         model, config = self.model, self.config
-        dataset = dataset_of(task_name)
-        known = self.known_facts(dataset)
-        locs = self.dataset_localizations(dataset)
         key = (task_name, seed)
         if key not in self._task:
+            known = self.known_facts(dataset_of(task_name))
             task = build_task(model, task_name, seed, config.max_forget, config.max_maintain, known=known)
             unrelated = evaluation.unrelated_facts(model, task, n=config.n_unrelated) if config.n_unrelated else None
             base, base_probe = self._baseline(task, task_name, seed, unrelated)
             self._task = {key: (task, base, unrelated, base_probe)}  # one task at a time
-        task, base, unrelated, base_probe = self._task[key]
-        loc = registry.for_seed(model, locs, loc_name, seed)
-        window = config.probe_window or probe_window_for(model, locs[registry.FLU.label])
-        return run_cell(model, task, loc, seed, config, baseline=base, unrelated=unrelated, probe_window=window,
-                        base_probe=base_probe)
+        return self._task[key]
+
+    def compute(self, task_name: str, loc_name: str, seed: int) -> dict:
+        """One cell's record (as :func:`run_cell` returns it)."""
+        locs = self.dataset_localizations(dataset_of(task_name))
+        loc = registry.for_seed(self.model, locs, loc_name, seed)
+        window = self.config.probe_window or probe_window_for(self.model, locs[registry.FLU.label])
+        return self.compute_localization(task_name, loc, seed, probe_window=window)
+
+    def compute_localization(self, task_name: str, loc, seed: int, probe_window: tuple[int, int] | None = None) -> dict:
+        """The cell of a given :class:`~mechunlearn_nb.localization.Localization` (one outside the named ones, e.g.
+        a window of :mod:`.sweep`); ``probe_window``: default ``config.probe_window`` (None: the last layers)."""
+        task, base, unrelated, base_probe = self._prepared(task_name, seed)
+        return run_cell(self.model, task, loc, seed, self.config, baseline=base, unrelated=unrelated,
+                        probe_window=probe_window or self.config.probe_window, base_probe=base_probe)
 
 
 def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:

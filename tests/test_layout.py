@@ -23,7 +23,8 @@ ABOVE_VIEW = {"__main__", "report"}
 CORE = {"models", "data", "prompts", "scoring", "positions", "io", "checks"}
 #: the run layer: grids, notebooks, the plan a grid is tested against, expected values; only it, the view layer and
 #: the command line import it
-RUN = {"grid", "cluster", "sizing", "runner", "report", "expected", "plan", "reanalysis", "__main__", "lab"}
+RUN = {"grid", "cluster", "sizing", "runner", "report", "expected", "plan", "reanalysis", "__main__", "lab",
+       "sweep"}
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -177,3 +177,21 @@ def test_a_grid_is_judged_against_its_plan(tmp_path):
         (alone / cell.name).write_text(cell.read_text())
     with pytest.raises(ValueError, match="run the subject and at least one comparator"):
         reanalysis.plan_verdicts(tmp_path, p)
+
+
+def test_rank_correlation_ignores_seed_shifts_and_says_when_it_cannot_be_computed():
+    units = [f"w{i}" for i in range(10)]
+    ev = pd.Series(np.arange(10.0), index=units)
+    rng = np.random.default_rng(1)
+    base = pd.DataFrame([dict(unit=u, seed=s, value=0.1 * i + rng.normal(0, 0.2)) for i, u in enumerate(units)
+                         for s in range(3)])
+    r = statistics.rank_correlation(base, ev, n_boot=2000)
+    assert r["low"] > 0 and r["n_units"] == 10 and r["n_seeds"] == 3
+    shifted = statistics.rank_correlation(base.assign(value=base["value"] + base["seed"] * 5.0), ev, n_boot=2000)
+    assert shifted == pytest.approx(r)  # a seed that moves every unit alike changes no rank and no noise estimate
+    one_seed = statistics.rank_correlation(base[base["seed"] == 0], ev, n_boot=2000)
+    assert np.isfinite(one_seed["rho"]) and np.isnan(one_seed["low"])  # no residual degree of freedom
+    tied = statistics.rank_correlation(base, pd.Series(1.0, index=units), n_boot=2000)
+    assert np.isnan(tied["rho"])
+    with pytest.raises(ValueError, match="needs columns 'unit', 'seed', 'value'"):
+        statistics.rank_correlation(base.rename(columns={"unit": "window"}), ev)

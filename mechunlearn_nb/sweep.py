@@ -1,0 +1,249 @@
+"""Does localization inform robust editing? Every window of MLP layers, edited and attacked alike.
+
+Guo et al. edit the MLPs that fact lookup points at and find the edit more robust than where output tracing
+points. Two results cut against that premise: Hase et al. (2023) found that causal tracing does not predict which
+MLP layer is best to edit (the layer itself predicts it far better), and Wang & Veitch (2025) found edits at random
+locations as effective as at located ones. This module tests it on one model with the comparison's own
+instruments: edit one task through every window of ``width`` consecutive MLP layers (``m0-m3``, ``m1-m4``, ...,
+the size of fact lookup's four MLPs), several seeds each, and ask whether a window's *evidence* (how much the
+locating methods point at it) ranks with its *robustness* (how little of the fact comes back).
+
+1. :func:`windows` builds the localizations; every window is the same kind and size, so every one edits at fact
+   lookup's tuned rate (:func:`window_config`);
+2. :func:`layer_evidence` turns one locating run (:func:`registry.locate`'s evidence: probes, attribution
+   patching, causal tracing) into one row per block, :func:`window_evidence` into one row per window;
+3. :func:`run_sweep` computes each (window, seed) cell with :func:`grid.run_cell` and saves it as the grid does
+   (``<out>/cells/``, resumable; the unedited model's evaluation once per seed in ``<out>/baselines/``);
+4. :func:`correlations` gives the rank correlation (Spearman) of every evidence column with every robustness
+   metric over the windows, with an interval for the seeds' noise (:func:`statistics.rank_correlation`).
+
+What the interval covers: the seeds' noise (which facts, which batches), with the windows and the evidence fixed.
+It does not cover another model or another evidence sample, and 15 overlapping windows are not 15 independent
+observations (neighbours share three of four layers): a correlation here describes this model's layers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import grid, localization, registry, statistics
+from .io import atomic_path, save_json
+from .localization import Localization
+
+#: the task of the sweep (the plan's first athlete-editing task: 64 facts, 32 held out in the attack)
+TASK = "edit 64 athletes"
+#: fact lookup's four MLPs on the embedded model: the sweep's window width
+WIDTH = 4
+#: the evidence columns of :func:`window_evidence`, each the mean over the window's blocks
+EVIDENCE = ("flu_selected", "probe_rise", "attribution", "causal_tracing")
+#: what each evidence column is (for tables and figures)
+EVIDENCE_DESCRIPTION = {
+    "flu_selected": "share of the window's MLPs the fact-lookup rule selects",
+    "probe_rise": "share of the subject probes' accuracy gain over the embeddings reached (the rule's start)",
+    "attribution": "attribution-patching effect of the window's MLPs at the subject",
+    "causal_tracing": "causal-tracing effect of the window's MLPs at the subject (Hase et al.'s evidence)",
+}
+#: the robustness and cost metrics the sweep correlates with the evidence, and whether lower is more robust
+#: (``relearn_p_true_auc`` is the calibrated attack setting's: :func:`metric_columns` names it)
+METRICS = {"edit_acc": False, "qa_forget_acc": True, "mcq_debiased_edit_acc": False, "relearn_p_true_auc": True,
+           "probe_true": True, "maintain_acc": False, "lm_loss_change": True}
+
+
+def window_label(start: int, width: int = WIDTH) -> str:
+    """A window's name, saved in its cells: ``"MLPs m2-m5"``."""
+    return f"MLPs m{start}-m{start + width - 1}"
+
+
+def windows(model, width: int = WIDTH, starts=None) -> dict[str, Localization]:
+    """Every window of ``width`` consecutive MLP layers (or those beginning at ``starts``), in layer order.
+
+    Raises:
+        ValueError: a width outside 1..n_layers, or a start whose window leaves the model.
+    """
+    n = model.cfg.n_layers
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= n:
+        raise ValueError(f"width={width!r}: a window holds 1 to {n} consecutive MLP layers on this model.")
+    starts = list(range(n - width + 1)) if starts is None else [int(s) for s in starts]
+    bad = [s for s in starts if not 0 <= s <= n - width]
+    if bad or not starts:
+        raise ValueError(f"starts {bad or starts}: a window of {width} MLPs starts at 0 to {n - width} on this "
+                         f"{n}-block model. Fix: choose starts in that range (None: all of them).")
+    return {window_label(s, width): Localization.from_components(
+        model, [f"m{layer}" for layer in range(s, s + width)], name=window_label(s, width),
+        meta=dict(method="window", start=s, width=width)) for s in sorted(set(starts))}
+
+
+def window_config(config: grid.GridConfig) -> grid.GridConfig:
+    """The grid settings of a sweep: ``config`` with fact lookup's tuned rate (and steps) for every window.
+
+    A window is fact lookup's kind and size, so it edits at fact lookup's rate; where ``config.rates`` has none
+    for sports, every window keeps the localized kind's default rate (as fact lookup would).
+    """
+    rate = (config.rates or {}).get("sports", {}).get(registry.FLU.label)
+    tuned = {} if rate is None else dict(rate) if isinstance(rate, dict) else {"lr": float(rate)}
+    return replace(config, rates=None, edit_overrides={**config.edit_overrides, **tuned})
+
+
+def layer_evidence(model, evidence: dict, rule: localization.FactLookupRule | None = None) -> pd.DataFrame:
+    """One row per block from a locating run's evidence (:func:`registry.locate`'s second value, sports).
+
+    Columns: ``layer``, ``flu_selected`` (1 where the fact-lookup rule selects the block's MLP), ``probe_rise``,
+    ``attribution`` (the rule's subject-position MLP effect from attribution patching) and ``causal_tracing``
+    (the same read from the causal-tracing table; NaN without one).
+    """
+    if evidence.get("attribution") is None:
+        raise ValueError("The evidence has no attribution-patching table. Fix: pass registry.locate(...)[1] for "
+                         "the sports dataset.")
+    n = model.cfg.n_layers
+    flu = localization.fact_lookup_evidence(evidence.get("probes"), evidence["attribution"], rule=rule, n_layers=n)
+    out = pd.DataFrame({"layer": flu["layer"].astype(int), "flu_selected": flu["selected"].astype(float),
+                        "probe_rise": flu["probe_rise"].astype(float), "attribution": flu["mlp_effect"].astype(float)})
+    trace = evidence.get("trace")
+    out["causal_tracing"] = (np.nan if trace is None else
+                             localization.fact_lookup_evidence(None, trace, rule=rule, n_layers=n)["mlp_effect"]
+                             .astype(float).to_numpy())
+    return out
+
+
+def window_evidence(layers: pd.DataFrame, locs: dict[str, Localization]) -> pd.DataFrame:
+    """One row per window of ``locs``: ``localization, start`` and each :data:`EVIDENCE` column, the mean of
+    :func:`layer_evidence` over the window's blocks."""
+    rows = []
+    for label, loc in locs.items():
+        blocks = [int(c[1:]) for c in loc.components]
+        part = layers[layers["layer"].isin(blocks)]
+        rows.append(dict(localization=label, start=min(blocks), **{c: float(part[c].mean()) for c in EVIDENCE}))
+    return pd.DataFrame(rows)
+
+
+def evidence_path(out_dir: str | Path) -> Path:
+    """Where a sweep keeps its per-block evidence: ``out_dir/layer_evidence.csv``."""
+    return Path(out_dir) / "layer_evidence.csv"
+
+
+def sweep_evidence(model, config: grid.GridConfig, out_dir: str | Path, known: pd.DataFrame | None = None,
+                   seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """The per-block evidence of the sweep (:func:`layer_evidence`), located once and saved in ``out_dir``.
+
+    A rerun reads ``layer_evidence.csv`` back; the locating run is :func:`registry.locate` on the sports dataset
+    with the grid's ``n_locate`` and ``n_probe`` and this ``seed`` (causal tracing included).
+    """
+    path = evidence_path(out_dir)
+    if path.exists():
+        return pd.read_csv(path)
+    names = (registry.FLU.label, "OT (causal tracing)")
+    _, evidence = registry.locate(model, "sports", names=names, n_locate=config.n_locate, n_probe=config.n_probe,
+                                  seed=seed, progress=progress, known=known)
+    table = layer_evidence(model, evidence)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = WIDTH, starts=None,
+              task: str = TASK, progress: bool = True) -> pd.DataFrame:
+    """Edit ``task`` through every window (:func:`windows`) with each of ``config.seeds``; save each cell.
+
+    ``config``: a grid's settings (e.g. :func:`plan.notebook_config`'s), whose sports rate of fact lookup every
+    window uses (:func:`window_config`). Cells are saved as the grid saves them (``<out>/cells/``, one JSON
+    each, atomically) and a rerun computes only the missing ones; a folder holding cells of other settings is
+    refused (:func:`grid.start_grid`). ``<out>/sweep.json`` records the windows, the task and the settings.
+
+    Returns:
+        One row per cell (``task, localization, seed`` and the grid's metrics), windows in layer order.
+    """
+    if grid.dataset_of(task) != "sports":
+        raise ValueError(f"task {task!r}: the sweep reads sports evidence and probes. Fix: an athlete task such as "
+                         f"{TASK!r}.")
+    out_dir = Path(out_dir)
+    locs = windows(model, width, starts)
+    cfg = window_config(config)
+    grid.start_grid(replace(cfg, tasks=(task,)), out_dir)
+    save_json(dict(task=task, width=width, windows=list(locs), seeds=list(cfg.seeds),
+                   edit_overrides=cfg.edit_overrides), out_dir / "sweep.json")
+    # the grid's computer, with the windows as this dataset's localizations (the unedited model's evaluation and
+    # probe read-outs once per seed, shared through <out>/baselines)
+    computer = grid.CellComputer(model, cfg, lambda dataset: locs, share=out_dir)
+    rows = []
+    bar = tqdm([(s, label) for s in cfg.seeds for label in locs], desc="window sweep", disable=not progress)
+    for seed, label in bar:
+        path = grid.cell_path(out_dir, task, label, seed)
+        if path.exists():
+            rows.append(json.loads(path.read_text())["metrics"])
+            continue
+        bar.set_postfix_str(f"{label} · seed {seed}")
+        cell = computer.compute_localization(task, locs[label], seed)
+        grid.save_cell(cell, out_dir)
+        rows.append(cell["metrics"])
+    order = {label: i for i, label in enumerate(locs)}
+    return pd.DataFrame(rows).sort_values(["localization", "seed"], key=lambda c: c.map(order) if c.name ==
+                                          "localization" else c).reset_index(drop=True)
+
+
+def metric_columns(cells: pd.DataFrame, setting: str | None = None) -> dict[str, bool]:
+    """:data:`METRICS` present in ``cells`` (``relearn_p_true_auc`` read from ``relearn_<setting>_p_true_auc``,
+    the first setting found when None), ``{column: lower_is_more_robust}``."""
+    found = {}
+    for name, lower in METRICS.items():
+        if name == "relearn_p_true_auc":
+            col = (f"relearn_{setting}_p_true_auc" if setting is not None else
+                   next((c for c in cells.columns if c.startswith("relearn_") and c.endswith("_p_true_auc")), None))
+            if col is not None and col in cells and cells[col].notna().any():
+                found[col] = lower
+        elif name in cells and cells[name].notna().any():
+            found[name] = lower
+    return found
+
+
+def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, completeness: float | None = None,
+                 setting: str | None = None, n_boot: int = 10000, level: float = 0.95, rng: int = 0) -> pd.DataFrame:
+    """The rank correlation of each evidence column with each metric over the windows, with intervals.
+
+    Args:
+        cells: the sweep's cells (:func:`run_sweep`), one row per (window, seed).
+        evidence: :func:`window_evidence` of the same windows.
+        completeness: cells whose edit accuracy on their trained prompts (``train_acc``) is below it are left
+            out (an incomplete edit says nothing about robustness); None keeps every cell.
+        setting: the relearning attack whose curve area is the relearning metric (None: the first found).
+
+    Returns:
+        One row per (metric, evidence): ``rho`` (Spearman, over the windows' means across seeds), ``low, high``
+        (the interval of the seeds' noise, :func:`statistics.rank_correlation`), ``p_value`` (two-sided) and
+        ``p_holm`` (Holm over the table), ``n_units`` (windows), ``n_seeds``, ``residual_sd``,
+        ``lower_is_more_robust``; ``robust_rho`` is ``rho`` signed so that positive means *more evidence, more
+        robust*; ``note`` says why a row has no correlation (NaN, e.g. every window's edit complete).
+    """
+    use = cells if completeness is None or "train_acc" not in cells else cells[cells["train_acc"] >= completeness]
+    rows = []
+    for metric, lower in metric_columns(use, setting).items():
+        values = use[["localization", "seed", metric]].rename(columns={"localization": "unit", metric: "value"})
+        for column in EVIDENCE:
+            ev = evidence.set_index("localization")[column]
+            if ev.notna().sum() < 3:
+                continue
+            r = statistics.rank_correlation(values, ev, n_boot=n_boot, level=level, rng=rng)
+            note = "" if np.isfinite(r["rho"]) else "every window measured the same: no ranking"
+            rows.append(dict(metric=metric, evidence=column, lower_is_more_robust=lower, **r,
+                             robust_rho=-r["rho"] if lower else r["rho"], note=note))
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["p_holm"] = statistics.holm(table["p_value"].to_numpy())
+    return table
+
+
+def settings(out_dir: str | Path) -> dict:
+    """A sweep folder's ``sweep.json`` and ``grid_config.json`` together."""
+    out_dir = Path(out_dir)
+    return dict(json.loads((out_dir / "sweep.json").read_text()),
+                grid=json.loads((out_dir / "grid_config.json").read_text()))
+
+
+__all__ = ["TASK", "WIDTH", "EVIDENCE", "METRICS", "window_label", "windows", "window_config", "layer_evidence",
+           "window_evidence", "sweep_evidence", "run_sweep", "metric_columns", "correlations", "settings"]

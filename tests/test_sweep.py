@@ -1,0 +1,126 @@
+"""The window sweep (does localization inform robust editing?): windows, their evidence, the cells, the correlations."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mechunlearn_nb import grid, sweep
+
+EDIT = dict(steps=2, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_facts=4, eval_every=0)
+#: the tiny random model knows nothing, so every fact counts as known (threshold 0)
+SMALL = grid.GridConfig(tasks=("edit 4 athletes",), localizations=("fact lookup",), seeds=(0, 1), n_known=120,
+                        known_threshold=0.0, max_maintain=8, n_unrelated=0, probes=False, relearn_steps=(0, 1),
+                        edit_overrides=EDIT, components={"sports": {"fact lookup": ["m1"]}},
+                        relearn_overrides=dict(batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16),
+                        eval_overrides=dict(n_paragraphs=1, lm_tokens=16), rates={"sports": {"fact lookup": 3e-4}})
+
+
+def test_windows_are_every_run_of_consecutive_mlps_and_bad_widths_are_refused(tiny):
+    locs = sweep.windows(tiny, width=1)
+    assert list(locs) == ["MLPs m0-m0", "MLPs m1-m1"] and locs["MLPs m1-m1"].components == ["m1"]
+    both = sweep.windows(tiny, width=2)
+    assert list(both) == ["MLPs m0-m1"] and both["MLPs m0-m1"].n_params == sum(l.n_params for l in locs.values())
+    assert list(sweep.windows(tiny, 1, starts=[1])) == ["MLPs m1-m1"]
+    with pytest.raises(ValueError, match="width=3: a window holds 1 to 2"):
+        sweep.windows(tiny, width=3)
+    with pytest.raises(ValueError, match=r"starts \[1\]: a window of 2 MLPs starts at 0 to 0 .*Fix"):
+        sweep.windows(tiny, width=2, starts=[1])
+
+
+def test_every_window_edits_at_fact_lookups_tuned_rate_and_steps():
+    assert sweep.window_config(SMALL).edit_overrides == {**EDIT, "lr": 3e-4}
+    tuned = grid.GridConfig(**{**SMALL.__dict__, "rates": {"sports": {"fact lookup": {"lr": 1e-4, "steps": 80}}}})
+    cfg = sweep.window_config(tuned)
+    assert cfg.rates is None and cfg.edit_overrides["lr"] == 1e-4 and cfg.edit_overrides["steps"] == 80
+    untuned = grid.GridConfig(**{**SMALL.__dict__, "rates": None})
+    assert "lr" not in sweep.window_config(untuned).edit_overrides  # the localized kind's default, as fact lookup's
+
+
+def _evidence():
+    """A 6-block model's evidence: subject probes rise after block 1, an extraction head in block 4, MLPs 2-3 carry
+    the attribution effect; causal tracing falls with depth."""
+    sub, last = (0.3, 0.3, 0.6, 0.8, 0.9, 0.9, 0.9), (0.3, 0.3, 0.3, 0.3, 0.3, 0.9, 0.9)
+    probes = pd.DataFrame([dict(layer=i, position=pos, split="test", accuracy=a)
+                           for pos, accs in (("last_subject", sub), ("last", last)) for i, a in enumerate(accs)])
+    attribution = [0.05, 0.1, 0.5, 0.6, 0.05, 0.0]
+    rows = [dict(layer=l, position_kind="last_subject", component="mlp", head=pd.NA, effect=e)
+            for l, e in enumerate(attribution)]
+    rows += [dict(layer=l, position_kind="last", component="head", head=h, effect=1.0 if (l, h) == (4, 0) else 0.01)
+             for l in range(6) for h in range(2)]
+    trace = pd.DataFrame([dict(layer=l, position_kind="last_subject", component="mlp", head=pd.NA, effect=e)
+                          for l, e in enumerate([0.4, 0.3, 0.2, 0.1, 0.0, 0.0])])
+    return dict(probes=probes, attribution=pd.DataFrame(rows), trace=trace)
+
+
+def test_layer_and_window_evidence_read_the_rules_tables():
+    model = SimpleNamespace(cfg=SimpleNamespace(n_layers=6))
+    layers = sweep.layer_evidence(model, _evidence())
+    assert layers["layer"].tolist() == list(range(6))
+    assert layers["flu_selected"].tolist() == [0, 0, 1, 1, 0, 0]  # the rule picks MLPs 2-3
+    assert layers["attribution"].tolist() == pytest.approx([0.05, 0.1, 0.5, 0.6, 0.05, 0.0])
+    assert layers["causal_tracing"].tolist() == pytest.approx([0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
+    # the share of the subject probes' gain over the embeddings reached after the block (0.3 -> 0.6 of 0.3 -> 0.9)
+    assert layers["probe_rise"].tolist()[:4] == pytest.approx([0.0, 0.5, 5 / 6, 1.0])
+    locs = {sweep.window_label(s, 2): SimpleNamespace(components=[f"m{s}", f"m{s + 1}"]) for s in range(5)}
+    ev = sweep.window_evidence(layers, locs)
+    assert ev["localization"].tolist() == list(locs) and ev["start"].tolist() == list(range(5))
+    assert ev["flu_selected"].tolist() == [0, 0.5, 1, 0.5, 0]
+    assert ev["causal_tracing"].tolist() == pytest.approx([0.35, 0.25, 0.15, 0.05, 0.0])
+    without = sweep.layer_evidence(model, {**_evidence(), "trace": None})
+    assert without["causal_tracing"].isna().all()
+    with pytest.raises(ValueError, match="no attribution-patching table"):
+        sweep.layer_evidence(model, {"probes": None, "attribution": None})
+
+
+def _cells(metric_of_window, noise=0.01, seeds=(0, 1, 2), incomplete=()):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([dict(localization=sweep.window_label(s, 2), seed=seed,
+                              relearn_paper_p_true_auc=metric_of_window(s) + rng.normal(0, noise),
+                              edit_acc=1.0, train_acc=0.5 if (s, seed) in incomplete else 1.0)
+                         for s in range(8) for seed in seeds])
+
+
+def test_correlations_find_a_planted_trend_and_leave_incomplete_edits_out():
+    evidence = pd.DataFrame(dict(localization=[sweep.window_label(s, 2) for s in range(8)], start=range(8),
+                                 flu_selected=np.linspace(1, 0, 8), probe_rise=np.nan, attribution=np.linspace(1, 0, 8),
+                                 causal_tracing=np.linspace(0, 1, 8)))
+    # more evidence (early windows) -> less comes back: robust; causal tracing runs the other way
+    cells = _cells(lambda s: 0.1 + 0.05 * s, incomplete={(7, 0), (7, 1), (7, 2), (3, 0)})
+    table = sweep.correlations(cells, evidence, completeness=0.95, n_boot=2000)
+    auc = table[table["metric"] == "relearn_paper_p_true_auc"].set_index("evidence")
+    assert set(auc.index) == {"flu_selected", "attribution", "causal_tracing"}  # probe_rise: no evidence, left out
+    assert auc.loc["flu_selected", "rho"] == pytest.approx(-1.0) and auc.loc["flu_selected", "robust_rho"] == 1.0
+    assert auc.loc["flu_selected", "high"] < 0 and auc.loc["causal_tracing", "low"] > 0
+    assert auc.loc["flu_selected", "n_units"] == 7  # window 7 has no complete edit; window 3 keeps two seeds
+    tied = table[table["metric"] == "edit_acc"]  # all 1.0: no rank correlation, and the row says why
+    assert tied["rho"].isna().all() and tied["note"].str.contains("measured the same").all()
+    tested = table.dropna(subset=["p_value"])
+    assert len(tested) == 3 and (tested["p_holm"] >= tested["p_value"]).all()
+    # no trend, only noise: the interval covers zero
+    flat = sweep.correlations(_cells(lambda s: 0.3, noise=0.05), evidence, n_boot=2000)
+    row = flat[(flat["metric"] == "relearn_paper_p_true_auc") & (flat["evidence"] == "attribution")].iloc[0]
+    assert row["low"] < 0 < row["high"]
+
+
+def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, monkeypatch):
+    cells = sweep.run_sweep(tiny, SMALL, tmp_path, width=1, task="edit 4 athletes", progress=False)
+    assert cells[["localization", "seed"]].values.tolist() == [["MLPs m0-m0", 0], ["MLPs m0-m0", 1],
+                                                                ["MLPs m1-m1", 0], ["MLPs m1-m1", 1]]
+    assert (cells["lr"] == 3e-4).all() and cells["components"].tolist() == [["m0"], ["m0"], ["m1"], ["m1"]]
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 4 and len(list((tmp_path / "baselines").glob("*"))) == 2
+    assert json.loads((tmp_path / "sweep.json").read_text())["windows"] == ["MLPs m0-m0", "MLPs m1-m1"]
+
+    def never(*args, **kwargs):
+        raise AssertionError("a saved cell was computed again")
+
+    monkeypatch.setattr(grid.CellComputer, "compute_localization", never)
+    again = sweep.run_sweep(tiny, SMALL, tmp_path, width=1, task="edit 4 athletes", progress=False)
+    pd.testing.assert_frame_equal(again, cells)
+    with pytest.raises(ValueError, match="other settings|differ"):  # the folder's cells were made at another rate
+        sweep.run_sweep(tiny, grid.GridConfig(**{**SMALL.__dict__, "rates": {"sports": {"fact lookup": 1e-3}}}),
+                        tmp_path, width=1, task="edit 4 athletes", progress=False)
+    with pytest.raises(ValueError, match="sports evidence"):
+        sweep.run_sweep(tiny, SMALL, tmp_path / "cf", width=1, task="counterfact 4", progress=False)
