@@ -374,6 +374,39 @@ def plot_metrics(agg: pd.DataFrame, metrics: tuple[str, ...] = ("edit_acc", "mai
     return fig
 
 
+def plot_window_sweep(cells: pd.DataFrame, evidence: pd.DataFrame, metrics: Sequence[str],
+                      evidence_columns: Sequence[str] = ("flu_selected", "attribution", "causal_tracing"),
+                      col_wrap: int = 4):
+    """The window sweep (:mod:`.sweep`): the first panel draws each window's evidence (each column scaled to its
+    largest value), the others each metric's mean over seeds with a 95% interval, against the window's first block.
+    Returns the figure."""
+    start = evidence.set_index("localization")["start"]
+    data = cells.assign(start=cells["localization"].map(start))
+    present = [m for m in metrics if m in data and data[m].notna().any()]
+    n = len(present) + 1
+    cols = min(col_wrap, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.8 * rows), squeeze=False, sharex=True)
+    flat = axes.ravel()
+    ax = flat[0]
+    for c in evidence_columns:
+        v = evidence[c]
+        if v.notna().any() and v.abs().max() > 0:
+            ax.plot(evidence["start"], v / v.abs().max(), marker="o", ms=3, label=c)
+    ax.set_title("evidence (scaled to its maximum)", fontsize=9)
+    ax.legend(fontsize=7)
+    for ax, m in zip(flat[1:], present):
+        sns.lineplot(data=data, x="start", y=m, marker="o", errorbar=("ci", 95), ax=ax)
+        ax.set_title(m, fontsize=9)
+        ax.set_ylabel("")
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("window's first block")
+    fig.tight_layout()
+    return fig
+
+
 def plot_claims(verdicts: pd.DataFrame, title: str = "Fact lookup minus comparator, paired by (task, seed)"):
     """Forest plot of :func:`~mechunlearn_nb.reanalysis.verdicts_v2`: each tested claim's difference with its
     bootstrap interval, one panel per dataset, coloured by verdict; untestable and too-coarse claims are listed in

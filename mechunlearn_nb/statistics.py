@@ -372,9 +372,9 @@ def rank_correlation(values: pd.DataFrame, evidence: pd.Series, n_boot: int = 10
     choice of units: a correlation over one model's overlapping windows of layers describes those windows.
 
     Returns:
-        ``{"rho", "low", "high", "p_value", "n_units", "n_seeds", "residual_sd"}``; rho is NaN when the evidence
-        or the means are all tied or fewer than three units have both; the interval is NaN without a residual
-        degree of freedom (one seed).
+        ``{"rho", "low", "high", "p_value", "n_units", "n_seeds", "residual_sd", "note"}``; rho is NaN when fewer
+        than three units have both a value and evidence, or the evidence or the means are all tied; the interval
+        is NaN without a residual degree of freedom (one seed); ``note`` says which (empty when all is there).
     """
     from scipy import stats
 
@@ -386,14 +386,16 @@ def rank_correlation(values: pd.DataFrame, evidence: pd.Series, n_boot: int = 10
     ev = pd.Series(evidence, dtype=float).dropna()
     units = [u for u in table.index if u in ev.index]
     out = dict(rho=np.nan, low=np.nan, high=np.nan, p_value=np.nan, n_units=len(units), n_seeds=table.shape[1],
-               residual_sd=np.nan)
-    if len(units) < 3 or ev[units].nunique() < 2:
-        return out
+               residual_sd=np.nan, note="")
+    if len(units) < 3:
+        return {**out, "note": f"{len(units)} unit(s) with a value and evidence: a rank correlation needs 3"}
+    if ev[units].nunique() < 2:
+        return {**out, "note": "the evidence is the same for every unit: nothing to rank"}
     m = table.loc[units].to_numpy(dtype=float)  # units x seeds, NaN where a unit lacks a seed
     x = ev[units].to_numpy(dtype=float)
     means = np.nanmean(m, axis=1)
-    if np.unique(means).size < 2:  # every unit measured the same: nothing to rank
-        return out
+    if np.unique(means).size < 2:
+        return {**out, "note": "every unit measured the same: nothing to rank"}
     rho = stats.spearmanr(means, x).statistic
     out["rho"] = float(rho)
     have = ~np.isnan(m)
@@ -402,7 +404,7 @@ def rank_correlation(values: pd.DataFrame, evidence: pd.Series, n_boot: int = 10
     resid = (centred - seed_shift[None, :])[have]
     df = int(have.sum()) - len(units) - (m.shape[1] - 1)
     if df < 1:
-        return out
+        return {**out, "note": "one seed: no residual to size the seeds' noise, no interval"}
     sd = float(np.sqrt(np.sum(resid ** 2) / df))
     out["residual_sd"] = sd
     gen = np.random.default_rng(rng)

@@ -50,9 +50,9 @@ EVIDENCE_DESCRIPTION = {
     "causal_tracing": "causal-tracing effect of the window's MLPs at the subject (Hase et al.'s evidence)",
 }
 #: the robustness and cost metrics the sweep correlates with the evidence, and whether lower is more robust
-#: (``relearn_p_true_auc`` is the calibrated attack setting's: :func:`metric_columns` names it)
+#: (``relearn_p_true_auc``: each attack setting's own column, :func:`metric_columns`)
 METRICS = {"edit_acc": False, "qa_forget_acc": True, "mcq_debiased_edit_acc": False, "relearn_p_true_auc": True,
-           "probe_true": True, "maintain_acc": False, "lm_loss_change": True}
+           "relearn_acc": True, "probe_true": True, "maintain_acc": False, "lm_loss_change": True}
 
 
 def window_label(start: int, width: int = WIDTH) -> str:
@@ -127,19 +127,20 @@ def evidence_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / "layer_evidence.csv"
 
 
-def sweep_evidence(model, config: grid.GridConfig, out_dir: str | Path, known: pd.DataFrame | None = None,
-                   seed: int = 0, progress: bool = True) -> pd.DataFrame:
+def sweep_evidence(model, out_dir: str | Path, n_locate: int = 64, n_probe: int | None = None, trace: bool = True,
+                   known: pd.DataFrame | None = None, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     """The per-block evidence of the sweep (:func:`layer_evidence`), located once and saved in ``out_dir``.
 
-    A rerun reads ``layer_evidence.csv`` back; the locating run is :func:`registry.locate` on the sports dataset
-    with the grid's ``n_locate`` and ``n_probe`` and this ``seed`` (causal tracing included).
+    The locating run is :func:`registry.locate` on the sports dataset: probes on ``known`` (default: every known
+    athlete; ``n_probe`` of them), attribution patching on ``n_locate`` known athletes, and causal tracing on the
+    same athletes when ``trace`` (minutes at full size). A rerun reads ``layer_evidence.csv`` back.
     """
     path = evidence_path(out_dir)
     if path.exists():
         return pd.read_csv(path)
-    names = (registry.FLU.label, "OT (causal tracing)")
-    _, evidence = registry.locate(model, "sports", names=names, n_locate=config.n_locate, n_probe=config.n_probe,
-                                  seed=seed, progress=progress, known=known)
+    names = (registry.FLU.label, "OT (causal tracing)") if trace else (registry.FLU.label,)
+    _, evidence = registry.locate(model, "sports", names=names, n_locate=n_locate, n_probe=n_probe, seed=seed,
+                                  progress=progress, known=known)
     table = layer_evidence(model, evidence)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -148,13 +149,14 @@ def sweep_evidence(model, config: grid.GridConfig, out_dir: str | Path, known: p
 
 
 def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = WIDTH, starts=None,
-              task: str = TASK, progress: bool = True) -> pd.DataFrame:
+              task: str = TASK, known: pd.DataFrame | None = None, progress: bool = True) -> pd.DataFrame:
     """Edit ``task`` through every window (:func:`windows`) with each of ``config.seeds``; save each cell.
 
     ``config``: a grid's settings (e.g. :func:`plan.notebook_config`'s), whose sports rate of fact lookup every
     window uses (:func:`window_config`). Cells are saved as the grid saves them (``<out>/cells/``, one JSON
     each, atomically) and a rerun computes only the missing ones; a folder holding cells of other settings is
     refused (:func:`grid.start_grid`). ``<out>/sweep.json`` records the windows, the task and the settings.
+    ``known``: the sports facts the model knows, already scored (default: scored here as the grid does).
 
     Returns:
         One row per cell (``task, localization, seed`` and the grid's metrics), windows in layer order.
@@ -171,6 +173,8 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
     # the grid's computer, with the windows as this dataset's localizations (the unedited model's evaluation and
     # probe read-outs once per seed, shared through <out>/baselines)
     computer = grid.CellComputer(model, cfg, lambda dataset: locs, share=out_dir)
+    if known is not None:
+        computer.known["sports"] = known
     rows = []
     bar = tqdm([(s, label) for s in cfg.seeds for label in locs], desc="window sweep", disable=not progress)
     for seed, label in bar:
@@ -187,23 +191,19 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
                                           "localization" else c).reset_index(drop=True)
 
 
-def metric_columns(cells: pd.DataFrame, setting: str | None = None) -> dict[str, bool]:
-    """:data:`METRICS` present in ``cells`` (``relearn_p_true_auc`` read from ``relearn_<setting>_p_true_auc``,
-    the first setting found when None), ``{column: lower_is_more_robust}``."""
+def metric_columns(cells: pd.DataFrame) -> dict[str, bool]:
+    """:data:`METRICS` measured in ``cells``, ``{column: lower_is_more_robust}``; ``relearn_p_true_auc`` becomes
+    one column per attack setting the cells ran (``relearn_scaled_p_true_auc``, ``relearn_paper_p_true_auc``)."""
     found = {}
     for name, lower in METRICS.items():
-        if name == "relearn_p_true_auc":
-            col = (f"relearn_{setting}_p_true_auc" if setting is not None else
-                   next((c for c in cells.columns if c.startswith("relearn_") and c.endswith("_p_true_auc")), None))
-            if col is not None and col in cells and cells[col].notna().any():
-                found[col] = lower
-        elif name in cells and cells[name].notna().any():
-            found[name] = lower
+        columns = ([c for c in cells.columns if c.startswith("relearn_") and c.endswith("_p_true_auc")]
+                   if name == "relearn_p_true_auc" else [name])
+        found.update({c: lower for c in columns if c in cells and cells[c].notna().any()})
     return found
 
 
 def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, completeness: float | None = None,
-                 setting: str | None = None, n_boot: int = 10000, level: float = 0.95, rng: int = 0) -> pd.DataFrame:
+                 n_boot: int = 10000, level: float = 0.95, rng: int = 0) -> pd.DataFrame:
     """The rank correlation of each evidence column with each metric over the windows, with intervals.
 
     Args:
@@ -211,27 +211,26 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, completeness: floa
         evidence: :func:`window_evidence` of the same windows.
         completeness: cells whose edit accuracy on their trained prompts (``train_acc``) is below it are left
             out (an incomplete edit says nothing about robustness); None keeps every cell.
-        setting: the relearning attack whose curve area is the relearning metric (None: the first found).
 
     Returns:
         One row per (metric, evidence): ``rho`` (Spearman, over the windows' means across seeds), ``low, high``
         (the interval of the seeds' noise, :func:`statistics.rank_correlation`), ``p_value`` (two-sided) and
         ``p_holm`` (Holm over the table), ``n_units`` (windows), ``n_seeds``, ``residual_sd``,
         ``lower_is_more_robust``; ``robust_rho`` is ``rho`` signed so that positive means *more evidence, more
-        robust*; ``note`` says why a row has no correlation (NaN, e.g. every window's edit complete).
+        robust*; ``note`` says why a row has no correlation or interval (e.g. fewer than three windows with a
+        complete edit, or every window's edit complete alike).
     """
     use = cells if completeness is None or "train_acc" not in cells else cells[cells["train_acc"] >= completeness]
     rows = []
-    for metric, lower in metric_columns(use, setting).items():
+    for metric, lower in metric_columns(use).items():
         values = use[["localization", "seed", metric]].rename(columns={"localization": "unit", metric: "value"})
         for column in EVIDENCE:
             ev = evidence.set_index("localization")[column]
-            if ev.notna().sum() < 3:
+            if ev.notna().sum() == 0:  # not measured at all (e.g. no causal tracing): no row
                 continue
             r = statistics.rank_correlation(values, ev, n_boot=n_boot, level=level, rng=rng)
-            note = "" if np.isfinite(r["rho"]) else "every window measured the same: no ranking"
             rows.append(dict(metric=metric, evidence=column, lower_is_more_robust=lower, **r,
-                             robust_rho=-r["rho"] if lower else r["rho"], note=note))
+                             robust_rho=-r["rho"] if lower else r["rho"]))
     table = pd.DataFrame(rows)
     if len(table):
         table["p_holm"] = statistics.holm(table["p_value"].to_numpy())

@@ -91,12 +91,14 @@ def test_correlations_find_a_planted_trend_and_leave_incomplete_edits_out():
     cells = _cells(lambda s: 0.1 + 0.05 * s, incomplete={(7, 0), (7, 1), (7, 2), (3, 0)})
     table = sweep.correlations(cells, evidence, completeness=0.95, n_boot=2000)
     auc = table[table["metric"] == "relearn_paper_p_true_auc"].set_index("evidence")
-    assert set(auc.index) == {"flu_selected", "attribution", "causal_tracing"}  # probe_rise: no evidence, left out
+    assert set(auc.index) == {"flu_selected", "attribution", "causal_tracing"}  # probe_rise: not measured, no row
     assert auc.loc["flu_selected", "rho"] == pytest.approx(-1.0) and auc.loc["flu_selected", "robust_rho"] == 1.0
     assert auc.loc["flu_selected", "high"] < 0 and auc.loc["causal_tracing", "low"] > 0
     assert auc.loc["flu_selected", "n_units"] == 7  # window 7 has no complete edit; window 3 keeps two seeds
     tied = table[table["metric"] == "edit_acc"]  # all 1.0: no rank correlation, and the row says why
-    assert tied["rho"].isna().all() and tied["note"].str.contains("measured the same").all()
+    assert tied["rho"].isna().all() and tied["note"].str.contains("every unit measured the same").all()
+    few = sweep.correlations(cells[cells["localization"].isin(list(evidence["localization"])[:2])], evidence, n_boot=200)
+    assert few["rho"].isna().all() and few["note"].str.contains("2 unit.*needs 3").all()
     tested = table.dropna(subset=["p_value"])
     assert len(tested) == 3 and (tested["p_holm"] >= tested["p_value"]).all()
     # no trend, only noise: the interval covers zero
