@@ -155,7 +155,8 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
     ``config``: a grid's settings (e.g. :func:`plan.notebook_config`'s), whose sports rate of fact lookup every
     window uses (:func:`window_config`). Cells are saved as the grid saves them (``<out>/cells/``, one JSON
     each, atomically) and a rerun computes only the missing ones; a folder holding cells of other settings is
-    refused (:func:`grid.start_grid`). ``<out>/sweep.json`` records the windows, the task and the settings.
+    refused (:func:`grid.start_grid`). ``<out>/sweep.json`` records the task, the width and the seeds. Processes
+    that share ``out_dir`` may split the windows (``starts``) between them: each saves only its own cells.
     ``known``: the sports facts the model knows, already scored (default: scored here as the grid does).
 
     Returns:
@@ -168,8 +169,11 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
     locs = windows(model, width, starts)
     cfg = window_config(config)
     grid.start_grid(replace(cfg, tasks=(task,)), out_dir)
-    save_json(dict(task=task, width=width, windows=list(locs), seeds=list(cfg.seeds),
-                   edit_overrides=cfg.edit_overrides), out_dir / "sweep.json")
+    record = dict(task=task, width=width, seeds=list(cfg.seeds))
+    saved = out_dir / "sweep.json"
+    if saved.exists() and (old := json.loads(saved.read_text())) != record and any((out_dir / "cells").glob("*.json")):
+        raise ValueError(f"{out_dir} holds a sweep of {old}, not {record}. Fix: use a new OUTPUT_DIR for this one.")
+    save_json(record, saved)
     # the grid's computer, with the windows as this dataset's localizations (the unedited model's evaluation and
     # probe read-outs once per seed, shared through <out>/baselines)
     computer = grid.CellComputer(model, cfg, lambda dataset: locs, share=out_dir)

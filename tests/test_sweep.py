@@ -113,7 +113,7 @@ def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, m
                                                                 ["MLPs m1-m1", 0], ["MLPs m1-m1", 1]]
     assert (cells["lr"] == 3e-4).all() and cells["components"].tolist() == [["m0"], ["m0"], ["m1"], ["m1"]]
     assert len(list((tmp_path / "cells").glob("*.json"))) == 4 and len(list((tmp_path / "baselines").glob("*"))) == 2
-    assert json.loads((tmp_path / "sweep.json").read_text())["windows"] == ["MLPs m0-m0", "MLPs m1-m1"]
+    assert json.loads((tmp_path / "sweep.json").read_text()) == {"task": "edit 4 athletes", "width": 1, "seeds": [0, 1]}
 
     def never(*args, **kwargs):
         raise AssertionError("a saved cell was computed again")
@@ -124,5 +124,10 @@ def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, m
     with pytest.raises(ValueError, match="other settings|differ"):  # the folder's cells were made at another rate
         sweep.run_sweep(tiny, grid.GridConfig(**{**SMALL.__dict__, "rates": {"sports": {"fact lookup": 1e-3}}}),
                         tmp_path, width=1, task="edit 4 athletes", progress=False)
+    with pytest.raises(ValueError, match=r"holds a sweep of .*'width': 1.*not .*'width': 2.*Fix: use a new OUTPUT_DIR"):
+        sweep.run_sweep(tiny, SMALL, tmp_path, width=2, task="edit 4 athletes", progress=False)
+    # another process may take other windows of the same sweep into the same folder
+    part = sweep.run_sweep(tiny, SMALL, tmp_path, width=1, starts=[1], task="edit 4 athletes", progress=False)
+    assert part["localization"].unique().tolist() == ["MLPs m1-m1"]
     with pytest.raises(ValueError, match="sports evidence"):
         sweep.run_sweep(tiny, SMALL, tmp_path / "cf", width=1, task="counterfact 4", progress=False)
