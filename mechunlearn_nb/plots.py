@@ -375,11 +375,11 @@ def plot_metrics(agg: pd.DataFrame, metrics: tuple[str, ...] = ("edit_acc", "mai
 
 
 def plot_window_sweep(cells: pd.DataFrame, evidence: pd.DataFrame, metrics: Sequence[str],
-                      evidence_columns: Sequence[str] = ("flu_selected", "attribution", "causal_tracing"),
+                      evidence_columns: Sequence[str] = ("flu_selected", "probe_gain", "attribution", "causal_tracing"),
                       col_wrap: int = 4):
     """The window sweep (:mod:`.sweep`): the first panel draws each window's evidence (each column scaled to its
-    largest value), the others each metric's mean over seeds with a 95% interval, against the window's first block.
-    Returns the figure."""
+    largest value), the others each metric's mean over seeds ± 2 standard errors (no resampling: with two or three
+    seeds a bootstrap would be far too narrow), against the window's first block. Returns the figure."""
     start = evidence.set_index("localization")["start"]
     data = cells.assign(start=cells["localization"].map(start))
     present = [m for m in metrics if m in data and data[m].notna().any()]
@@ -396,7 +396,7 @@ def plot_window_sweep(cells: pd.DataFrame, evidence: pd.DataFrame, metrics: Sequ
     ax.set_title("evidence (scaled to its maximum)", fontsize=9)
     ax.legend(fontsize=7)
     for ax, m in zip(flat[1:], present):
-        sns.lineplot(data=data, x="start", y=m, marker="o", errorbar=("ci", 95), ax=ax)
+        sns.lineplot(data=data, x="start", y=m, marker="o", errorbar=("se", 2), ax=ax)
         ax.set_title(m, fontsize=9)
         ax.set_ylabel("")
     for ax in flat[n:]:

@@ -15,11 +15,13 @@ locating methods point at it) ranks with its *robustness* (how little of the fac
 3. :func:`run_sweep` computes each (window, seed) cell with :func:`grid.run_cell` and saves it as the grid does
    (``<out>/cells/``, resumable; the unedited model's evaluation once per seed in ``<out>/baselines/``);
 4. :func:`correlations` gives the rank correlation (Spearman) of every evidence column with every robustness
-   metric over the windows, with an interval for the seeds' noise (:func:`statistics.rank_correlation`).
+   measure over the windows, what a replication with fresh seeds would give (:func:`statistics.rank_correlation`),
+   and how often the same evidence slid along the layers ranks as well (:func:`statistics.shift_null`).
 
-What the interval covers: the seeds' noise (which facts, which batches), with the windows and the evidence fixed.
-It does not cover another model or another evidence sample, and 15 overlapping windows are not 15 independent
-observations (neighbours share three of four layers): a correlation here describes this model's layers.
+What the numbers cover: the interval, the seeds' noise (which facts, which batches) with the windows fixed; the
+shift null, whether evidence that is as smooth along the layers but points elsewhere would rank as well (15
+overlapping windows are not 15 independent observations: neighbours share three of four layers). Neither covers
+another model or another evidence sample: a correlation here describes this model's layers.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import grid, localization, registry, statistics
+from . import editing, grid, localization, registry, statistics
 from .io import atomic_path, save_json
 from .localization import Localization
 
@@ -41,14 +43,17 @@ TASK = "edit 64 athletes"
 #: fact lookup's four MLPs on the embedded model: the sweep's window width
 WIDTH = 4
 #: the evidence columns of :func:`window_evidence`, each the mean over the window's blocks
-EVIDENCE = ("flu_selected", "probe_rise", "attribution", "causal_tracing")
+EVIDENCE = ("flu_selected", "probe_gain", "attribution", "causal_tracing", "depth")
 #: what each evidence column is (for tables and figures)
 EVIDENCE_DESCRIPTION = {
     "flu_selected": "share of the window's MLPs the fact-lookup rule selects",
-    "probe_rise": "share of the subject probes' accuracy gain over the embeddings reached (the rule's start)",
+    "probe_gain": "share of the subject probes' accuracy gain over the embeddings made in the window's blocks",
     "attribution": "attribution-patching effect of the window's MLPs at the subject",
     "causal_tracing": "causal-tracing effect of the window's MLPs at the subject (Hase et al.'s evidence)",
+    "depth": "the window's blocks themselves (a reference, not evidence: Hase et al.'s better predictor)",
 }
+#: evidence columns that are not evidence of localization, only a reference (no shift null: see correlations)
+REFERENCE = ("depth",)
 #: the robustness and cost metrics the sweep correlates with the evidence, and whether lower is more robust
 #: (``relearn_p_true_auc``: each attack setting's own column, :func:`metric_columns`)
 METRICS = {"edit_acc": False, "qa_forget_acc": True, "mcq_debiased_edit_acc": False, "relearn_p_true_auc": True,
@@ -93,9 +98,11 @@ def window_config(config: grid.GridConfig) -> grid.GridConfig:
 def layer_evidence(model, evidence: dict, rule: localization.FactLookupRule | None = None) -> pd.DataFrame:
     """One row per block from a locating run's evidence (:func:`registry.locate`'s second value, sports).
 
-    Columns: ``layer``, ``flu_selected`` (1 where the fact-lookup rule selects the block's MLP), ``probe_rise``,
-    ``attribution`` (the rule's subject-position MLP effect from attribution patching) and ``causal_tracing``
-    (the same read from the causal-tracing table; NaN without one).
+    Columns: ``layer``, ``flu_selected`` (1 where the fact-lookup rule selects the block's MLP), ``probe_rise``
+    (the share of the subject probes' gain reached after the block: never falls, by the rule's isotonic fit, so it
+    is depth in disguise), ``probe_gain`` (the share made *in* the block: its increase), ``attribution`` (the rule's
+    subject-position MLP effect from attribution patching), ``causal_tracing`` (the same read from the
+    causal-tracing table; NaN without one) and ``depth`` (the block's index).
     """
     if evidence.get("attribution") is None:
         raise ValueError("The evidence has no attribution-patching table. Fix: pass registry.locate(...)[1] for "
@@ -104,21 +111,25 @@ def layer_evidence(model, evidence: dict, rule: localization.FactLookupRule | No
     flu = localization.fact_lookup_evidence(evidence.get("probes"), evidence["attribution"], rule=rule, n_layers=n)
     out = pd.DataFrame({"layer": flu["layer"].astype(int), "flu_selected": flu["selected"].astype(float),
                         "probe_rise": flu["probe_rise"].astype(float), "attribution": flu["mlp_effect"].astype(float)})
+    rise = out["probe_rise"]
+    out.insert(3, "probe_gain", rise.diff().fillna(rise.iloc[0]))
     trace = evidence.get("trace")
     out["causal_tracing"] = (np.nan if trace is None else
                              localization.fact_lookup_evidence(None, trace, rule=rule, n_layers=n)["mlp_effect"]
                              .astype(float).to_numpy())
+    out["depth"] = out["layer"].astype(float)
     return out
 
 
 def window_evidence(layers: pd.DataFrame, locs: dict[str, Localization]) -> pd.DataFrame:
-    """One row per window of ``locs``: ``localization, start`` and each :data:`EVIDENCE` column, the mean of
+    """One row per window of ``locs``: ``localization, start, width`` and each :data:`EVIDENCE` column, the mean of
     :func:`layer_evidence` over the window's blocks."""
     rows = []
     for label, loc in locs.items():
         blocks = [int(c[1:]) for c in loc.components]
         part = layers[layers["layer"].isin(blocks)]
-        rows.append(dict(localization=label, start=min(blocks), **{c: float(part[c].mean()) for c in EVIDENCE}))
+        rows.append(dict(localization=label, start=min(blocks), width=len(blocks),
+                         **{c: float(part[c].mean()) if c in part else np.nan for c in EVIDENCE}))
     return pd.DataFrame(rows)
 
 
@@ -133,16 +144,28 @@ def sweep_evidence(model, out_dir: str | Path, n_locate: int = 64, n_probe: int 
 
     The locating run is :func:`registry.locate` on the sports dataset: probes on ``known`` (default: every known
     athlete; ``n_probe`` of them), attribution patching on ``n_locate`` known athletes, and causal tracing on the
-    same athletes when ``trace`` (minutes at full size). A rerun reads ``layer_evidence.csv`` back.
+    same athletes when ``trace`` (minutes at full size). A rerun with the same settings reads
+    ``layer_evidence.csv`` back; other settings (another model, ``n_locate``, ``trace`` ...) are refused, so
+    that evidence of one size never stands for another's.
     """
+    from .models import model_name
+
     path = evidence_path(out_dir)
+    made = dict(model=model_name(model), n_locate=n_locate, n_probe=n_probe, trace=bool(trace), seed=seed,
+                n_known=None if known is None else len(known))
+    record = path.with_name("layer_evidence.json")
     if path.exists():
+        before = json.loads(record.read_text()) if record.exists() else None
+        if before != made:
+            raise ValueError(f"{path} was located with {before}, not {made}. Fix: use a new OUTPUT_DIR, or delete "
+                             f"{path.name} to locate again.")
         return pd.read_csv(path)
     names = (registry.FLU.label, "OT (causal tracing)") if trace else (registry.FLU.label,)
     _, evidence = registry.locate(model, "sports", names=names, n_locate=n_locate, n_probe=n_probe, seed=seed,
                                   progress=progress, known=known)
     table = layer_evidence(model, evidence)
     path.parent.mkdir(parents=True, exist_ok=True)
+    save_json(made, record)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return table
@@ -155,8 +178,10 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
     ``config``: a grid's settings (e.g. :func:`plan.notebook_config`'s), whose sports rate of fact lookup every
     window uses (:func:`window_config`). Cells are saved as the grid saves them (``<out>/cells/``, one JSON
     each, atomically) and a rerun computes only the missing ones; a folder holding cells of other settings is
-    refused (:func:`grid.start_grid`). ``<out>/sweep.json`` records the task, the width and the seeds. Processes
-    that share ``out_dir`` may split the windows (``starts``) between them: each saves only its own cells.
+    refused, and so is a folder whose saved settings differ even before its first cell (:func:`grid.settings_differ`),
+    and a saved cell whose edit ran at another rate or steps. ``<out>/sweep.json`` records the task, the width and
+    the seeds. Processes that share ``out_dir`` may split the windows (``starts``) between them: each saves only
+    its own cells.
     ``known``: the sports facts the model knows, already scored (default: scored here as the grid does).
 
     Returns:
@@ -168,11 +193,15 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
     out_dir = Path(out_dir)
     locs = windows(model, width, starts)
     cfg = window_config(config)
-    grid.start_grid(replace(cfg, tasks=(task,)), out_dir)
     record = dict(task=task, width=width, seeds=list(cfg.seeds))
     saved = out_dir / "sweep.json"
-    if saved.exists() and (old := json.loads(saved.read_text())) != record and any((out_dir / "cells").glob("*.json")):
+    if saved.exists() and (old := json.loads(saved.read_text())) != record:
         raise ValueError(f"{out_dir} holds a sweep of {old}, not {record}. Fix: use a new OUTPUT_DIR for this one.")
+    changed = grid.settings_differ(replace(cfg, tasks=(task,)), out_dir)
+    if changed:  # refused even before a cell is saved: another process may be computing this folder's cells
+        raise ValueError(f"{out_dir} holds a sweep with other settings ({', '.join(changed)} differ). Fix: use a new "
+                         f"OUTPUT_DIR, or the same PLAN, RATES and sizes as that sweep.")
+    grid.start_grid(replace(cfg, tasks=(task,)), out_dir)
     save_json(record, saved)
     # the grid's computer, with the windows as this dataset's localizations (the unedited model's evaluation and
     # probe read-outs once per seed, shared through <out>/baselines)
@@ -184,7 +213,13 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
     for seed, label in bar:
         path = grid.cell_path(out_dir, task, label, seed)
         if path.exists():
-            rows.append(json.loads(path.read_text())["metrics"])
+            cell = json.loads(path.read_text())
+            want = editing.EditConfig.for_localization(locs[label], **cfg.edit_overrides)
+            got = cell.get("edit_config", {})
+            if abs(got.get("lr", want.lr) - want.lr) > 1e-12 * want.lr or got.get("steps", want.steps) != want.steps:
+                raise ValueError(f"{path} was edited at lr {got.get('lr')} for {got.get('steps')} steps, not lr "
+                                 f"{want.lr} for {want.steps} steps. Fix: use a new OUTPUT_DIR, or the RATES of that sweep.")
+            rows.append(cell["metrics"])
             continue
         bar.set_postfix_str(f"{label} · seed {seed}")
         cell = computer.compute_localization(task, locs[label], seed)
@@ -206,38 +241,61 @@ def metric_columns(cells: pd.DataFrame) -> dict[str, bool]:
     return found
 
 
-def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, completeness: float | None = None,
-                 n_boot: int = 10000, level: float = 0.95, rng: int = 0) -> pd.DataFrame:
-    """The rank correlation of each evidence column with each metric over the windows, with intervals.
+def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFrame | None = None,
+                 completeness: float | None = None, n_boot: int = 10000, level: float = 0.95,
+                 rng: int = 0) -> pd.DataFrame:
+    """The rank correlation of each evidence column with each measure over the windows.
 
     Args:
         cells: the sweep's cells (:func:`run_sweep`), one row per (window, seed).
         evidence: :func:`window_evidence` of the same windows.
-        completeness: cells whose edit accuracy on their trained prompts (``train_acc``) is below it are left
-            out (an incomplete edit says nothing about robustness); None keeps every cell.
+        layers: :func:`layer_evidence` behind it, for the shift null (None: no ``p_shift``).
+        completeness: cells whose edit accuracy on their trained prompts (``train_acc``) is below it are left out
+            of every measure (an incomplete edit says nothing about robustness); ``complete``, the share of a
+            window's seeds whose edit did complete, is then a measure of its own, over all cells (a window whose
+            edits do not take is not a robust place to edit). None keeps every cell.
 
     Returns:
-        One row per (metric, evidence): ``rho`` (Spearman, over the windows' means across seeds), ``low, high``
-        (the interval of the seeds' noise, :func:`statistics.rank_correlation`), ``p_value`` (two-sided) and
-        ``p_holm`` (Holm over the table), ``n_units`` (windows), ``n_seeds``, ``residual_sd``,
-        ``lower_is_more_robust``; ``robust_rho`` is ``rho`` signed so that positive means *more evidence, more
-        robust*; ``note`` says why a row has no correlation or interval (e.g. fewer than three windows with a
-        complete edit, or every window's edit complete alike).
+        One row per (metric, evidence): ``rho`` (Spearman of the windows' levels, seeds fitted out:
+        :func:`statistics.rank_correlation`), ``low, high`` (what a replication with fresh seeds would give, given
+        these windows), ``p_shift`` (:func:`statistics.shift_null`, one-sided in the premise's direction: how often
+        the evidence slid along the blocks ranks as well; none for the ``depth`` reference) and ``p_shift_holm`` (Holm over the table's evidence rows),
+        ``n_units`` (windows), ``n_seeds``, ``residual_sd``, ``lower_is_more_robust``; ``robust_rho`` is ``rho``
+        signed so that positive means *more evidence, better* (more robust; for ``maintain_acc`` and
+        ``lm_loss_change``: less damage elsewhere); ``note`` says why a row has no correlation or interval (e.g.
+        fewer than three windows with a complete edit, or every window's edit complete alike).
     """
-    use = cells if completeness is None or "train_acc" not in cells else cells[cells["train_acc"] >= completeness]
-    rows = []
+    measures = {}
+    use = cells
+    if completeness is not None and "train_acc" in cells:
+        use = cells[cells["train_acc"] >= completeness]
+        measures["complete"] = (cells.assign(value=(cells["train_acc"] >= completeness).astype(float)), False)
     for metric, lower in metric_columns(use).items():
-        values = use[["localization", "seed", metric]].rename(columns={"localization": "unit", metric: "value"})
+        measures[metric] = (use.assign(value=use[metric]), lower)
+    ev_by = evidence.set_index("localization")
+    rows = []
+    for metric, (data, lower) in measures.items():
+        values = data[["localization", "seed", "value"]].rename(columns={"localization": "unit"})
         for column in EVIDENCE:
-            ev = evidence.set_index("localization")[column]
-            if ev.notna().sum() == 0:  # not measured at all (e.g. no causal tracing): no row
+            if column not in ev_by or ev_by[column].notna().sum() == 0:  # not measured (e.g. no causal tracing)
                 continue
-            r = statistics.rank_correlation(values, ev, n_boot=n_boot, level=level, rng=rng)
-            rows.append(dict(metric=metric, evidence=column, lower_is_more_robust=lower, **r,
+            r = statistics.rank_correlation(values, ev_by[column], n_boot=n_boot, level=level, rng=rng)
+            r.pop("p_value")  # the replication draws' side of zero: not a test of the windows (p_shift is)
+            shift = dict(p_shift=np.nan, n_shifts=0)
+            if layers is not None and column not in REFERENCE and np.isfinite(r["rho"]):
+                table = values.pivot_table(index="unit", columns="seed", values="value", aggfunc="mean")
+                units = [u for u in table.index if u in ev_by.index and pd.notna(ev_by.loc[u, column])]
+                level_of = statistics.additive_fit(table.loc[units].dropna(axis=1, how="all").to_numpy(float))[0]
+                blocks = [list(range(int(ev_by.loc[u, "start"]), int(ev_by.loc[u, "start"] + ev_by.loc[u, "width"])))
+                          for u in units]
+                null = statistics.shift_null(layers.sort_values("layer")[column].to_numpy(float), blocks, level_of,
+                                             direction=-1 if lower else 1)  # the premise: more evidence, better
+                shift = dict(p_shift=null["p_shift"], n_shifts=null["n_shifts"])
+            rows.append(dict(metric=metric, evidence=column, lower_is_more_robust=lower, **r, **shift,
                              robust_rho=-r["rho"] if lower else r["rho"]))
     table = pd.DataFrame(rows)
     if len(table):
-        table["p_holm"] = statistics.holm(table["p_value"].to_numpy())
+        table["p_shift_holm"] = statistics.holm(table["p_shift"].to_numpy())
     return table
 
 

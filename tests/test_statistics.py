@@ -189,6 +189,12 @@ def test_rank_correlation_ignores_seed_shifts_and_says_when_it_cannot_be_compute
     assert r["low"] > 0 and r["n_units"] == 10 and r["n_seeds"] == 3
     shifted = statistics.rank_correlation(base.assign(value=base["value"] + base["seed"] * 5.0), ev, n_boot=2000)
     assert shifted == pytest.approx(r)  # a seed that moves every unit alike changes no rank and no noise estimate
+    # a window that lost a seed keeps its level: the seed's shift is fitted out, not averaged in (the raw means
+    # here would put the last unit first)
+    lost = base.assign(value=base["value"] + (base["seed"] == 2) * 10.0)
+    lost = lost[~((lost["unit"] == "w0") & (lost["seed"] != 2))]
+    assert statistics.rank_correlation(lost, ev, n_boot=2000)["rho"] == pytest.approx(r["rho"], abs=0.05)
+    assert statistics.additive_fit(np.array([[0, 10], [1, 11], [2, 12], [3, np.nan]]))[0] == pytest.approx([5, 6, 7, 8])
     one_seed = statistics.rank_correlation(base[base["seed"] == 0], ev, n_boot=2000)
     assert np.isfinite(one_seed["rho"]) and np.isnan(one_seed["low"]) and "no interval" in one_seed["note"]
     tied = statistics.rank_correlation(base, pd.Series(1.0, index=units), n_boot=2000)

@@ -62,11 +62,14 @@ def test_layer_and_window_evidence_read_the_rules_tables():
     assert layers["flu_selected"].tolist() == [0, 0, 1, 1, 0, 0]  # the rule picks MLPs 2-3
     assert layers["attribution"].tolist() == pytest.approx([0.05, 0.1, 0.5, 0.6, 0.05, 0.0])
     assert layers["causal_tracing"].tolist() == pytest.approx([0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
-    # the share of the subject probes' gain over the embeddings reached after the block (0.3 -> 0.6 of 0.3 -> 0.9)
+    # the share of the subject probes' gain over the embeddings reached after the block (0.3 -> 0.6 of 0.3 -> 0.9),
+    # and the share made in the block
     assert layers["probe_rise"].tolist()[:4] == pytest.approx([0.0, 0.5, 5 / 6, 1.0])
+    assert layers["probe_gain"].tolist() == pytest.approx([0.0, 0.5, 1 / 3, 1 / 6, 0.0, 0.0])
+    assert layers["depth"].tolist() == list(range(6))
     locs = {sweep.window_label(s, 2): SimpleNamespace(components=[f"m{s}", f"m{s + 1}"]) for s in range(5)}
     ev = sweep.window_evidence(layers, locs)
-    assert ev["localization"].tolist() == list(locs) and ev["start"].tolist() == list(range(5))
+    assert ev["localization"].tolist() == list(locs) and ev["start"].tolist() == list(range(5)) and set(ev["width"]) == {2}
     assert ev["flu_selected"].tolist() == [0, 0.5, 1, 0.5, 0]
     assert ev["causal_tracing"].tolist() == pytest.approx([0.35, 0.25, 0.15, 0.05, 0.0])
     without = sweep.layer_evidence(model, {**_evidence(), "trace": None})
@@ -78,33 +81,64 @@ def test_layer_and_window_evidence_read_the_rules_tables():
 def _cells(metric_of_window, noise=0.01, seeds=(0, 1, 2), incomplete=()):
     rng = np.random.default_rng(0)
     return pd.DataFrame([dict(localization=sweep.window_label(s, 2), seed=seed,
-                              relearn_paper_p_true_auc=metric_of_window(s) + rng.normal(0, noise),
+                              relearn_paper_p_true_auc=metric_of_window(s) + 0.3 * seed + rng.normal(0, noise),
                               edit_acc=1.0, train_acc=0.5 if (s, seed) in incomplete else 1.0)
                          for s in range(8) for seed in seeds])
 
 
+def _layers():
+    """9 blocks: fact lookup's rule picks the first three, attribution falls with depth, causal tracing rises."""
+    return pd.DataFrame(dict(layer=range(9), flu_selected=[1.0, 1, 1, 0, 0, 0, 0, 0, 0], probe_rise=np.nan,
+                             probe_gain=np.nan, attribution=np.linspace(1, 0, 9), causal_tracing=np.linspace(0, 1, 9),
+                             depth=np.arange(9.0)))
+
+
 def test_correlations_find_a_planted_trend_and_leave_incomplete_edits_out():
-    evidence = pd.DataFrame(dict(localization=[sweep.window_label(s, 2) for s in range(8)], start=range(8),
-                                 flu_selected=np.linspace(1, 0, 8), probe_rise=np.nan, attribution=np.linspace(1, 0, 8),
-                                 causal_tracing=np.linspace(0, 1, 8)))
-    # more evidence (early windows) -> less comes back: robust; causal tracing runs the other way
+    layers = _layers()
+    evidence = sweep.window_evidence(layers, {sweep.window_label(s, 2): SimpleNamespace(components=[f"m{s}", f"m{s + 1}"])
+                                              for s in range(8)})
+    # more evidence (early windows) -> less comes back: robust; causal tracing runs the other way; every seed
+    # shifts every window alike (0.3 per seed), which must change no rank, also where a window lost a seed
     cells = _cells(lambda s: 0.1 + 0.05 * s, incomplete={(7, 0), (7, 1), (7, 2), (3, 0)})
-    table = sweep.correlations(cells, evidence, completeness=0.95, n_boot=2000)
+    table = sweep.correlations(cells, evidence, layers, completeness=0.95, n_boot=2000)
     auc = table[table["metric"] == "relearn_paper_p_true_auc"].set_index("evidence")
-    assert set(auc.index) == {"flu_selected", "attribution", "causal_tracing"}  # probe_rise: not measured, no row
-    assert auc.loc["flu_selected", "rho"] == pytest.approx(-1.0) and auc.loc["flu_selected", "robust_rho"] == 1.0
-    assert auc.loc["flu_selected", "high"] < 0 and auc.loc["causal_tracing", "low"] > 0
-    assert auc.loc["flu_selected", "n_units"] == 7  # window 7 has no complete edit; window 3 keeps two seeds
+    assert set(auc.index) == {"flu_selected", "attribution", "causal_tracing", "depth"}  # probe_gain: not measured
+    assert auc.loc["attribution", "rho"] == pytest.approx(-1.0) and auc.loc["attribution", "robust_rho"] == pytest.approx(1.0)
+    assert auc.loc["attribution", "high"] < 0 and auc.loc["causal_tracing", "low"] > 0
+    assert auc.loc["attribution", "n_units"] == 7  # window 7 has no complete edit; window 3 keeps two seeds
+    # a ramp slid along the blocks mostly ranks worse than the real one in the premise's direction (one of the
+    # 2 x 9 - 1 shifts leaves the seven windows' order as it is); causal tracing points the other way: it cannot pass
+    assert auc.loc["attribution", "p_shift"] == pytest.approx(2 / 18) and np.isnan(auc.loc["depth", "p_shift"])
+    assert auc.loc["causal_tracing", "p_shift"] == pytest.approx(1.0)
     tied = table[table["metric"] == "edit_acc"]  # all 1.0: no rank correlation, and the row says why
     assert tied["rho"].isna().all() and tied["note"].str.contains("every unit measured the same").all()
+    # completing the edit is a measure of its own, over every cell: the late window never does
+    done = table[table["metric"] == "complete"].set_index("evidence")
+    assert done.loc["depth", "rho"] == pytest.approx(-0.436, abs=0.001) and done.loc["depth", "n_units"] == 8
+    tested = table.dropna(subset=["p_shift"])
+    assert (tested["p_shift_holm"] >= tested["p_shift"]).all()
     few = sweep.correlations(cells[cells["localization"].isin(list(evidence["localization"])[:2])], evidence, n_boot=200)
     assert few["rho"].isna().all() and few["note"].str.contains("2 unit.*needs 3").all()
-    tested = table.dropna(subset=["p_value"])
-    assert len(tested) == 3 and (tested["p_holm"] >= tested["p_value"]).all()
-    # no trend, only noise: the interval covers zero
-    flat = sweep.correlations(_cells(lambda s: 0.3, noise=0.05), evidence, n_boot=2000)
+    # no trend, only noise: the replication interval covers zero
+    flat = sweep.correlations(_cells(lambda s: 0.3, noise=0.05), evidence, layers, n_boot=2000)
     row = flat[(flat["metric"] == "relearn_paper_p_true_auc") & (flat["evidence"] == "attribution")].iloc[0]
     assert row["low"] < 0 < row["high"]
+
+
+def test_sweep_evidence_is_located_once_and_refused_for_other_settings(tmp_path, monkeypatch):
+    from mechunlearn_nb import registry
+
+    model = SimpleNamespace(cfg=SimpleNamespace(n_layers=6, model_name="six-block"))
+    calls = []
+    monkeypatch.setattr(registry, "locate", lambda *a, **k: calls.append(k) or ({}, _evidence()))
+    first = sweep.sweep_evidence(model, tmp_path, n_locate=16, trace=True, progress=False)
+    again = sweep.sweep_evidence(model, tmp_path, n_locate=16, trace=True, progress=False)
+    pd.testing.assert_frame_equal(first, again)
+    assert len(calls) == 1 and calls[0]["names"] == ("fact lookup", "OT (causal tracing)")
+    with pytest.raises(ValueError, match=r"located with .*'n_locate': 16.*not .*'n_locate': 64.*Fix: use a new OUTPUT_DIR"):
+        sweep.sweep_evidence(model, tmp_path, n_locate=64, trace=True, progress=False)
+    with pytest.raises(ValueError, match="'trace': True.*not .*'trace': False"):
+        sweep.sweep_evidence(model, tmp_path, n_locate=16, trace=False, progress=False)
 
 
 def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, monkeypatch):
@@ -121,9 +155,23 @@ def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, m
     monkeypatch.setattr(grid.CellComputer, "compute_localization", never)
     again = sweep.run_sweep(tiny, SMALL, tmp_path, width=1, task="edit 4 athletes", progress=False)
     pd.testing.assert_frame_equal(again, cells)
-    with pytest.raises(ValueError, match="other settings|differ"):  # the folder's cells were made at another rate
-        sweep.run_sweep(tiny, grid.GridConfig(**{**SMALL.__dict__, "rates": {"sports": {"fact lookup": 1e-3}}}),
-                        tmp_path, width=1, task="edit 4 athletes", progress=False)
+    faster = grid.GridConfig(**{**SMALL.__dict__, "rates": {"sports": {"fact lookup": 1e-3}}})
+    with pytest.raises(ValueError, match=r"other settings \(edit_overrides differ\).*Fix"):  # cells made at another rate
+        sweep.run_sweep(tiny, faster, tmp_path, width=1, task="edit 4 athletes", progress=False)
+    # a folder whose settings were saved but no cell yet (another process computing its first one) is refused too
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in ("grid_config.json", "sweep.json"):
+        (fresh / name).write_text((tmp_path / name).read_text())
+    with pytest.raises(ValueError, match="other settings"):
+        sweep.run_sweep(tiny, faster, fresh, width=1, starts=[1], task="edit 4 athletes", progress=False)
+    # a saved cell edited at another rate than the folder's settings is refused when read back
+    path = grid.cell_path(tmp_path, "edit 4 athletes", "MLPs m0-m0", 0)
+    cell = json.loads(path.read_text())
+    cell["edit_config"]["lr"] = 1e-3
+    path.write_text(json.dumps(cell))
+    with pytest.raises(ValueError, match=r"edited at lr 0.001 for 2 steps, not lr 0.0003 for 2 steps"):
+        sweep.run_sweep(tiny, SMALL, tmp_path, width=1, task="edit 4 athletes", progress=False)
     with pytest.raises(ValueError, match=r"holds a sweep of .*'width': 1.*not .*'width': 2.*Fix: use a new OUTPUT_DIR"):
         sweep.run_sweep(tiny, SMALL, tmp_path, width=2, task="edit 4 athletes", progress=False)
     # another process may take other windows of the same sweep into the same folder
