@@ -513,6 +513,12 @@ def save_cell(cell: dict, out_dir: str | Path) -> Path:
     return path
 
 
+def known_facts(model, dataset: str, config: GridConfig) -> pd.DataFrame:
+    """The facts of ``dataset`` a grid with ``config`` counts as known (its ``n_known`` sample and threshold)."""
+    return tasks.known_facts(model, dataset, sample=config.n_known, seed=0, progress=False,
+                             **({} if config.known_threshold is None else {"threshold": config.known_threshold}))
+
+
 def baseline_path(out_dir: str | Path, task: str, seed: int) -> Path:
     """Where a grid keeps the unedited model's evaluation and probe read-outs of a (task, seed):
     ``out_dir/baselines/<task>__<seed>.pkl`` (:class:`CellComputer`'s ``share``)."""
@@ -567,9 +573,7 @@ class CellComputer:
 
     def known_facts(self, dataset: str) -> pd.DataFrame:
         if dataset not in self.known:
-            self.known[dataset] = tasks.known_facts(self.model, dataset, sample=self.config.n_known, seed=0,
-                                                    progress=False, **({} if self.config.known_threshold is None else
-                                                                       {"threshold": self.config.known_threshold}))
+            self.known[dataset] = known_facts(self.model, dataset, self.config)
         return self.known[dataset]
 
     def dataset_localizations(self, dataset: str) -> dict:

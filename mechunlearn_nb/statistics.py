@@ -375,6 +375,18 @@ def additive_fit(m: np.ndarray, iterations: int = 200) -> tuple[np.ndarray, np.n
     return unit_fx, seed_fx, np.where(have, m - unit_fx[:, None] - seed_fx[None, :], np.nan)
 
 
+def unit_levels(values: pd.DataFrame, units=None) -> tuple[pd.Series, np.ndarray]:
+    """Each unit's level (:func:`additive_fit`) from rows ``unit, seed, value``, for ``units`` (default: all).
+
+    Returns ``(levels, table)``: levels indexed by unit, and the units × seeds array they were fitted from (NaN
+    where a unit lacks a seed; seeds no unit has are dropped).
+    """
+    table = values.dropna(subset=["value"]).pivot_table(index="unit", columns="seed", values="value", aggfunc="mean")
+    table = (table if units is None else table.loc[list(units)]).dropna(axis=1, how="all")
+    m = table.to_numpy(dtype=float)
+    return pd.Series(additive_fit(m)[0] if len(m) else [], index=table.index, dtype=float), m
+
+
 def rank_correlation(values: pd.DataFrame, evidence: pd.Series, n_boot: int = 10000, level: float = 0.95,
                      rng: int | np.random.Generator = 0) -> dict:
     """Spearman's rank correlation between units' levels and their evidence, with the seeds' noise in an interval.
@@ -410,20 +422,19 @@ def rank_correlation(values: pd.DataFrame, evidence: pd.Series, n_boot: int = 10
     if not {"unit", "seed", "value"} <= set(values.columns):
         raise ValueError(f"rank_correlation needs columns 'unit', 'seed', 'value'; got {list(values.columns)}. Fix: "
                          "one row per (unit, seed) with the measured value.")
-    table = values.dropna(subset=["value"]).pivot_table(index="unit", columns="seed", values="value", aggfunc="mean")
     ev = pd.Series(evidence, dtype=float).dropna()
-    units = [u for u in table.index if u in ev.index]
-    table = table.loc[units].dropna(axis=1, how="all")
-    out = dict(rho=np.nan, low=np.nan, high=np.nan, p_value=np.nan, n_units=len(units), n_seeds=table.shape[1],
+    measured = values.dropna(subset=["value"])["unit"].unique()
+    units = [u for u in measured if u in ev.index]
+    fitted, m = unit_levels(values, units)
+    out = dict(rho=np.nan, low=np.nan, high=np.nan, p_value=np.nan, n_units=len(units), n_seeds=m.shape[1],
                residual_sd=np.nan, note="")
     if len(units) < 3:
         return {**out, "note": f"{len(units)} unit(s) with a value and evidence: a rank correlation needs 3"}
     if ev[units].nunique() < 2:
         return {**out, "note": "the evidence is the same for every unit: nothing to rank"}
-    m = table.to_numpy(dtype=float)  # units x seeds, NaN where a unit lacks a seed
     x = ev[units].to_numpy(dtype=float)
-    levels, _, resid = additive_fit(m)
-    levels = np.round(levels, 12)  # exact ties stay ties after the fit's arithmetic
+    _, _, resid = additive_fit(m)
+    levels = np.round(fitted.to_numpy(), 12)  # exact ties stay ties after the fit's arithmetic
     if np.unique(levels).size < 2:
         return {**out, "note": "every unit measured the same: nothing to rank"}
     rho = stats.spearmanr(levels, x).statistic

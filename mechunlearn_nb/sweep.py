@@ -44,14 +44,6 @@ TASK = "edit 64 athletes"
 WIDTH = 4
 #: the evidence columns of :func:`window_evidence`, each the mean over the window's blocks
 EVIDENCE = ("flu_selected", "probe_gain", "attribution", "causal_tracing", "depth")
-#: what each evidence column is (for tables and figures)
-EVIDENCE_DESCRIPTION = {
-    "flu_selected": "share of the window's MLPs the fact-lookup rule selects",
-    "probe_gain": "share of the subject probes' accuracy gain over the embeddings made in the window's blocks",
-    "attribution": "attribution-patching effect of the window's MLPs at the subject",
-    "causal_tracing": "causal-tracing effect of the window's MLPs at the subject (Hase et al.'s evidence)",
-    "depth": "the window's blocks themselves (a reference, not evidence: Hase et al.'s better predictor)",
-}
 #: evidence columns that are not evidence of localization, only a reference (no shift null: see correlations)
 REFERENCE = ("depth",)
 #: the robustness and cost metrics the sweep correlates with the evidence, and whether lower is more robust
@@ -283,9 +275,9 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
             r.pop("p_value")  # the replication draws' side of zero: not a test of the windows (p_shift is)
             shift = dict(p_shift=np.nan, n_shifts=0)
             if layers is not None and column not in REFERENCE and np.isfinite(r["rho"]):
-                table = values.pivot_table(index="unit", columns="seed", values="value", aggfunc="mean")
-                units = [u for u in table.index if u in ev_by.index and pd.notna(ev_by.loc[u, column])]
-                level_of = statistics.additive_fit(table.loc[units].dropna(axis=1, how="all").to_numpy(float))[0]
+                units = [u for u in values.dropna(subset=["value"])["unit"].unique()
+                         if u in ev_by.index and pd.notna(ev_by.loc[u, column])]
+                level_of = statistics.unit_levels(values, units)[0].to_numpy()
                 blocks = [list(range(int(ev_by.loc[u, "start"]), int(ev_by.loc[u, "start"] + ev_by.loc[u, "width"])))
                           for u in units]
                 null = statistics.shift_null(layers.sort_values("layer")[column].to_numpy(float), blocks, level_of,
@@ -299,12 +291,5 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
     return table
 
 
-def settings(out_dir: str | Path) -> dict:
-    """A sweep folder's ``sweep.json`` and ``grid_config.json`` together."""
-    out_dir = Path(out_dir)
-    return dict(json.loads((out_dir / "sweep.json").read_text()),
-                grid=json.loads((out_dir / "grid_config.json").read_text()))
-
-
 __all__ = ["TASK", "WIDTH", "EVIDENCE", "METRICS", "window_label", "windows", "window_config", "layer_evidence",
-           "window_evidence", "sweep_evidence", "run_sweep", "metric_columns", "correlations", "settings"]
+           "window_evidence", "sweep_evidence", "run_sweep", "metric_columns", "correlations"]
