@@ -16,7 +16,8 @@ to a saved grid):
   for cells that keep a proportion and its n: facts drawn as Binomial(n, p)/n); :func:`sign_flip_test`;
 - :func:`holm` across a family of claims; :func:`tost` / :func:`tost_bootstrap` for "comparable" side effects;
 - :func:`rank_correlation` (does a unit's evidence rank with its measured level? seeds fitted out, their noise
-  drawn again) and :func:`shift_null` (would evidence slid along the layers rank as well?);
+  drawn again), :func:`shift_null` (would evidence slid along the layers rank as well?) and
+  :func:`partial_spearman` (what is left of a rank correlation with a third series, e.g. depth, held fixed);
 - :func:`testability`: is an instrument above chance on the unedited model at all?
 - :func:`curve_metrics` and :func:`floor_ceiling`: the whole relearning curve, and which summaries cannot
   discriminate.
@@ -459,7 +460,30 @@ def rank_correlation(values: pd.DataFrame, evidence: pd.Series, n_boot: int = 10
     return out
 
 
-def shift_null(block_values: np.ndarray, windows: list[list[int]], levels: np.ndarray, direction: int = 1) -> dict:
+def partial_spearman(x, y, control) -> float:
+    """Spearman's correlation of ``x`` and ``y`` with ``control`` held fixed: the correlation of their ranks'
+    residuals after a least-squares line on the control's ranks (the usual rank partial correlation).
+
+    What is left of a rank correlation when both series also follow a third one (e.g. evidence and robustness that
+    both change with depth). NaN with fewer than four complete points (a line on the control leaves no spread to
+    correlate) or when a residual is constant (the series *is* the control, up to rank).
+    """
+    from scipy import stats
+
+    x, y, z = (np.asarray(a, dtype=float) for a in (x, y, control))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    if ok.sum() < 4:
+        return float("nan")
+    rx, ry, rz = (stats.rankdata(a[ok]) for a in (x, y, z))
+    design = np.column_stack([np.ones_like(rz), rz])
+    res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (rx, ry)]
+    if any(np.abs(r).max() < 1e-9 for r in res):
+        return float("nan")
+    return float(np.corrcoef(res[0], res[1])[0, 1])
+
+
+def shift_null(block_values: np.ndarray, windows: list[list[int]], levels: np.ndarray, direction: int = 1,
+               control: np.ndarray | None = None) -> dict:
     """How often evidence slid along the blocks ranks with ``levels`` as well as the real evidence does.
 
     ``block_values``: one evidence number per block; ``windows``: each unit's blocks; ``levels``: each unit's
@@ -473,6 +497,8 @@ def shift_null(block_values: np.ndarray, windows: list[list[int]], levels: np.nd
         one's in ``direction`` (+1 smoothing, so its smallest value is 1 / (n_shifts + 1): with 18 blocks, 1/36 =
         0.028). A series that only rises or falls with depth keeps most of its ranking under no shift, so depth
         itself can pass this test: compare a correlation with depth's own before reading it as evidence's.
+        With ``control`` (one number per unit, e.g. each window's depth) the statistic is :func:`partial_spearman`
+        with the control held fixed, and the same shifts make its null.
     """
     from scipy import stats
 
@@ -484,6 +510,8 @@ def shift_null(block_values: np.ndarray, windows: list[list[int]], levels: np.nd
         ok = np.isfinite(ev) & np.isfinite(lv)
         if ok.sum() < 3 or np.unique(ev[ok]).size < 2 or np.unique(lv[ok]).size < 2:
             return np.nan
+        if control is not None:
+            return partial_spearman(ev[ok], lv[ok], np.asarray(control, dtype=float)[ok])
         return stats.spearmanr(ev[ok], lv[ok]).statistic
 
     real = rho(b)

@@ -252,10 +252,13 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
         :func:`statistics.rank_correlation`), ``low, high`` (what a replication with fresh seeds would give, given
         these windows), ``p_shift`` (:func:`statistics.shift_null`, one-sided in the premise's direction: how often
         the evidence slid along the blocks ranks as well; none for the ``depth`` reference) and ``p_shift_holm`` (Holm over the table's evidence rows),
-        ``n_units`` (windows), ``n_seeds``, ``residual_sd``, ``lower_is_more_robust``; ``robust_rho`` is ``rho``
-        signed so that positive means *more evidence, better* (more robust; for ``maintain_acc`` and
-        ``lm_loss_change``: less damage elsewhere); ``note`` says why a row has no correlation or interval (e.g.
-        fewer than three windows with a complete edit, or every window's edit complete alike).
+        ``n_units`` (windows), ``n_seeds``, ``residual_sd``, ``lower_is_more_robust``; ``partial_rho`` (the
+        rank correlation with the window's depth held fixed, :func:`statistics.partial_spearman`: what the evidence
+        says beyond where the window is; NaN below four windows) with ``p_partial`` (its shift null, one-sided) and
+        ``p_partial_holm``; ``robust_rho`` and ``robust_partial_rho`` are ``rho`` and ``partial_rho`` signed so that
+        positive means *more evidence, better* (more robust; for ``maintain_acc`` and ``lm_loss_change``: less
+        damage elsewhere); ``note`` says why a row has no correlation or interval (e.g. fewer than three windows
+        with a complete edit, or every window's edit complete alike).
     """
     measures = {}
     use = cells
@@ -273,21 +276,32 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
                 continue
             r = statistics.rank_correlation(values, ev_by[column], n_boot=n_boot, level=level, rng=rng)
             r.pop("p_value")  # the replication draws' side of zero: not a test of the windows (p_shift is)
-            shift = dict(p_shift=np.nan, n_shifts=0)
-            if layers is not None and column not in REFERENCE and np.isfinite(r["rho"]):
-                units = [u for u in values.dropna(subset=["value"])["unit"].unique()
-                         if u in ev_by.index and pd.notna(ev_by.loc[u, column])]
+            shift = dict(p_shift=np.nan, n_shifts=0, partial_rho=np.nan, p_partial=np.nan)
+            units = [u for u in values.dropna(subset=["value"])["unit"].unique()
+                     if u in ev_by.index and pd.notna(ev_by.loc[u, column])]
+            if column not in REFERENCE and np.isfinite(r["rho"]):
                 level_of = statistics.unit_levels(values, units)[0].to_numpy()
-                blocks = [list(range(int(ev_by.loc[u, "start"]), int(ev_by.loc[u, "start"] + ev_by.loc[u, "width"])))
-                          for u in units]
-                null = statistics.shift_null(layers.sort_values("layer")[column].to_numpy(float), blocks, level_of,
-                                             direction=-1 if lower else 1)  # the premise: more evidence, better
-                shift = dict(p_shift=null["p_shift"], n_shifts=null["n_shifts"])
+                depth = ev_by.loc[units, "depth"].to_numpy(float)
+                # what the evidence adds to knowing where the window is (Hase et al.'s question)
+                shift["partial_rho"] = statistics.partial_spearman(ev_by.loc[units, column].to_numpy(float), level_of,
+                                                                   depth)
+                if layers is not None:
+                    blocks = [list(range(int(ev_by.loc[u, "start"]), int(ev_by.loc[u, "start"] + ev_by.loc[u, "width"])))
+                              for u in units]
+                    series = layers.sort_values("layer")[column].to_numpy(float)
+                    direction = -1 if lower else 1  # the premise: more evidence, better
+                    null = statistics.shift_null(series, blocks, level_of, direction=direction)
+                    shift.update(p_shift=null["p_shift"], n_shifts=null["n_shifts"])
+                    if np.isfinite(shift["partial_rho"]):
+                        shift["p_partial"] = statistics.shift_null(series, blocks, level_of, direction=direction,
+                                                                   control=depth)["p_shift"]
+            sign = -1 if lower else 1
             rows.append(dict(metric=metric, evidence=column, lower_is_more_robust=lower, **r, **shift,
-                             robust_rho=-r["rho"] if lower else r["rho"]))
+                             robust_rho=sign * r["rho"], robust_partial_rho=sign * shift["partial_rho"]))
     table = pd.DataFrame(rows)
     if len(table):
         table["p_shift_holm"] = statistics.holm(table["p_shift"].to_numpy())
+        table["p_partial_holm"] = statistics.holm(table["p_partial"].to_numpy())
     return table
 
 

@@ -201,3 +201,22 @@ def test_rank_correlation_ignores_seed_shifts_and_says_when_it_cannot_be_compute
     assert np.isnan(tied["rho"]) and "evidence is the same" in tied["note"] and r["note"] == ""
     with pytest.raises(ValueError, match="needs columns 'unit', 'seed', 'value'"):
         statistics.rank_correlation(base.rename(columns={"unit": "window"}), ev)
+
+
+def test_partial_spearman_holds_the_control_fixed():
+    rng = np.random.default_rng(0)
+    z = np.arange(30.0)
+    shared = rng.normal(size=30)
+    # both follow z; only the first pair shares something beyond it
+    x, y = z + 5 * shared, z + 5 * shared + rng.normal(size=30)
+    u, v = z + 5 * rng.normal(size=30), z + 5 * rng.normal(size=30)
+    assert statistics.partial_spearman(x, y, z) > 0.8
+    assert abs(statistics.partial_spearman(u, v, z)) < 0.4 < stats_spearman(u, v)
+    assert np.isnan(statistics.partial_spearman([1, 2, 3], [3, 1, 2], [1, 2, 3]))  # three points: nothing left
+    assert np.isnan(statistics.partial_spearman(z, y, z))  # x is the control up to rank
+
+
+def stats_spearman(a, b):
+    from scipy import stats
+
+    return stats.spearmanr(a, b).statistic

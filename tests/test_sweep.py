@@ -125,6 +125,30 @@ def test_correlations_find_a_planted_trend_and_leave_incomplete_edits_out():
     assert row["low"] < 0 < row["high"]
 
 
+def test_partial_correlation_given_depth_separates_evidence_from_where_the_window_is():
+    layers = _layers().assign(attribution=[0, 0.2, 0.6, 1.0, 0.6, 0.2, 0, 0, 0])  # evidence peaked mid-model
+    evidence = sweep.window_evidence(layers, {sweep.window_label(s, 2): SimpleNamespace(components=[f"m{s}", f"m{s + 1}"])
+                                              for s in range(8)})
+    bump = evidence.set_index("localization")["attribution"]
+    wobble = [0.02, -0.03, 0.01, 0.0, -0.02, 0.03, -0.01, 0.02]
+
+    def auc_rows(metric_of_window):
+        table = sweep.correlations(_cells(metric_of_window, noise=0.001), evidence, layers, n_boot=500)
+        return table[table["metric"] == "relearn_paper_p_true_auc"].set_index("evidence")
+
+    # less comes back where the evidence peaks, on top of a depth trend: the evidence adds to depth
+    informative = auc_rows(lambda s: 0.05 * s - 0.3 * bump[sweep.window_label(s, 2)])
+    assert informative.loc["attribution", "robust_partial_rho"] > 0.9
+    assert informative.loc["attribution", "p_partial"] == pytest.approx(2 / 18)
+    # only depth (and a wobble): rho still follows the evidence's slope, the partial one does not
+    depth_only = auc_rows(lambda s: 0.05 * s + wobble[s])
+    assert depth_only.loc["attribution", "robust_rho"] > 0.5
+    assert depth_only.loc["attribution", "robust_partial_rho"] < 0.5 and depth_only.loc["attribution", "p_partial"] > 0.2
+    # evidence that is depth up to rank (causal tracing here) has nothing left once depth is held fixed
+    assert np.isnan(depth_only.loc["causal_tracing", "partial_rho"]) and np.isnan(depth_only.loc["depth", "partial_rho"])
+    assert (informative["p_partial_holm"].dropna() >= informative["p_partial"].dropna()).all()
+
+
 def test_sweep_evidence_is_located_once_and_refused_for_other_settings(tmp_path, monkeypatch):
     from mechunlearn_nb import registry
 
