@@ -12,7 +12,9 @@ the scaled default (``RelearnConfig()``: LoRA rank 64, alpha 32, constant rate) 
 - **negative control**: the attack on 64 athletes the unedited model does *not* know (normalised probability
   of their sport below the known threshold), with no edit: what the attack teaches by itself (sport base
   rates, elimination) — a localization's "recovery" is only recovery above this;
-- **under test**: fact lookup's MLPs and a random localization of the same size.
+- **under test**: fact lookup's MLPs and a random localization of the same size, at their tuned sports rates and
+  steps when ``--rates`` gives the plan's ``rates.json`` (the edits the study's cells make), else at their kind's
+  default.
 
 Each curve is the held-out half's mean probability of the true answer at the plan's steps and its
 summaries (``statistics.curve_metrics``: area, maximum, change from step 0). Everything is appended to
@@ -20,7 +22,8 @@ summaries (``statistics.curve_metrics``: area, maximum, change from step 0). Eve
 the summaries. The attack discriminates when the positive control's area clearly exceeds the negative
 control's; a setting that does not is reported as unable to separate localizations on this model.
 
-    python scripts/calibrate_attack.py --plan v3 --out results/attack_calibration/v3
+    python scripts/calibrate_attack.py --plan v3 --rates results/tuning/v3/rates.json \\
+        --out results/attack_calibration/v3
 """
 
 from __future__ import annotations
@@ -50,8 +53,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None, help="default: the plan's tuning seed (never a test seed)")
     ap.add_argument("--precision", default=None, help="the training forward pass (default: the plan's)")
     ap.add_argument("--components", default=str(ROOT / "results" / "09_comparison_full" / "localizations_sports.json"))
+    ap.add_argument("--rates", default=None,
+                    help="the plan's tuned rates (rates.json of scripts/tune_rates.py): fact lookup and random then edit "
+                         "at their tuned sports rate and steps, as in the study's cells (default: each kind's default)")
     args = ap.parse_args()
     p = plan.require(args.plan)
+    tuned = (plan.read_rates(args.rates) or {}).get("sports", {}) if args.rates else {}
     seed = p.tuning_seed if args.seed is None else args.seed
     precision, steps = args.precision or p.precision, tuple(p.relearn_steps)
     out = Path(args.out)
@@ -88,7 +95,10 @@ def main() -> None:
             # an attack on an incomplete edit measures the edit, not the attack: the positive control's rate is
             # raised (its kind's default x 1, 2, 4, 8) until the edit reaches the plan's completeness
             factors = POSITIVE_FACTORS if name == positive else (1,)
-            default = editing.EditConfig.for_localization(edits[name]).lr
+            rate = tuned.get(name)  # the study's tuned rate (and steps) for fact lookup and random, when given
+            steps_of = {"steps": int(rate["steps"])} if isinstance(rate, dict) else {}
+            default = (editing.EditConfig.for_localization(edits[name]).lr if rate is None
+                       else float(rate["lr"] if isinstance(rate, dict) else rate))
             tried = {round(e["lr"] / default, 6): e["edit_acc"] for e in edit_log if e["localization"] == name}
             done = [f for f in factors if f in tried and tried[f] >= p.edit_completeness]
             # resume: the first complete rate found earlier, else the rates not yet tried (the last one is attacked)
@@ -96,12 +106,12 @@ def main() -> None:
             for factor in factors:
                 t0 = time.perf_counter()
                 cfg = editing.EditConfig.for_localization(edits[name], precision=precision, eval_every=0,
-                                                          lr=default * factor)
+                                                          lr=default * factor, **steps_of)
                 result = editing.edit(model, edits[name], edit_task[name], cfg, seed=seed, progress=False)
                 acc = tuning.train_accuracy(result)
                 print(f"{name}: lr {cfg.lr:g}, edit {time.perf_counter() - t0:.0f} s, edit accuracy {acc}", flush=True)
                 if round(factor, 6) not in tried:
-                    edit_log.append(dict(localization=name, lr=cfg.lr, edit_acc=acc,
+                    edit_log.append(dict(localization=name, lr=cfg.lr, steps=cfg.steps, edit_acc=acc,
                                          seconds=round(time.perf_counter() - t0, 1)))
                 save_json(edit_log, out / "edits.json")
                 if acc >= p.edit_completeness:
@@ -144,7 +154,7 @@ def main() -> None:
                                 for name in (registry.FLU.label, "random") if (setting, name) in auc.index})
     usable = {k: v for k, v in rule.items() if v["separates"]}
     primary = max(usable, key=lambda k: usable[k]["separation"]) if usable else None
-    save_json(dict(plan=p.name, seed=seed,
+    save_json(dict(plan=p.name, seed=seed, rates=args.rates, tuned_sports_rates=tuned,
                    positive_control=dict(name=positive, task=p.positive_task, components=list(p.positive_components)),
                    precision=precision, steps=list(steps), min_separation=p.min_separation,
                    settings=rule, primary=primary), out / "calibration.json")

@@ -247,3 +247,32 @@ def test_two_embedded_cells_on_ray_equal_one_process(ray_local, gemma, tmp_path)
     pd.testing.assert_frame_equal(local.drop(columns=losses), remote.drop(columns=losses), check_exact=True)
     pd.testing.assert_frame_equal(local[losses], remote[losses], check_exact=False, rtol=0, atol=1e-5)
     print(local[["edit_acc", "maintain_acc", "relearn_acc", "lm_loss_change"]].to_string())
+
+
+def test_the_study_script_refuses_a_folder_started_with_other_rates_before_any_cell(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rates = {"sports": {"fact lookup": 1e-4}, "counterfact": {"fact lookup": 1e-4}}
+    (tmp_path / "a.json").write_text(json.dumps({"rates": rates}))
+    (tmp_path / "b.json").write_text(json.dumps({"rates": {**rates, "sports": {"fact lookup": 2e-4}}}))
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"plan": "v3", "rates": {"rates": rates},
+                                                "components": "results/09_comparison_full"}))
+
+    def study(rates_file):
+        return subprocess.run([sys.executable, str(root / "scripts" / "run_study.py"), "--plan", "v3", "--rates",
+                               str(rates_file), "--out", str(out), "--workers", "1"], capture_output=True, text=True,
+                              timeout=300)
+
+    refused = study(tmp_path / "b.json")
+    assert refused.returncode != 0 and "holds a study with other rates" in refused.stderr
+    assert "Fix: use a new --out" in refused.stderr and not (out / "cells").exists()
+    # a different record of the located components is refused too: the rates were tuned on the shipped ones
+    (out / "localizations_sports.json").write_text(json.dumps({"localizations": {}}))
+    refused = study(tmp_path / "a.json")
+    assert refused.returncode != 0 and "differs from" in refused.stderr and not (out / "cells").exists()
