@@ -349,6 +349,39 @@ def read_rates(rates) -> dict | None:
     return {ds: {label: rate(r) for label, r in by.items()} for ds, by in chosen.items()}
 
 
+def attack_setting(p: Plan, calibration=None) -> str:
+    """The attack setting a plan's relearning claims read: the primary one of its calibration
+    (``calibration.json`` of ``scripts/calibrate_attack.py``: the setting whose positive and negative controls
+    separate most, by the plan's ``[attack]`` rule), or the plan's first setting when ``calibration`` is None.
+
+    Refuses a calibration of another plan, one naming a setting the plan does not run, and one in which no setting
+    separated the controls (the attack then cannot tell edits apart on this model, so no relearning claim can be
+    judged with it).
+    """
+    if calibration is None:
+        return p.attack_settings[0]
+    import json
+
+    path = Path(calibration)
+    if not path.is_file():
+        raise PlanError(f"CALIBRATION = {str(calibration)!r}: no such file. Fix: the calibration.json that "
+                        f"scripts/calibrate_attack.py wrote for plan {p.name!r}, or None (the plan's first setting).")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("plan") != p.name:
+        raise PlanError(f"{path} calibrates plan {record.get('plan')!r}, not {p.name!r}. Fix: run "
+                        f"scripts/calibrate_attack.py --plan {p.name} and point CALIBRATION at its calibration.json.")
+    primary = record.get("primary")
+    if primary is None:
+        raise PlanError(f"{path}: no attack setting separated the positive control from the negative one by "
+                        f"{record.get('min_separation')} ({record.get('settings')}), so the attack cannot tell edits "
+                        f"apart on this model and no relearning claim can be judged with it. Fix: report the relearning "
+                        f"claims as untestable, or set CALIBRATION = None to read the plan's first setting anyway.")
+    if primary not in p.attack_settings:
+        raise PlanError(f"{path} names the setting {primary!r}; plan {p.name!r} runs {list(p.attack_settings)}. Fix: "
+                        f"a calibration of this plan.")
+    return primary
+
+
 def notebook_config(parameters: dict):
     """The grid notebook 09 runs for its parameters (the notebook's names: ``PLAN``, ``FAST``, ``TASKS`` ...).
 

@@ -6,7 +6,8 @@ import pytest
 
 from mechunlearn_nb import plan
 
-V2 = Path(__file__).resolve().parents[1] / "mechunlearn_nb" / "plans" / "v2.toml"
+ROOT = Path(__file__).resolve().parents[1]
+V2 = ROOT / "mechunlearn_nb" / "plans" / "v2.toml"
 
 
 def test_the_shipped_plan_loads():
@@ -137,3 +138,22 @@ def test_plan_v3_is_plan_v2_with_its_three_declared_changes():
     assert changed == {"path", "name", "precision", "tuning_fallback_steps", "positive_task"}
     assert (v3["precision"], v3["tuning_fallback_steps"], v3["positive_task"]) == ("float32", 80, "forget 64 athletes")
     assert plan.CURRENT == "v3" and plan.notebook_config({"PLAN": plan.CURRENT}).edit_overrides["precision"] == "float32"
+
+
+def test_the_relearning_claims_read_the_calibrations_primary_setting_and_refuse_a_wrong_calibration(tmp_path):
+    import json
+
+    p = plan.require("v3")
+    assert plan.attack_setting(p) == "scaled"  # no calibration: the plan's first setting
+    shipped = ROOT / "results" / "attack_calibration" / "v3" / "calibration.json"
+    assert plan.attack_setting(p, shipped) == json.loads(shipped.read_text())["primary"]
+    path = tmp_path / "calibration.json"
+    for record, problem in [({"plan": "v2", "primary": "paper"}, "calibrates plan 'v2', not 'v3'"),
+                            ({"plan": "v3", "primary": None, "min_separation": 0.05, "settings": {}},
+                             "no attack setting separated .*untestable"),
+                            ({"plan": "v3", "primary": "full"}, "names the setting 'full'")]:
+        path.write_text(json.dumps(record))
+        with pytest.raises(plan.PlanError, match=problem):
+            plan.attack_setting(p, path)
+    with pytest.raises(plan.PlanError, match="no such file"):
+        plan.attack_setting(p, tmp_path / "missing.json")
