@@ -728,7 +728,9 @@ def ablation_check(model, facts: pd.DataFrame, layers: list[int], n_random: int 
         One row per ablated set: ``set`` (``"clean"``, ``"chosen"``, ``"random 0"`` ...), ``layers``,
         ``mode``, ``p_true`` (mean normalised probability of the true sport), ``drop`` (clean minus it)
         and ``n``; ``attrs["share_random_at_least"]``: the share of random sets whose drop is at least
-        the chosen set's (a permutation-style p-value; small when the chosen MLPs matter more).
+        the chosen set's; ``attrs["p_value"]``: the Monte-Carlo p-value of that comparison,
+        ``(1 + random sets at least as large) / (1 + n_random)`` (the chosen set counted among the draws, so it is
+        never 0: 19 random sets can reach 0.05).
     """
     n_random = check_int("n_random", n_random, min=1)
     layers = sorted(int(l) for l in layers)
@@ -748,4 +750,5 @@ def ablation_check(model, facts: pd.DataFrame, layers: list[int], n_random: int 
     chosen = table.loc[table["set"] == "chosen", "drop"].item()
     rand = table.loc[table["set"].str.startswith("random"), "drop"]
     table.attrs["share_random_at_least"] = float((rand >= chosen).mean())
+    table.attrs["p_value"] = float((1 + (rand >= chosen).sum()) / (1 + len(rand)))
     return table

@@ -415,3 +415,96 @@ def layer_probes(model, facts: pd.DataFrame, label_column: str = "sport", templa
     majority = float(pd.Series(y[test]).value_counts(normalize=True).iloc[0])
     return LayerProbes(acc, probes, X, facts.assign(split=split_col), label_column,
                        meta=dict(majority=majority, seed=seed, C=C, test_size=test_size, n=len(facts)))
+
+
+# ---------------------------------------------------------------------------
+# CounterFact: probes on a relation's answer set
+# ---------------------------------------------------------------------------
+
+#: the rule that picks the CounterFact facts a probe can learn from (fixed before any probe is trained): per
+#: relation, the true objects with at least ``min_per_class`` known facts, each class cut to the smallest one's
+#: size (so the majority rate is 1 / classes), and only relations with at least ``min_classes`` such objects
+RELATION_PROBE_RULE = dict(min_per_class=20, min_classes=3)
+
+
+def relation_probe_facts(known: pd.DataFrame, min_per_class: int = RELATION_PROBE_RULE["min_per_class"],
+                         min_classes: int = RELATION_PROBE_RULE["min_classes"], seed: int = 0) -> pd.DataFrame:
+    """The known CounterFact facts a per-relation probe is trained on: balanced classes of each relation's answers.
+
+    CounterFact has no fixed label set like the three sports, but each relation has one: the languages of
+    ``"The mother tongue of {} is"``, the companies of ``"{} was created by"``. Within a relation, the objects with
+    at least ``min_per_class`` known facts become the classes, each sampled down (seeded) to the smallest class;
+    a relation with fewer than ``min_classes`` such objects is left out.
+
+    Args:
+        known: known CounterFact facts (:func:`tasks.known_facts`), with ``relation_id``, ``subject``, ``prompt``
+            and ``target_true``.
+
+    Returns:
+        The chosen rows with their columns; ``attrs["relations"]``: ``{relation: {"classes": [...], "per_class": n}}``.
+
+    Raises:
+        ValueError: no relation qualifies (the message says how many known facts the best one had).
+    """
+    need = ("relation_id", "subject", "prompt", "target_true")
+    missing = [c for c in need if c not in known.columns]
+    if missing:
+        raise ValueError(f"known lacks column(s) {missing}: pass the known CounterFact facts of tasks.known_facts.")
+    frames, relations = [], {}
+    for relation, group in known.groupby("relation_id", sort=True):
+        counts = group["target_true"].value_counts()
+        classes = sorted(counts[counts >= min_per_class].index)
+        if len(classes) < min_classes:
+            continue
+        per_class = int(counts[classes].min())
+        for k, cls in enumerate(classes):
+            rows = group[group["target_true"] == cls]
+            frames.append(rows.sample(per_class, random_state=seed + k))
+        relations[relation] = dict(classes=list(classes), per_class=per_class)
+    if not frames:
+        best = known.groupby("relation_id")["target_true"].agg(lambda s: int((s.value_counts() >= min_per_class).sum()))
+        raise ValueError(f"No relation has {min_classes} answers with {min_per_class} known facts each (the best has "
+                         f"{int(best.max()) if len(best) else 0}). Fix: score more facts (tasks.known_facts on the "
+                         "whole dataset) or lower min_per_class / min_classes.")
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["relations"] = relations
+    return out
+
+
+def relation_probes(model, facts: pd.DataFrame, positions: Sequence[str] = PROBE_POSITIONS, test_size: float = 0.5,
+                    seed: int = 0, C: float = 0.1, batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+    """One probe per relation, layer and position predicting a CounterFact fact's true object.
+
+    The probe-like evidence of the fact-lookup rule on CounterFact (:func:`localization.fact_lookup` reads the
+    mean over relations of the test accuracies): where, at the last subject token, the answer becomes readable.
+
+    Args:
+        facts: :func:`relation_probe_facts`'s rows (each relation's classes balanced).
+        positions: among ``first_subject``, ``last_subject``, ``last``.
+
+    Returns:
+        Tidy ``relation, layer, position, split, accuracy, n, majority`` (``majority``: the test half's majority
+        rate, 1 / classes for balanced classes).
+    """
+    positions = [canonical(p) for p in positions]
+    unknown = [p for p in positions if p not in FACT_POSITIONS]
+    if unknown:
+        raise ValueError(f"Unknown position(s) {unknown}; choose among {list(FACT_POSITIONS)}.")
+    if len(facts) == 0 or not {"relation_id", "subject", "prompt", "target_true"} <= set(facts.columns):
+        raise ValueError("relation_probes needs relation_probe_facts(...)'s rows (relation_id, subject, prompt, "
+                         "target_true).")
+    facts = facts.reset_index(drop=True)
+    prompts = [p.format(s) for p, s in zip(facts["prompt"], facts["subject"])]
+    pos = fact_positions(model, prompts, facts["subject"].tolist())
+    X = residuals(model, prompts, {p: pos[p].to_numpy() for p in positions}, batch_size=batch_size, progress=progress)
+    tables = []
+    for relation, idx in facts.groupby("relation_id", sort=True).indices.items():
+        y = facts["target_true"].to_numpy()[idx]
+        train, test = split_indices(y, test_size=test_size, seed=seed)
+        majority = float(pd.Series(y[test]).value_counts(normalize=True).iloc[0])
+        for p in positions:
+            probes = train_probes(X[p][idx][train], y[train], C=C, seed=seed)
+            for split, part in (("train", train), ("test", test)):
+                tables.append(probe_accuracy(probes, X[p][idx][part], y[part], position=p, split=split)
+                              .assign(relation=relation, majority=majority))
+    return pd.concat(tables, ignore_index=True)[["relation", "layer", "position", "split", "accuracy", "n", "majority"]]

@@ -172,20 +172,26 @@ def _counterfact_locate_facts(model, known: pd.DataFrame, n: int, seed: int) -> 
 
 def locate(model, dataset: str = "sports", names=LABELS, n_locate: int = 64, n_probe: int | None = None,
            seed: int = 0, progress: bool = True, known: pd.DataFrame | None = None,
-           residuals: dict | None = None) -> tuple[dict, dict]:
+           residuals: dict | None = None, relation_probes: bool = False) -> tuple[dict, dict]:
     """Locate the localizations of one dataset from evidence, budget-matched to fact lookup.
 
     Sports: probes on known athletes, causal tracing (noised subjects) and attribution patching
     (subjects swapped for athletes of another sport) on ``n_locate`` known athletes; FLU from the
     probes and the attribution evidence (:func:`localization.fact_lookup`).
-    CounterFact: there is no fixed label set to probe, so FLU uses the tracing evidence alone
-    (causal tracing and attribution patching with noised subjects, on CounterFact prompts).
+    CounterFact: there is no fixed label set to probe, so by default FLU uses the tracing evidence alone
+    (causal tracing and attribution patching with noised subjects, on CounterFact prompts) and starts at
+    block 0; with ``relation_probes`` each relation's answer set is the label set of a probe
+    (:func:`probing.relation_probe_facts`, :func:`probing.relation_probes`) and the rule starts where those
+    probes gain accuracy, as for sports (``results/instruments/counterfact_flu/``: m3–m6 instead of m0–m6 on
+    the embedded model).
     Causal tracing (minutes) runs only when a localization of ``names`` ranks by it.
 
     Args:
         known: the known facts to locate with (default: :func:`tasks.known_facts`).
         residuals: the residuals of ``known`` already read (:func:`probing.known_fact_residuals`'s second value),
             for the probes (all of ``known`` only: with ``n_probe`` they are read again for the sample).
+        relation_probes: CounterFact only: give the rule per-relation answer probes (needs enough known facts:
+            :data:`probing.RELATION_PROBE_RULE`; too few is a ``ValueError`` naming the fix).
 
     Returns:
         ``({label: Localization}, evidence)``: fact lookup, the located ones of ``names`` and the whole-group
@@ -197,6 +203,8 @@ def locate(model, dataset: str = "sports", names=LABELS, n_locate: int = 64, n_p
     chosen = [entry(n) for n in names]
     needs_trace = any(e.evidence == "trace" for e in chosen)
     evidence: dict = {}
+    if relation_probes and dataset != "counterfact":
+        raise ValueError("relation_probes is for CounterFact; sports has its own probes (the sport). Fix: drop it.")
     if dataset == "sports":
         known = tasks.known_facts(model, "sports", progress=progress) if known is None else known
         facts = patching.balanced_sample(known, n_locate, seed=seed)
@@ -211,6 +219,9 @@ def locate(model, dataset: str = "sports", names=LABELS, n_locate: int = 64, n_p
         facts = _counterfact_locate_facts(model, known, n_locate, seed)
         prompts = [p.format(s) for p, s in zip(facts["prompt"], facts["subject"])]
         probes = None
+        if relation_probes:
+            probes = probing.relation_probes(model, probing.relation_probe_facts(known, seed=seed), seed=seed,
+                                             progress=progress)
         ap_inputs = tracing.noise_inputs(model, facts, prompts=prompts, subject_col="subject", answer_col="target_true",
                                          seed=seed)
         trace = None
@@ -294,7 +305,8 @@ def sizes(locs: dict[str, Localization], max_listed: int = 8) -> pd.DataFrame:
 
 
 def stability(model, dataset: str = "sports", seeds=(0, 1, 2), n_locate: int = 64, n_probe: int | None = None,
-              known: pd.DataFrame | None = None, progress: bool = False, residuals: dict | None = None) -> pd.DataFrame:
+              known: pd.DataFrame | None = None, progress: bool = False, residuals: dict | None = None,
+              relation_probes: bool = False) -> pd.DataFrame:
     """Fact lookup located again from other samples of its evidence: does the range hold still?
 
     For each seed, :func:`locate` draws the known facts it patches (and, for sports, the probes' train/test split)
@@ -308,7 +320,7 @@ def stability(model, dataset: str = "sports", seeds=(0, 1, 2), n_locate: int = 6
     rows, first = [], None
     for seed in seeds:
         _, evidence = locate(model, dataset, names=(FLU.label,), n_locate=n_locate, n_probe=n_probe, seed=seed,
-                             progress=progress, known=known, residuals=residuals)
+                             progress=progress, known=known, residuals=residuals, relation_probes=relation_probes)
         layers = [int(x) for x in evidence["flu_layers"]]
         first = layers if first is None else first
         union = set(layers) | set(first)

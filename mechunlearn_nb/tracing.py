@@ -105,7 +105,7 @@ def noise_inputs(model, facts: pd.DataFrame, prompts: Sequence[str] | None = Non
     if len(prompts) != len(facts):
         raise ValueError(f"{len(facts)} facts but {len(prompts)} prompts.")
     clean_ids = scoring.encode_prompts(model, list(prompts))
-    spans = [subject_span(model, ids, s) for ids, s in zip(clean_ids, subjects)]
+    spans = [subject_span(model, ids, s, prompt=p) for ids, s, p in zip(clean_ids, subjects, prompts)]
     answers = [[scoring.single_token_id(model, " " + str(a).strip())] for a in facts[answer_col]]
     std = embedding_std(model, subjects) if noise_std is None else float(noise_std)
     gen = torch.Generator().manual_seed(int(seed))

@@ -40,8 +40,9 @@ def main(argv=None) -> pd.DataFrame:
     for mode in ("zero", "mean"):
         t = localization.ablation_check(model, facts, layers, n_random=args.n_random, mode=mode, seed=args.seed)
         shares[mode] = t.attrs["share_random_at_least"]
-        frames.append(t.assign(share_random_at_least=shares[mode]))
-        print(t.to_string(), f"\nshare of random sets dropping at least as much: {shares[mode]:.2f}", flush=True)
+        frames.append(t.assign(share_random_at_least=shares[mode], p_value=t.attrs["p_value"]))
+        print(t.to_string(), f"\nshare of random sets dropping at least as much: {shares[mode]:.2f}; "
+              f"p = {t.attrs['p_value']:.3f}", flush=True)
     table = pd.concat(frames, ignore_index=True)
     table.insert(0, "model", models.model_name(model))
     io.write_text(Path(args.out) / "ablation.csv", table.to_csv(index=False, float_format="%.4f"))
