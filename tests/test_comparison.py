@@ -358,3 +358,46 @@ def test_registry_entries_say_how_each_localization_is_built(tiny):
         registry.build(tiny, ("fact lookup", "OT (causal tracing)"), components={"fact lookup": ["m1"]})
     with pytest.raises(ValueError, match="built, not located"):
         registry.fixed(tiny, {"fact lookup": ["m1"], "random": ["a0"]})
+
+
+def test_the_v2_study_cells_follow_their_plan():
+    """results/09_comparison_v2 fills over sessions: every cell saved so far is one of plan v3's, edited at its tuned
+    rate through the components the study fixed (random: fact lookup's budget, drawn per seed), measured at the
+    plan's relearning steps in both attack settings, and trained in the plan's precision."""
+    import json
+
+    from mechunlearn_nb import plan
+
+    root = Path(__file__).resolve().parents[1] / "results" / "09_comparison_v2"
+    p = plan.load("v3")
+    study = json.loads((root / "study.json").read_text())
+    rates = json.loads((root.parent / "tuning" / "v3" / "rates.json").read_text())
+    assert study["plan"] == "v3" and study["rates"] == rates
+    config = json.loads((root / "grid_config.json").read_text())
+    assert config["tasks"] == list(p.tasks) and config["localizations"] == list(p.localizations)
+    assert config["seeds"] == list(p.test_seeds) and p.tuning_seed not in config["seeds"]
+    located = {d: json.loads((root / f"localizations_{d}.json").read_text())["localizations"]
+               for d in ("sports", "counterfact")}
+    paths = sorted((root / "cells").glob("*.json"))
+    assert paths, "the study has saved no cell"
+    random_components = {}
+    for path in paths:
+        cell = json.loads(path.read_text())
+        m = cell["metrics"]
+        assert path == grid.cell_path(root, m["task"], m["localization"], m["seed"])
+        assert m["task"] in p.tasks and m["localization"] in p.localizations and m["seed"] in p.test_seeds
+        dataset = "counterfact" if m["task"].startswith("counterfact") else "sports"
+        rate = rates["rates"][dataset][m["localization"]]
+        assert m["lr"] == rate["lr"] and cell["edit_config"]["steps"] == rate["steps"], path.name
+        assert cell["edit_config"]["precision"] == p.precision
+        if registry.entry(m["localization"]).located:
+            assert m["components"] == located[dataset][m["localization"]]["components"], path.name
+        elif m["localization"] == "random":
+            assert m["n_params"] <= located[dataset]["fact lookup"]["n_params"]
+            random_components[(dataset, m["seed"])] = tuple(m["components"])
+        steps = {(r["setting"], r["step"]) for r in cell["curve"]}
+        assert steps == {(s, k) for s in p.attack_settings for k in p.relearn_steps}, path.name
+    # one draw of random components per seed, different across seeds
+    for dataset in ("sports", "counterfact"):
+        drawn = [c for (d, _), c in random_components.items() if d == dataset]
+        assert len(set(drawn)) == len(drawn)
