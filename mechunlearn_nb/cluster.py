@@ -123,23 +123,25 @@ class GridWorker:
         # the grid's folder: the unedited model's baselines computed once there for all workers that can reach it
         self.computer = grid.CellComputer(self.model, config, self._localizations, share=share)
 
-    def _localizations(self, dataset: str) -> dict:
-        return grid.localizations_from_record(self.model, self.records[dataset], grid.located_names(self.config),
+    def _localizations(self, dataset: str, seed: int = 0) -> dict:
+        key = grid.evidence_key(dataset, seed, self.config)
+        return grid.localizations_from_record(self.model, self.records[key], grid.located_names(self.config),
                                               source="driver")
 
     def where(self) -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname()}
 
-    def locate(self, dataset: str) -> dict:
-        """The dataset's record of located components (:func:`grid.locate`); the driver saves and shares it."""
-        _, record = grid.locate(self.model, dataset, self.config, self.computer.known_facts(dataset))
+    def locate(self, dataset: str, seed: int = 0) -> dict:
+        """The dataset's record of located components (:func:`grid.locate`; ``seed``: the evidence sample, with
+        ``relocate_per_seed``); the driver saves and shares it."""
+        _, record = grid.locate(self.model, dataset, self.config, self.computer.known_facts(dataset), seed=seed)
         return record
 
     def run_cell(self, task: str, localization: str, seed: int, records: dict) -> dict:
-        for dataset, record in records.items():
-            if self.records.get(dataset) != record:
-                self.records[dataset] = record
-                self.computer.locs.pop(dataset, None)
+        for key, record in records.items():  # keys: datasets, or grid.evidence_key's per-seed names
+            if self.records.get(key) != record:
+                self.records[key] = record
+                self.computer.locs.pop(key, None)
         return self.computer.compute(task, localization, seed)
 
 
@@ -212,9 +214,10 @@ class Outcome:
                 "seconds": round(self.seconds, 1), "ray": self.ray, "workers": self.workers}
 
 
-def _record_for(out_dir: Path, dataset: str, config: grid.GridConfig) -> dict | None:
-    """A saved localization record this grid can reuse (not when ``config.components`` fixes this dataset's)."""
-    path = grid.localizations_path(out_dir, dataset)
+def _record_for(out_dir: Path, dataset: str, config: grid.GridConfig, key: str | None = None) -> dict | None:
+    """A saved localization record this grid can reuse (not when ``config.components`` fixes this dataset's);
+    ``key``: :func:`grid.evidence_key`'s name of the record (default: the dataset's)."""
+    path = grid.localizations_path(out_dir, key or dataset)
     if (config.components or {}).get(dataset) or not path.exists():
         return None
     record = json.loads(path.read_text())
@@ -265,11 +268,14 @@ def run_cells(config: grid.GridConfig, out_dir: str | Path, load, resources: Res
                   for _ in range(n_workers)]
         try:
             records = {}
-            for dataset in dict.fromkeys(dataset_of(t) for t, _, _ in todo):  # once per dataset, before any cell
-                records[dataset] = _record_for(out_dir, dataset, config)
-                if records[dataset] is None:
-                    records[dataset] = ray.get(actors[0].locate.remote(dataset))
-                    save_json(records[dataset], grid.localizations_path(out_dir, dataset))
+            # once per dataset (or per dataset and seed, with relocate_per_seed), before any cell
+            needed = dict.fromkeys((dataset_of(t), grid.evidence_seed(config, s)) for t, _, s in todo)
+            for dataset, seed in needed:
+                key = grid.evidence_key(dataset, seed, config)
+                records[key] = _record_for(out_dir, dataset, config, key)
+                if records[key] is None:
+                    records[key] = ray.get(actors[0].locate.remote(dataset, seed))
+                    save_json(records[key], grid.localizations_path(out_dir, key))
             _dispatch(todo, actors, records, out_dir, outcome, progress, max_retries, on_saved, RayActorError,
                       RayTaskError)
         finally:

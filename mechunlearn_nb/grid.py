@@ -128,6 +128,10 @@ class GridConfig:
             the edit steps too; a localization missing there keeps its kind's default.
         mcq_debiased: measure the debiased multiple choice on every forget fact and this many held-out
             maintain facts (0: no).
+        relocate_per_seed: locate the located localizations again for every seed, from the evidence sample that
+            seed draws (:func:`registry.locate`'s known facts patched, probe split), so that a seed's interval holds
+            the localization evidence's variance too; saved as ``localizations_<dataset>__seed<k>.json``. False:
+            located once per dataset with seed 0 (``localizations_<dataset>.json``), as every grid before.
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -150,6 +154,7 @@ class GridConfig:
     attack_settings: tuple[str, ...] = ("scaled",)
     rates: dict | None = None
     mcq_debiased: int = 0
+    relocate_per_seed: bool = False
 
     def __post_init__(self):
         check_selection(self.tasks, self.localizations, self.seeds)
@@ -236,33 +241,53 @@ def located_names(config: GridConfig) -> tuple[str, ...]:
     return tuple(n for n in config.localizations if not registry.entry(n).per_seed)
 
 
-def locate(model, dataset: str, config: GridConfig, known: pd.DataFrame | None = None) -> tuple[dict, dict]:
+def evidence_seed(config: GridConfig, seed: int) -> int:
+    """The seed of the evidence a cell of ``seed`` is located from: its own with ``relocate_per_seed``, else 0."""
+    return int(seed) if config.relocate_per_seed else 0
+
+
+def evidence_key(dataset: str, seed: int, config: GridConfig) -> str:
+    """The name of a cell's located localizations: ``dataset``, or ``<dataset>__seed<k>`` when located per seed
+    (the keys of a driver's records and the suffix of ``localizations_<key>.json``)."""
+    return f"{dataset}__seed{int(seed)}" if config.relocate_per_seed else dataset
+
+
+def locate(model, dataset: str, config: GridConfig, known: pd.DataFrame | None = None,
+           seed: int = 0) -> tuple[dict, dict]:
     """One dataset's localizations, built from ``config.components`` where given, else located from evidence
-    (:func:`registry.build`); returns ``(localizations, record)`` (the record is what the grid saves)."""
+    (:func:`registry.build`, the evidence sample of ``seed``: :func:`evidence_seed`); returns
+    ``(localizations, record)`` (the record is what the grid saves)."""
     given = (config.components or {}).get(dataset, {})
-    locs, evidence = registry.build(model, located_names(config), dataset, components=given, seed=0,
-                                    n_locate=config.n_locate, n_probe=config.n_probe, known=known, progress=False)
-    return locs, localization_record(locs, evidence)
+    locs, evidence = registry.build(model, located_names(config), dataset, components=given,
+                                    seed=evidence_seed(config, seed), n_locate=config.n_locate, n_probe=config.n_probe,
+                                    known=known, progress=False)
+    record = localization_record(locs, evidence)
+    if config.relocate_per_seed:
+        record["evidence_seed"] = evidence_seed(config, seed)
+    return locs, record
 
 
-def localizations_path(out_dir: str | Path, dataset: str) -> Path:
-    return Path(out_dir) / f"localizations_{dataset}.json"
+def localizations_path(out_dir: str | Path, key: str) -> Path:
+    """``out_dir/localizations_<key>.json`` (``key``: a dataset, or :func:`evidence_key`'s per-seed name)."""
+    return Path(out_dir) / f"localizations_{key}.json"
 
 
 def dataset_localizations(model, dataset: str, config: GridConfig, out_dir: str | Path,
-                          known: pd.DataFrame | None = None) -> dict:
+                          known: pd.DataFrame | None = None, seed: int = 0) -> dict:
     """One dataset's localizations for a grid in ``out_dir``: given (``config.components``), read back from
     ``out_dir/localizations_<dataset>.json``, or located (:func:`locate`) and saved there.
 
     Random components are not among them: :func:`registry.for_seed` draws them per seed. One driver locates
     per folder (:func:`run_grid`, or :mod:`.cluster`'s, which hands the saved record to its workers).
+    ``seed``: the cell's seed (used only with ``config.relocate_per_seed``: the localizations of that seed's
+    evidence, in ``localizations_<dataset>__seed<k>.json``).
     """
-    path = localizations_path(out_dir, dataset)
+    path = localizations_path(out_dir, evidence_key(dataset, seed, config))
     if not (config.components or {}).get(dataset):
         saved = saved_localizations(model, path, located_names(config))
         if saved is not None:  # a resumed run: the evidence was computed with these settings
             return saved
-    locs, record = locate(model, dataset, config, known)
+    locs, record = locate(model, dataset, config, known, seed=seed)
     save_json(record, path)
     return locs
 
@@ -462,7 +487,9 @@ def settings_differ(config: GridConfig, out_dir: str | Path, ignore: tuple[str, 
         return []
     old = json.loads(saved.read_text())
     new = json.loads(json.dumps(asdict(config)))
-    return sorted(k for k in new if k not in _SELECTION + tuple(ignore) and old.get(k) != new[k])
+    # a field added since the folder's settings were saved counts as its default there (what those cells ran with)
+    defaults = {k: f.default for k, f in GridConfig.__dataclass_fields__.items() if not callable(f.default_factory)}
+    return sorted(k for k in new if k not in _SELECTION + tuple(ignore) and old.get(k, defaults.get(k)) != new[k])
 
 
 def _check_resume(config: GridConfig, out_dir: Path, cell_dir: Path) -> None:
@@ -531,7 +558,8 @@ class CellComputer:
 
     Args:
         localizations: ``dataset -> {name: Localization}`` (the caller's way to get them: located and saved by
-            :func:`dataset_localizations`, or rebuilt from a driver's record by :func:`localizations_from_record`).
+            :func:`dataset_localizations`, or rebuilt from a driver's record by :func:`localizations_from_record`);
+            with ``config.relocate_per_seed`` it is called ``(dataset, seed)``.
         share: a grid's output folder whose ``baselines/`` this computer reads a (task, seed)'s unedited evaluation
             and probe read-outs from, and writes them to once computed (atomically; :func:`baseline_path`), so that
             workers on one file system and resumed runs compute each once instead of once per process. The
@@ -576,10 +604,13 @@ class CellComputer:
             self.known[dataset] = known_facts(self.model, dataset, self.config)
         return self.known[dataset]
 
-    def dataset_localizations(self, dataset: str) -> dict:
-        if dataset not in self.locs:
-            self.locs[dataset] = self._localizations(dataset)
-        return self.locs[dataset]
+    def dataset_localizations(self, dataset: str, seed: int = 0) -> dict:
+        """The located localizations a cell of ``dataset`` and ``seed`` edits through (computed once per key)."""
+        key = evidence_key(dataset, seed, self.config)
+        if key not in self.locs:
+            self.locs[key] = (self._localizations(dataset, seed) if self.config.relocate_per_seed
+                              else self._localizations(dataset))
+        return self.locs[key]
 
     def _prepared(self, task_name: str, seed: int) -> tuple:
         """A (task, seed)'s task, unedited evaluation, unrelated facts and base probes (the last one kept)."""
@@ -595,7 +626,7 @@ class CellComputer:
 
     def compute(self, task_name: str, loc_name: str, seed: int) -> dict:
         """One cell's record (as :func:`run_cell` returns it)."""
-        locs = self.dataset_localizations(dataset_of(task_name))
+        locs = self.dataset_localizations(dataset_of(task_name), seed)
         loc = registry.for_seed(self.model, locs, loc_name, seed)
         window = self.config.probe_window or probe_window_for(self.model, locs[registry.FLU.label])
         return self.compute_localization(task_name, loc, seed, probe_window=window)
@@ -620,8 +651,8 @@ def run_grid(model, config: GridConfig, out_dir: str | Path, progress: bool = Tr
     """
     out_dir = Path(out_dir)
     start_grid(config, out_dir)
-    computer = CellComputer(model, config, lambda dataset: dataset_localizations(
-        model, dataset, config, out_dir, computer.known_facts(dataset)), share=out_dir)
+    computer = CellComputer(model, config, lambda dataset, seed=0: dataset_localizations(
+        model, dataset, config, out_dir, computer.known_facts(dataset), seed=seed), share=out_dir)
     rows = []
     bar = tqdm(planned_cells(config), desc="comparison grid", disable=not progress)
     for task_name, loc_name, seed in bar:

@@ -20,7 +20,8 @@ The file's tables (all required unless marked optional; see ``mechunlearn_nb/pla
 - ``[[side_effects]]``: ``id``, ``metric``, ``margin`` (the equivalence margin of a TOST);
 - ``[comparators]``: ``subject`` (the localization the claims are about) and ``versus`` (registry labels or keys);
 - ``[grid]``: ``tasks`` (grid task names), ``precision`` (the training forward pass, ``train.PRECISIONS``),
-  ``relearn_steps`` (where the relearning curve is measured);
+  ``relearn_steps`` (where the relearning curve is measured); optional ``relocate_per_seed`` (true: every seed
+  locates the localizations again from its own evidence sample, :class:`.grid.GridConfig`; default false);
 - ``[tuning]``: ``factors`` (candidate rates: each localization kind's default times these, :mod:`.tuning`);
   optional ``fallback_steps`` (edit steps of a second try for a localization with no complete edit);
 - ``[attack]``: ``settings`` (from :data:`.grid.ATTACK_SETTINGS`), ``min_separation`` (the positive minus negative
@@ -109,6 +110,7 @@ class Plan:
     tuning_fallback_steps: int | None = None
     positive_task: str = "edit 64 athletes"
     positive_components: tuple[str, ...] = ("m14", "m15", "m16", "m17")
+    relocate_per_seed: bool = False
 
     @property
     def localizations(self) -> tuple[str, ...]:
@@ -243,6 +245,8 @@ def load(path: str | Path) -> Plan:
     positive = (_get(path, attack, "[attack]", "positive_components", list,
                      lambda v: v and all(isinstance(c, str) for c in v), " (component names, e.g. ['m14', 'm15'])")
                 if "positive_components" in attack else Plan.positive_components)
+    relocate = (_get(path, design, "[grid]", "relocate_per_seed", bool) if "relocate_per_seed" in design
+                else Plan.relocate_per_seed)
     ids = [c.id for c in claims] + [s.id for s in effects]
     if len(set(ids)) != len(ids):
         raise _fail(path, f"claim and side-effect ids must be unique; got {ids}")
@@ -260,7 +264,7 @@ def load(path: str | Path) -> Plan:
                 tasks=tuple(task_names), precision=precision, relearn_steps=tuple(steps),
                 tuning_factors=tuple(float(f) for f in factors), attack_settings=tuple(settings),
                 min_separation=float(separation), tuning_fallback_steps=fallback, positive_task=positive_task,
-                positive_components=tuple(positive))
+                positive_components=tuple(positive), relocate_per_seed=relocate)
 
 
 def grid_config(p: Plan, rates: dict | None = None, components: dict | None = None, mcq_debiased: int = 64,
@@ -275,7 +279,8 @@ def grid_config(p: Plan, rates: dict | None = None, components: dict | None = No
 
     mixed = {"precision": p.precision}
     fields = dict(tasks=p.tasks, localizations=p.localizations, seeds=p.test_seeds, relearn_steps=p.relearn_steps,
-                  attack_settings=p.attack_settings, probe_window=p.probe_window)
+                  attack_settings=p.attack_settings, probe_window=p.probe_window,
+                  relocate_per_seed=p.relocate_per_seed)
     fields.update(sizes)  # (a part of the plan: notebook_config's selection; FAST's toy sizes)
     return GridConfig(edit_overrides={"eval_every": 0, **mixed, **fields.pop("edit_overrides", {})},
                       relearn_overrides={**mixed, **fields.pop("relearn_overrides", {})},

@@ -7,8 +7,9 @@ saved and only assembles the tables, verdicts and figures.
 
 The components are the located ones the rates were tuned on (``--components``: a folder with
 ``localizations_<dataset>.json``, copied into ``--out`` before the first cell, so every cell of the study edits
-exactly what was tuned; a different record already there is refused). ``study.json`` in ``--out`` records the
-plan, the rates and the components; a rerun with other ones is refused before any cell.
+exactly what was tuned; a different record already there is refused), unless the plan locates per seed
+(``[grid] relocate_per_seed``: then every seed's are located from its own evidence). ``study.json`` in ``--out``
+records the plan, the rates and the components; a rerun with other ones is refused before any cell.
 
     python scripts/run_study.py --plan v3 --rates results/tuning/v3/rates.json --out results/09_comparison_v2 \\
         --workers 2
@@ -53,7 +54,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rates = json.loads(Path(args.rates).read_text())
-    study = {"plan": plan.require(args.plan).name, "rates": rates, "components": _relative(Path(args.components))}
+    # a plan that locates per seed (relocate_per_seed) takes no fixed components: each seed's are located from its
+    # own evidence sample and saved beside the cells (localizations_<dataset>__seed<k>.json)
+    fixed = not config.relocate_per_seed
+    components = _relative(Path(args.components)) if fixed else "located per seed"
+    study = {"plan": plan.require(args.plan).name, "rates": rates, "components": components}
     record = out / "study.json"
     if record.exists():
         old = json.loads(record.read_text())
@@ -61,7 +66,7 @@ def main() -> None:
             diff = sorted(k for k in study if old.get(k) != study[k])
             sys.exit(f"{out} holds a study with other {', '.join(diff)} ({record}). Fix: use a new --out, or the "
                      f"plan, rates and components it was started with.")
-    for dataset in dict.fromkeys(tasks.dataset_of(t) for t in config.tasks):
+    for dataset in dict.fromkeys(tasks.dataset_of(t) for t in config.tasks) if fixed else ():
         src = Path(args.components) / f"localizations_{dataset}.json"
         dst = grid.localizations_path(out, dataset)
         if dst.exists():

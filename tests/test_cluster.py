@@ -276,3 +276,66 @@ def test_the_study_script_refuses_a_folder_started_with_other_rates_before_any_c
     (out / "localizations_sports.json").write_text(json.dumps({"localizations": {}}))
     refused = study(tmp_path / "a.json")
     assert refused.returncode != 0 and "differs from" in refused.stderr and not (out / "cells").exists()
+
+
+def _seed_record(model, config, seed):
+    """A located record whose fact lookup depends on the evidence seed (m0 for even seeds, m1 for odd): the tiny
+    random model has no look-up for the rule to find, so the per-seed evidence is stood in for."""
+    from mechunlearn_nb import registry
+
+    locs = registry.fixed(model, {"fact lookup": [f"m{seed % 2}"]}, grid.located_names(config))
+    return {**grid.localization_record(locs, {"flu_layers": [seed % 2], "n_locate": 0}), "evidence_seed": seed}
+
+
+class SeedLocatingWorker(cluster.GridWorker):
+    """A worker whose located components depend on the evidence seed it is asked to locate from."""
+
+    def locate(self, dataset, seed=0):
+        return _seed_record(self.model, self.config, seed)
+
+
+RELOCATING = grid.GridConfig(**{**CONFIG.__dict__, "tasks": ("edit 4 athletes",), "components": None,
+                                "relocate_per_seed": True})
+
+
+def _check_relocated(out: Path):
+    for seed in (0, 1):
+        record = json.loads(grid.localizations_path(out, f"sports__seed{seed}").read_text())
+        assert record["evidence_seed"] == seed and record["localizations"]["fact lookup"]["components"] == [f"m{seed}"]
+        flu = grid.saved_cell(out, "edit 4 athletes", "fact lookup", seed)["metrics"]
+        rnd = grid.saved_cell(out, "edit 4 athletes", "random", seed)["metrics"]
+        assert flu["components"] == [f"m{seed}"] and rnd["n_params"] <= flu["n_params"]  # random: that seed's budget
+    assert not grid.localizations_path(out, "sports").exists()
+
+
+def test_a_grid_locates_again_for_every_seed_and_resumes_from_what_it_saved(tiny, tmp_path, monkeypatch):
+    """relocate_per_seed: each seed's cells edit through the components located from that seed's evidence sample
+    (saved per seed), so the seeds' spread holds the evidence's; a resumed run reads them back; a folder of the
+    other setting is refused."""
+    from mechunlearn_nb import registry
+
+    assert grid.evidence_key("sports", 3, CONFIG) == "sports" and grid.evidence_seed(CONFIG, 3) == 0
+    assert grid.evidence_key("sports", 3, RELOCATING) == "sports__seed3" and grid.evidence_seed(RELOCATING, 3) == 3
+    calls = []
+
+    def build(model, names, dataset, components=None, seed=0, **kwargs):
+        calls.append((dataset, seed))
+        locs = registry.fixed(model, {"fact lookup": [f"m{seed % 2}"]}, names)
+        return locs, {"flu_layers": [seed % 2], "n_locate": 0}
+
+    monkeypatch.setattr(registry, "build", build)
+    grid.run_grid(tiny, RELOCATING, tmp_path, progress=False)
+    assert calls == [("sports", 0), ("sports", 1)]
+    _check_relocated(tmp_path)
+    grid.run_grid(tiny, RELOCATING, tmp_path, progress=False)  # resumed: every cell and record read back
+    assert calls == [("sports", 0), ("sports", 1)]
+    once = grid.GridConfig(**{**RELOCATING.__dict__, "relocate_per_seed": False})
+    with pytest.raises(ValueError, match="relocate_per_seed"):
+        grid.run_grid(tiny, once, tmp_path, progress=False)
+
+
+def test_the_ray_driver_locates_once_per_seed_when_asked(ray_local, tmp_path):
+    outcome = cluster.run_cells(RELOCATING, tmp_path, TINY, resources=cluster.Resources(workers=2), progress=False,
+                                worker_class=SeedLocatingWorker)
+    assert outcome.failed == [] and len(outcome.computed) == 4
+    _check_relocated(tmp_path)

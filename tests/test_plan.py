@@ -126,6 +126,14 @@ def test_optional_fields_of_a_plan_default_to_plan_v2s_choices(tmp_path):
     bad.write_text(text.replace("min_separation = 0.05", 'min_separation = 0.05\npositive_task = "forget the moon"', 1))
     with pytest.raises(plan.PlanError, match="positive_task"):
         plan.load(bad)
+    # the grid locates once (seed 0's evidence) unless the plan says every seed locates from its own
+    assert not p.relocate_per_seed and not plan.grid_config(p).relocate_per_seed
+    again = tmp_path / "again.toml"
+    again.write_text(text.replace('precision = "bfloat16-mixed"', 'precision = "bfloat16-mixed"\nrelocate_per_seed = true', 1))
+    assert plan.load(again).relocate_per_seed and plan.grid_config(plan.load(again)).relocate_per_seed
+    bad.write_text(text.replace('precision = "bfloat16-mixed"', 'precision = "bfloat16-mixed"\nrelocate_per_seed = 1', 1))
+    with pytest.raises(plan.PlanError, match="relocate_per_seed"):
+        plan.load(bad)
 
 
 def test_plan_v3_is_plan_v2_with_its_three_declared_changes():
