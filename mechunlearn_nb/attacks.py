@@ -91,6 +91,9 @@ ALL_TARGETS = TARGET_GROUPS["attn"] + TARGET_GROUPS["mlp"]
 SCHEDULES = ("constant", "cosine")
 
 CURVE_COLUMNS = ["task", "localization", "seed", "method", "step", "half", "accuracy", "p_true", "n"]
+#: the held-out half's curve fact by fact (``relearn(...).attrs["facts"]``, a list of such records): ``fact`` is the
+#: subject, the same facts for every localization of a (task, seed), so differences can be paired fact by fact
+FACT_CURVE_COLUMNS = ["step", "half", "fact", "p_true", "correct"]
 
 
 # ---------------------------------------------------------------------------
@@ -137,7 +140,8 @@ def _maintain_control(model, task, n: int, seed: int) -> train.Facts | None:
 
 
 def _attack_sets(model, task, seed: int, split_seed: int | None, eval_maintain: int, halves=None):
-    """The tokenised facts of an attack: ``(half A, half B, held-out maintain control, maintain_train)``.
+    """The tokenised facts of an attack: ``(half A, half B, held-out maintain control, maintain_train)``, and the
+    held-out half's subjects (its facts' names, in order).
 
     ``halves``: given ``(A, B)`` tasks instead of a split of ``task``'s forget set.
     """
@@ -145,16 +149,18 @@ def _attack_sets(model, task, seed: int, split_seed: int | None, eval_maintain: 
     facts_a, facts_b = train.tokenise_facts(model, half_a, "forget"), train.tokenise_facts(model, half_b, "forget")
     control = _maintain_control(model, task, eval_maintain, seed)
     maintain = train.tokenise_facts(model, task, "maintain_train") if len(task.maintain_train) else None
-    return facts_a, facts_b, control, maintain
+    return facts_a, facts_b, control, maintain, half_b.subjects
 
 
-def _measure_halves(model, halves, prefix=None, batch_size: int = 32) -> list[dict]:
-    """One row per measured set (``HALVES`` order; a ``None`` set is skipped): ``half, accuracy, p_true, n``."""
+def _measure_halves(model, halves, prefix=None, batch_size: int = 32, per_fact: str | None = None) -> list[dict]:
+    """One row per measured set (``HALVES`` order; a ``None`` set is skipped): ``half, accuracy, p_true, n``;
+    with ``per_fact`` naming a half, that half's row also holds ``facts`` (each fact's ``p_true`` and ``correct``)."""
     rows = []
     for label, facts in zip(HALVES, halves):
         if facts is not None:
-            acc = train.accuracy(model, facts, prefix=prefix, batch_size=batch_size)
-            rows.append(dict(half=label, accuracy=acc["acc_true"], p_true=acc["p_true"], n=acc["n"]))
+            acc = train.accuracy(model, facts, prefix=prefix, batch_size=batch_size, per_fact=label == per_fact)
+            row = dict(half=label, accuracy=acc["acc_true"], p_true=acc["p_true"], n=acc["n"])
+            rows.append(dict(row, facts=acc["facts"]) if label == per_fact else row)
     return rows
 
 
@@ -402,10 +408,12 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
         evaluated step and half (``"A (trained)"`` / ``"B (held out)"``, and ``"maintain (held out)"``: known
         facts outside the forget set, the control that the attack recovers the forgotten facts selectively
         rather than by saying one answer to everyone); ``accuracy`` is the share of facts whose true answer
-        is the model's top candidate, ``p_true`` its mean normalised probability.
+        is the model's top candidate, ``p_true`` its mean normalised probability. ``attrs["facts"]``: the held-out
+        half fact by fact at every evaluated step (records of :data:`FACT_CURVE_COLUMNS`).
     """
     config = config or RelearnConfig()
-    facts_a, facts_b, control, maintain = _attack_sets(model, task, seed, split_seed, config.eval_maintain, halves)
+    facts_a, facts_b, control, maintain, subjects_b = _attack_sets(model, task, seed, split_seed, config.eval_maintain,
+                                                                   halves)
     use_lm = config.lm_coef > 0 and config.lm_tokens > 0
     paragraphs = train.general_text("train", exclude=task.subjects) if use_lm else None
     rng = np.random.default_rng(seed)
@@ -414,10 +422,17 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
     general = train.GeneralText(model, paragraphs, config.lm_tokens, config.lm_window, rng) if use_lm else None
     hf = hf_model(model)
     rows: list[dict] = []
+    fact_rows: list[dict] = []  # the held-out half, fact by fact: what a fact-level bootstrap resamples
 
     def record(step: int) -> dict:
         hf.eval()
-        measured = _measure_halves(model, (facts_a, facts_b, control), batch_size=config.eval_batch_size)
+        measured = _measure_halves(model, (facts_a, facts_b, control), batch_size=config.eval_batch_size,
+                                   per_fact=HALVES[1])
+        for r in measured:
+            per = r.pop("facts", None)
+            if per is not None:
+                fact_rows.extend(dict(step=step, half=r["half"], fact=subject, p_true=p, correct=c)
+                                 for subject, p, c in zip(subjects_b, per["p_true"], per["correct"]))
         rows.extend(dict(step=step, **r) for r in measured)
         return {r["half"]: r["accuracy"] for r in measured}
 
@@ -439,8 +454,10 @@ def relearn(model, result, task, config: RelearnConfig | None = None, *, seed: i
     finally:
         hf.train(was_training)
     curve = pd.DataFrame(rows).assign(task=task.name, localization=label, seed=seed, method=config.method)
-    curve.attrs.update(config=dataclasses.asdict(config), n_a=len(facts_a), n_b=len(facts_b))
-    return curve.reindex(columns=CURVE_COLUMNS)
+    curve = curve.reindex(columns=CURVE_COLUMNS)
+    curve.attrs.update(config=dataclasses.asdict(config), n_a=len(facts_a), n_b=len(facts_b),
+                       facts=fact_rows)
+    return curve
 
 
 # ---------------------------------------------------------------------------
@@ -517,7 +534,7 @@ def soft_prompt_attack(model, result, task, n_tokens: int = 8, steps: int = 40, 
     lr, maintain_coef = check_float("lr", lr), check_float("maintain_coef", maintain_coef, min=0)
     if not lr > 0:
         raise ParameterError(f"soft_prompt_attack: lr must be positive, got {lr}. Fix: pass e.g. lr=3e-2.")
-    facts_a, facts_b, control, maintain = _attack_sets(model, task, seed, split_seed, eval_maintain)
+    facts_a, facts_b, control, maintain, _ = _attack_sets(model, task, seed, split_seed, eval_maintain)
     rng = np.random.default_rng(seed)
     terms = _fact_terms(facts_a, maintain, batch_size, maintain_batch_size, maintain_coef, rng)
     hf = hf_model(model)

@@ -427,10 +427,11 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
         base_probe: :func:`probe_base`'s result for this task and seed (computed here when None).
 
     Returns:
-        ``{"metrics": {...}, "curve": [...], "seconds": {...}, "evaluation": [...], "history_tail": {...},
-        "edit_config": {...}}`` (JSON-able; ``seconds``: wall time of each step; ``evaluation``: every score of
-        the evaluation table before and after, in every format — QA, neighbourhood prompts, unrelated facts —
-        beyond the few that make :data:`METRICS`).
+        ``{"metrics": {...}, "curve": [...], "curve_facts": [...], "seconds": {...}, "evaluation": [...],
+        "history_tail": {...}, "edit_config": {...}}`` (JSON-able; ``curve_facts``: the held-out half of every
+        attack fact by fact, ``setting, step, half, fact, p_true, correct``, for a fact-level bootstrap;
+        ``seconds``: wall time of each step; ``evaluation``: every score of the evaluation table before and after,
+        in every format — QA, neighbourhood prompts, unrelated facts — beyond the few that make :data:`METRICS`).
     """
     clock, seconds = time.perf_counter(), {}
 
@@ -449,13 +450,15 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
                                 **{"n_generate": 0, "n_unrelated": 0, **config.eval_overrides, "progress": False,
                                    "mcq_debiased": config.mcq_debiased})
     lap("evaluate")
-    curve = None
+    curve, curve_facts = None, []
     if len(task.forget) >= 4:
         parts = []
         for setting in config.attack_settings:
             extra = attacks.PAPER_LORA if setting == "paper" else {}
             rcfg = attacks.RelearnConfig(eval_steps=config.relearn_steps, **{**config.relearn_overrides, **extra})
             part = attacks.relearn(model, result, task, rcfg, seed=seed, progress=progress)
+            curve_facts += [dict(r, setting=setting) for r in part.attrs.get("facts", [])]
+            part.attrs = {}
             parts.append(part.assign(setting=setting) if config.attack_settings != ("scaled",) else part)
         curve = pd.concat(parts, ignore_index=True)
     lap("relearn")
@@ -469,7 +472,8 @@ def run_cell(model, task, loc, seed: int, config: GridConfig, baseline: pd.DataF
     metrics.update(task=task.name, localization=loc.name, seed=seed, n_params=loc.n_params, n_forget=len(task.forget),
                    components=list(loc.components), lr=cfg.lr, train_acc=tuning.train_accuracy(result))
     scores = table[table["set"] != "generation"][["stage", "set", "format", "metric", "value", "n"]]
-    return dict(metrics=metrics, curve=[] if curve is None else curve.to_dict("records"), seconds=seconds,
+    return dict(metrics=metrics, curve=[] if curve is None else curve.to_dict("records"), curve_facts=curve_facts,
+                seconds=seconds,
                 evaluation=scores.to_dict("records"),
                 edit_config=asdict(cfg), history_tail=result.history.iloc[-1].to_dict() if len(result.history) else {})
 

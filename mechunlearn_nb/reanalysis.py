@@ -153,6 +153,30 @@ def attack_curves(out_dir: str | Path, setting: str | None = None) -> pd.DataFra
     return curves[curves["setting"] == setting].drop(columns="setting")
 
 
+def fact_aucs(out_dir: str | Path, setting: str | None = None) -> pd.DataFrame | None:
+    """Each held-out fact's area under its relearning curve (probability of the true answer; the trapezoid over the
+    steps divided by their span, :func:`statistics.curve_metrics`'s ``auc``, whose mean over a cell's facts it
+    is), from cells saved with their attack fact by fact (``curve_facts``): ``task, localization, seed, fact,
+    auc``. ``None`` when any cell lacks those records (then the areas have no fact level)."""
+    rows = []
+    for cell in _records(out_dir):
+        facts = cell.get("curve_facts")
+        if not facts:
+            return None
+        m = cell["metrics"]
+        frame = pd.DataFrame(facts)
+        if "setting" in frame and frame["setting"].notna().any():
+            present = list(dict.fromkeys(frame["setting"]))
+            frame = frame[frame["setting"] == (setting or present[0])]
+        for fact, g in frame.groupby("fact", sort=False):
+            g = g.sort_values("step")
+            steps, v = g["step"].to_numpy(dtype=float), g["p_true"].to_numpy(dtype=float)
+            span = steps[-1] - steps[0]
+            rows.append(dict(task=m["task"], localization=m["localization"], seed=int(m["seed"]), fact=fact,
+                             auc=float(np.trapezoid(v, steps) / span) if span > 0 else float(v[0])))
+    return pd.DataFrame(rows)
+
+
 def cells_with_curves(out_dir: str | Path, setting: str | None = None) -> pd.DataFrame:
     """The saved cells (``grid.saved_cells``) with the relearning curve summaries of :data:`CURVE_METRICS` (held-out
     half of the attack ``setting``'s curves, :func:`attack_curves`) and each proportion's fact count
@@ -187,13 +211,32 @@ def _pairs(cells: pd.DataFrame, other: str, metric: str) -> pd.DataFrame:
     return side[registry.FLU.label].join(side[other], lsuffix="_flu", rsuffix="_other", how="inner").reset_index()
 
 
-def _compare(pairs: pd.DataFrame, metric: str, n_boot: int, rng: int) -> dict:
-    """FLU − comparator on paired cells: the two-level parametric bootstrap (stratified by task) and an exact
-    sign-flip test of the same differences."""
+def _fact_pairs(facts: pd.DataFrame, pairs: pd.DataFrame, other: str) -> pd.DataFrame | None:
+    """Per-fact paired differences FLU − ``other`` on the (task, seed) units of ``pairs`` (the same held-out facts
+    on both sides), one row per (unit, fact): ``task, unit, diff``; None when a unit lacks its facts on a side."""
+    side = {loc: {key: g.set_index("fact")["auc"] for key, g in facts[facts["localization"] == loc]
+                  .groupby(["task", "seed"], sort=False)} for loc in (registry.FLU.label, other)}
+    rows = []
+    for task, seed in zip(pairs["task"], pairs["seed"]):
+        a, b = side[registry.FLU.label].get((task, int(seed))), side[other].get((task, int(seed)))
+        if a is None or b is None or set(a.index) != set(b.index):
+            return None
+        rows += [dict(task=task, unit=f"{task}|{seed}", diff=float(x)) for x in (a - b.reindex(a.index)).to_numpy()]
+    return pd.DataFrame(rows)
+
+
+def _compare(pairs: pd.DataFrame, metric: str, n_boot: int, rng: int, fact_diffs: pd.DataFrame | None = None) -> dict:
+    """FLU − comparator on paired cells: the two-level bootstrap (stratified by task) and an exact sign-flip test of
+    the same differences. With ``fact_diffs`` (per-fact paired differences, :func:`_fact_pairs`) the bootstrap
+    resamples units, then their facts (:func:`statistics.hierarchical_bootstrap`); else the parametric form."""
     n_col = "n_" + metric
-    b = statistics.parametric_bootstrap(pairs[metric + "_flu"], pairs.get(n_col + "_flu"), strata=pairs["task"],
-                                        p_other=pairs[metric + "_other"], n_other=pairs.get(n_col + "_other"),
-                                        n_boot=n_boot, rng=rng)
+    if fact_diffs is not None:
+        b = statistics.hierarchical_bootstrap(fact_diffs, value="diff", seed="unit", strata="task", n_boot=n_boot,
+                                              rng=rng)
+    else:
+        b = statistics.parametric_bootstrap(pairs[metric + "_flu"], pairs.get(n_col + "_flu"), strata=pairs["task"],
+                                            p_other=pairs[metric + "_other"], n_other=pairs.get(n_col + "_other"),
+                                            n_boot=n_boot, rng=rng)
     diffs = pairs[metric + "_flu"] - pairs[metric + "_other"]
     return dict(n_pairs=len(pairs), flu_mean=_stratified_mean(pairs[metric + "_flu"], pairs["task"]),
                 other_mean=_stratified_mean(pairs[metric + "_other"], pairs["task"]), diff=b.estimate, low=b.low,
@@ -220,6 +263,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
     """
     better_if_higher = {**BETTER_IF_HIGHER, **(better_if_higher or {})}
     cells = cells_with_curves(out_dir, setting)
+    per_fact_auc = fact_aucs(out_dir, setting)  # the relearning area's fact level, where the cells kept it
     test = testability_table(baselines(out_dir), margin=margin, chance=chance)
     excluded = cells[cells["edit_acc"] < completeness][["task", "localization", "seed", "edit_acc", "forget_acc"]]
     complete = cells[~(cells["edit_acc"] < completeness)]
@@ -267,7 +311,9 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 if len(pairs) < 2:
                     rows.append(dict(row, n_pairs=len(pairs), verdict=f"too few pairs ({len(pairs)})"))
                     continue
-                compared = _compare(pairs, metric, n_boot, rng)
+                fact_diffs = (_fact_pairs(per_fact_auc, pairs, other)
+                              if metric == "relearn_p_true_auc" and per_fact_auc is not None else None)
+                compared = _compare(pairs, metric, n_boot, rng, fact_diffs)
                 compared.pop("boot")
                 rows.append(dict(row, **compared, kind="claim"))
         for name, metric, tol in side_effects:

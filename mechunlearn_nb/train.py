@@ -378,13 +378,16 @@ def fact_step(model, terms: Sequence[FactTerm], general: GeneralText | None = No
 
 @torch.no_grad()
 def accuracy(model, facts: Facts, idx: Sequence[int] | None = None,
-             prefix: Float[torch.Tensor, "k d_model"] | None = None, batch_size: int = 32) -> dict:
+             prefix: Float[torch.Tensor, "k d_model"] | None = None, batch_size: int = 32,
+             per_fact: bool = False) -> dict:
     """Accuracy of the true and of the new answer among each fact's candidates (first tokens).
 
     Args:
         facts: tokenised facts.
         idx: which of them (default: all), measured in this order, ``batch_size`` prompts per forward pass.
         prefix: a soft prompt inserted into every prompt.
+        per_fact: also return each fact's values (``"facts"``: ``p_true`` and ``correct`` lists, in ``idx`` order),
+            for statistics that resample facts.
 
     Returns:
         ``{"acc_true", "acc_new", "p_true", "n"}``: the share of facts whose true (new) answer is the
@@ -393,8 +396,10 @@ def accuracy(model, facts: Facts, idx: Sequence[int] | None = None,
     """
     idx = list(range(len(facts))) if idx is None else list(idx)
     if not idx:
-        return dict(acc_true=float("nan"), acc_new=float("nan"), p_true=float("nan"), n=0)
+        empty = dict(acc_true=float("nan"), acc_new=float("nan"), p_true=float("nan"), n=0)
+        return dict(empty, facts=dict(p_true=[], correct=[])) if per_fact else empty
     hit_true, hit_new, p_true = 0, 0, 0.0
+    fact_p, fact_hit = [], []
     for s in range(0, len(idx), batch_size):
         b = idx[s : s + batch_size]
         logp = last_token_logprobs(model, [facts.ids[i] for i in b], prefix)
@@ -402,8 +407,13 @@ def accuracy(model, facts: Facts, idx: Sequence[int] | None = None,
         pred = cand.argmax(-1)
         hit_true += int((pred == facts.true_pos[b]).sum())
         hit_new += int((pred == facts.new_pos[b]).sum())
-        p_true += float(torch.softmax(cand, -1).gather(1, facts.true_pos[b][:, None]).sum())
-    return dict(acc_true=hit_true / len(idx), acc_new=hit_new / len(idx), p_true=p_true / len(idx), n=len(idx))
+        p_b = torch.softmax(cand, -1).gather(1, facts.true_pos[b][:, None])
+        p_true += float(p_b.sum())
+        if per_fact:
+            fact_p += p_b[:, 0].tolist()
+            fact_hit += (pred == facts.true_pos[b]).int().tolist()
+    out = dict(acc_true=hit_true / len(idx), acc_new=hit_new / len(idx), p_true=p_true / len(idx), n=len(idx))
+    return dict(out, facts=dict(p_true=fact_p, correct=fact_hit)) if per_fact else out
 
 
 def edit_accuracies(model, forget: Facts, forget_idx: Sequence[int], maintain: Facts | None,

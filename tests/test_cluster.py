@@ -339,3 +339,37 @@ def test_the_ray_driver_locates_once_per_seed_when_asked(ray_local, tmp_path):
                                 worker_class=SeedLocatingWorker)
     assert outcome.failed == [] and len(outcome.computed) == 4
     _check_relocated(tmp_path)
+
+
+def test_cells_keep_the_attack_fact_by_fact_and_its_area_is_compared_fact_by_fact(tiny, tmp_path):
+    """A cell saves its held-out half of the relearning attack fact by fact (``curve_facts``): the facts' mean is the
+    saved curve, their areas average to the cell's area, the same facts stand on both sides of a (task, seed), and
+    the area claim's bootstrap then resamples seeds and facts instead of seeds only."""
+    import numpy as np
+
+    from mechunlearn_nb import reanalysis, statistics
+
+    config = grid.GridConfig(**{**CONFIG.__dict__, "tasks": ("edit 4 athletes",)})
+    grid.run_grid(tiny, config, tmp_path, progress=False)
+    cell = grid.saved_cell(tmp_path, "edit 4 athletes", "random", 1)
+    facts = pd.DataFrame(cell["curve_facts"])
+    assert list(facts.columns) == ["step", "half", "fact", "p_true", "correct", "setting"]
+    assert len(facts) == 2 * len(config.relearn_steps) and set(facts["half"]) == {"B (held out)"}
+    curve = pd.DataFrame(cell["curve"])
+    held = curve[curve["half"] == "B (held out)"].set_index("step")
+    means = facts.groupby("step")[["p_true", "correct"]].mean()
+    assert np.allclose(means["p_true"], held["p_true"].loc[means.index])
+    assert np.allclose(means["correct"], held["accuracy"].loc[means.index])
+    aucs = reanalysis.fact_aucs(tmp_path)
+    cells = reanalysis.cells_with_curves(tmp_path).set_index(["localization", "seed"])
+    per_cell = aucs.groupby(["localization", "seed"])["auc"].mean()
+    assert np.allclose(per_cell.to_numpy(), cells.loc[per_cell.index, "relearn_p_true_auc"].to_numpy())
+    pairs = reanalysis._pairs(reanalysis.cells_with_curves(tmp_path), "random", "relearn_p_true_auc")
+    diffs = reanalysis._fact_pairs(aucs, pairs, "random")
+    assert len(diffs) == 2 * len(pairs) and diffs.groupby("unit").size().eq(2).all()  # the same 2 facts per seed
+    by_fact = reanalysis._compare(pairs, "relearn_p_true_auc", 1000, 0, diffs)
+    by_seed = reanalysis._compare(pairs, "relearn_p_true_auc", 1000, 0)
+    assert by_fact["method"] == statistics.FACTS and by_seed["method"] == statistics.SEEDS_ONLY
+    assert by_fact["diff"] == pytest.approx(by_seed["diff"], rel=1e-4)  # the same estimate (float32 facts), another spread
+    (tmp_path / "cells" / "old.json").write_text(json.dumps({**cell, "curve_facts": []}))  # an older cell: no facts
+    assert reanalysis.fact_aucs(tmp_path) is None
