@@ -13,7 +13,9 @@ claim and task by task, first whether the claim *could* have been tested, then w
    them (:func:`.statistics.floor_ceiling`); that task is left out of that claim;
 4. **paired comparison**: fact lookup minus a comparator on the same (task, seed), the two-level parametric
    bootstrap stratified by task (:func:`.statistics.parametric_bootstrap`), for the output-tracing variants *and*
-   a random localization of the same budget;
+   a random localization of the same budget; the area under the relearning curve, where every cell kept its
+   held-out facts one by one (``curve_facts``), resamples seeds and then the paired per-fact differences
+   (:func:`.statistics.hierarchical_bootstrap`);
 5. **one family**: Holm's correction over every claim and side-effect test (:func:`.statistics.holm`); side
    effects are judged by an equivalence test (TOST) within the grid's own tolerance.
 

@@ -214,7 +214,9 @@ def _verdicts(cells: pd.DataFrame, flu: str, ot: tuple[str, ...]) -> pd.DataFram
 # Saved cells of older grids keep one proportion and its n per cell, not the facts. Their fact level is then
 # *parametric*: a drawn cell's value is Binomial(n, p)/n, which is exactly the distribution of resampling n
 # facts, each right with probability p. Values that are not proportions (probabilities, losses, areas under a
-# curve) have no fact level in a saved cell: their interval resamples seeds only, and says so.
+# curve) have no fact level in such a cell: their interval resamples seeds only, and says so. Cells saved since
+# keep the relearning attack's held-out facts one by one (``curve_facts``), and the area under the relearning
+# curve is then resampled fact by fact (:func:`hierarchical_bootstrap`, ``reanalysis.fact_aucs``).
 
 #: the method names written beside every interval
 FACTS = "two-level bootstrap (seeds, then facts)"

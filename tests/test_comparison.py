@@ -363,7 +363,8 @@ def test_registry_entries_say_how_each_localization_is_built(tiny):
 def test_the_v2_study_cells_follow_their_plan():
     """results/09_comparison_v2 fills over sessions: every cell saved so far is one of plan v3's, edited at its tuned
     rate through the components the study fixed (random: fact lookup's budget, drawn per seed), measured at the
-    plan's relearning steps in both attack settings, and trained in the plan's precision."""
+    plan's relearning steps in both attack settings (and its 32 held-out facts one by one), and trained in the
+    plan's precision."""
     import json
 
     from mechunlearn_nb import plan
@@ -397,6 +398,9 @@ def test_the_v2_study_cells_follow_their_plan():
             random_components[(dataset, m["seed"])] = tuple(m["components"])
         steps = {(r["setting"], r["step"]) for r in cell["curve"]}
         assert steps == {(s, k) for s in p.attack_settings for k in p.relearn_steps}, path.name
+        # the held-out half fact by fact, every setting and step: the relearning claims resample facts
+        fact_steps = {(r["setting"], r["step"]) for r in cell["curve_facts"]}
+        assert fact_steps == steps and len(cell["curve_facts"]) == len(steps) * 32, path.name
     # one draw of random components per seed, different across seeds
     for dataset in ("sports", "counterfact"):
         drawn = [c for (d, _), c in random_components.items() if d == dataset]
