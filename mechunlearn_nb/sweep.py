@@ -87,6 +87,20 @@ def window_config(config: grid.GridConfig) -> grid.GridConfig:
     return replace(config, rates=None, edit_overrides={**config.edit_overrides, **tuned})
 
 
+def primary_attack(config: grid.GridConfig, setting: str) -> grid.GridConfig:
+    """``config`` running only the relearning attack ``setting`` (e.g. the one a calibration chose,
+    :func:`plan.attack_setting`) instead of every setting of the plan.
+
+    A sweep correlates each measure with the evidence and corrects over the table: a second attack setting adds a
+    column of tests (less power to each) and about a fifth of each cell's time, to measure what the calibration
+    found equivalent on this model. Refuses a setting the grid does not run.
+    """
+    if setting not in config.attack_settings:
+        raise ValueError(f"attack setting {setting!r}: the grid runs {list(config.attack_settings)}. Fix: one of "
+                         f"those (a calibration of the same plan).")
+    return replace(config, attack_settings=(setting,))
+
+
 def layer_evidence(model, evidence: dict, rule: localization.FactLookupRule | None = None) -> pd.DataFrame:
     """One row per block from a locating run's evidence (:func:`registry.locate`'s second value, sports).
 
@@ -305,5 +319,5 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
     return table
 
 
-__all__ = ["TASK", "WIDTH", "EVIDENCE", "METRICS", "window_label", "windows", "window_config", "layer_evidence",
+__all__ = ["TASK", "WIDTH", "EVIDENCE", "METRICS", "window_label", "windows", "window_config", "primary_attack", "layer_evidence",
            "window_evidence", "sweep_evidence", "run_sweep", "metric_columns", "correlations"]

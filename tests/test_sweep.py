@@ -1,6 +1,7 @@
 """The window sweep (does localization inform robust editing?): windows, their evidence, the cells, the correlations."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -37,6 +38,19 @@ def test_every_window_edits_at_fact_lookups_tuned_rate_and_steps():
     assert cfg.rates is None and cfg.edit_overrides["lr"] == 1e-4 and cfg.edit_overrides["steps"] == 80
     untuned = grid.GridConfig(**{**SMALL.__dict__, "rates": None})
     assert "lr" not in sweep.window_config(untuned).edit_overrides  # the localized kind's default, as fact lookup's
+
+
+def test_a_sweep_can_run_only_the_calibrated_attack_setting():
+    from mechunlearn_nb import plan
+
+    v3 = plan.require("v3")
+    config = plan.notebook_config({"PLAN": "v3", "TASKS": [sweep.TASK], "LOCALIZATIONS": ["fact lookup"]})
+    assert config.attack_settings == ("scaled", "paper")
+    shipped = Path(__file__).resolve().parents[1] / "results" / "attack_calibration" / "v3" / "calibration.json"
+    only = sweep.primary_attack(config, plan.attack_setting(v3, shipped))
+    assert only.attack_settings == ("paper",) and only.edit_overrides == config.edit_overrides
+    with pytest.raises(ValueError, match="attack setting 'rank 8'.*Fix"):
+        sweep.primary_attack(config, "rank 8")
 
 
 def _evidence():
