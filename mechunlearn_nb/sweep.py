@@ -92,7 +92,7 @@ def primary_attack(config: grid.GridConfig, setting: str) -> grid.GridConfig:
     :func:`plan.attack_setting`) instead of every setting of the plan.
 
     A sweep correlates each measure with the evidence and corrects over the table: a second attack setting adds a
-    column of tests (less power to each) and about a fifth of each cell's time, to measure what the calibration
+    column of tests (less power to each) and one of its two attacks' time, to measure what the calibration
     found equivalent on this model. Refuses a setting the grid does not run.
     """
     if setting not in config.attack_settings:
