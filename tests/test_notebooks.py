@@ -26,6 +26,10 @@ def test_notebooks_committed_clean():
         assert "metrics" in src and "OUTPUT_DIR" in tagged[0].source and "FAST" in tagged[0].source
 
 
+#: figures a notebook saves beside its metrics (what a results folder's README shows)
+FIGURES = {"09_comparison": ("comparison_bars.png", "relearning_curves.png", "claims.png")}
+
+
 @pytest.mark.notebook
 @pytest.mark.slow
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -34,6 +38,8 @@ def test_notebook_runs_and_meets_expected(nb_path, tmp_path):
     metrics = runner.run_notebook(nb_path, tmp_path, {"FAST": True, "MODEL_NAME": None}, timeout=1800)
     assert metrics, f"{nb_path.name} wrote no metrics.json"
     assert (tmp_path / nb_path.stem / "metrics.json").exists()
+    for name in FIGURES.get(nb_path.stem, ()):
+        assert (tmp_path / nb_path.stem / name).stat().st_size > 0, f"{nb_path.name} did not save {name}"
     checks = expected.check(nb_path.stem, metrics, "fast")
     assert len(checks), f"{nb_path.stem}: no 'fast' expected values in mechunlearn_nb/expected.toml"
     failed = checks[~checks["ok"]]
