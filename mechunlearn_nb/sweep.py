@@ -96,8 +96,8 @@ def primary_attack(config: grid.GridConfig, setting: str) -> grid.GridConfig:
     found equivalent on this model. Refuses a setting the grid does not run.
     """
     if setting not in config.attack_settings:
-        raise ValueError(f"attack setting {setting!r}: the grid runs {list(config.attack_settings)}. Fix: one of "
-                         f"those (a calibration of the same plan).")
+        raise ValueError(f"attack setting {setting!r}: this grid runs only {list(config.attack_settings)} (a FAST "
+                         f"grid runs the scaled attack alone). Fix: CALIBRATION = None, or a grid of the full plan.")
     return replace(config, attack_settings=(setting,))
 
 

@@ -51,6 +51,9 @@ def test_a_sweep_can_run_only_the_calibrated_attack_setting():
     assert only.attack_settings == ("paper",) and only.edit_overrides == config.edit_overrides
     with pytest.raises(ValueError, match="attack setting 'rank 8'.*Fix"):
         sweep.primary_attack(config, "rank 8")
+    fast = plan.notebook_config({"PLAN": "v3", "FAST": True, "LOCALIZATIONS": ["fact lookup"]})
+    with pytest.raises(ValueError, match=r"runs only \['scaled'\].*Fix: CALIBRATION = None"):
+        sweep.primary_attack(fast, "paper")
 
 
 def _evidence():
