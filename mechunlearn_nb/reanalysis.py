@@ -70,6 +70,9 @@ COUNT_OF = {"mcq_edit_acc": ("forget", {"sports": "mcq", "counterfact": "cf_mcq"
             "mcq_debiased_edit_acc": ("forget", {"sports": "mcq_debiased", "counterfact": "mcq_debiased"}),
             "mcq_debiased_forget_acc": ("forget", {"sports": "mcq_debiased", "counterfact": "mcq_debiased"}),
             "qa_forget_acc": ("forget", {"sports": "qa"}), "qa_edit_acc": ("forget", {"sports": "qa"})}
+#: formats that score several prompts per fact, and the one-prompt-per-fact format whose count gives their number of
+#: facts: a proportion's sampling unit is the fact (CounterFact has two paraphrases of each), not the prompt
+FACTS_OF = {"cf_paraphrase": "cf_prompt"}
 
 
 def _records(out_dir: str | Path) -> list[dict]:
@@ -85,7 +88,9 @@ def baselines(out_dir: str | Path) -> pd.DataFrame:
     From each cell's evaluation table ("before" rows, ``acc_true``); cells saved without a table give their
     ``base_forget_acc``/``base_maintain_acc``/``base_mcq_forget_acc`` (training format / multiple choice), their
     counts taken from the same task's cells that kept a table. The probes' unedited read-out (``probe_true_base``,
-    on the edited facts) is the row of format ``"probe"``.
+    on the edited facts) is the row of format ``"probe"``. ``n`` counts facts: a format that scores several prompts
+    per fact (:data:`FACTS_OF`) takes the count of its one-prompt format on the same facts (``n_prompts``: the
+    prompts).
     """
     rows = []
     for cell in _records(out_dir):
@@ -115,11 +120,16 @@ def baselines(out_dir: str | Path) -> pd.DataFrame:
     missing = frame["n"].isna()
     frame.loc[missing, "n"] = [by_task.get((r.task, r.set, r.format), np.nan) for r in frame[missing].itertuples()]
     frame.loc[missing, "source"] += " (n from the task's other seeds)"
+    frame["n_prompts"] = frame["n"]
+    facts = frame.set_index(["task", "seed", "set", "format"])["n"]
+    for fmt, one in FACTS_OF.items():
+        rows_of = frame["format"] == fmt
+        frame.loc[rows_of, "n"] = [facts.get((r.task, r.seed, r.set, one), np.nan) for r in frame[rows_of].itertuples()]
     return frame.sort_values(["task", "set", "format", "seed"]).reset_index(drop=True)
 
 
 def testability_table(base: pd.DataFrame, margin: float = 0.05, n_boot: int = 4000,
-                      chance: dict | None = None) -> pd.DataFrame:
+                      chance: dict | None = None, level: float = 0.95) -> pd.DataFrame:
     """Testability of every instrument on every task, from :func:`baselines` pooled over seeds.
 
     Held-out known facts are the ``maintain`` set; the probes are read on the edited facts before the edit (the only
@@ -132,7 +142,7 @@ def testability_table(base: pd.DataFrame, margin: float = 0.05, n_boot: int = 40
         chance = levels.get(fmt)
         if chance is None:
             continue
-        t = statistics.testability(g["accuracy"], g["n"], chance=chance, margin=margin, n_boot=n_boot)
+        t = statistics.testability(g["accuracy"], g["n"], chance=chance, margin=margin, level=level, n_boot=n_boot)
         rows.append(dict(task=task, dataset=dataset_of(task), set=set_, format=fmt, n_seeds=t["n_seeds"],
                          n_facts=int(g["n"].median()) if g["n"].notna().any() else np.nan, accuracy=t["accuracy"],
                          low=t["low"], high=t["high"], chance=chance, margin=margin, verdict=t["verdict"],
@@ -227,18 +237,24 @@ def _fact_pairs(facts: pd.DataFrame, pairs: pd.DataFrame, other: str) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def _compare(pairs: pd.DataFrame, metric: str, n_boot: int, rng: int, fact_diffs: pd.DataFrame | None = None) -> dict:
+def _pairs_by_task(pairs: pd.DataFrame) -> str:
+    """How many (task, seed) pairs each task gives a comparison: ``"edit 64 athletes: 5, forget 64 athletes: 3"``."""
+    return ", ".join(f"{t}: {n}" for t, n in pairs.groupby("task", sort=False).size().items())
+
+
+def _compare(pairs: pd.DataFrame, metric: str, n_boot: int, rng: int, fact_diffs: pd.DataFrame | None = None,
+             level: float = 0.95) -> dict:
     """FLU − comparator on paired cells: the two-level bootstrap (stratified by task) and an exact sign-flip test of
     the same differences. With ``fact_diffs`` (per-fact paired differences, :func:`_fact_pairs`) the bootstrap
     resamples units, then their facts (:func:`statistics.hierarchical_bootstrap`); else the parametric form."""
     n_col = "n_" + metric
     if fact_diffs is not None:
         b = statistics.hierarchical_bootstrap(fact_diffs, value="diff", seed="unit", strata="task", n_boot=n_boot,
-                                              rng=rng)
+                                              level=level, rng=rng)
     else:
         b = statistics.parametric_bootstrap(pairs[metric + "_flu"], pairs.get(n_col + "_flu"), strata=pairs["task"],
                                             p_other=pairs[metric + "_other"], n_other=pairs.get(n_col + "_other"),
-                                            n_boot=n_boot, rng=rng)
+                                            n_boot=n_boot, level=level, rng=rng)
     diffs = pairs[metric + "_flu"] - pairs[metric + "_other"]
     return dict(n_pairs=len(pairs), flu_mean=_stratified_mean(pairs[metric + "_flu"], pairs["task"]),
                 other_mean=_stratified_mean(pairs[metric + "_other"], pairs["task"]), diff=b.estimate, low=b.low,
@@ -249,12 +265,18 @@ def _compare(pairs: pd.DataFrame, metric: str, n_boot: int, rng: int, fact_diffs
 def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.05, completeness: float = COMPLETENESS,
                 margin: float = 0.05, n_boot: int = 10000, rng: int = 0, claims=CLAIMS,
                 side_effects=statistics.SIDE_EFFECTS, better_if_higher: dict | None = None, chance: dict | None = None,
-                setting: str | None = None) -> dict[str, pd.DataFrame]:
+                setting: str | None = None, level: float = 0.95, testability_n_boot: int = 4000,
+                min_held_out: int = 0, fixed_family: bool = False) -> dict[str, pd.DataFrame]:
     """The re-analysed verdicts of a saved grid (see the module docstring).
 
     ``claims`` (``(statement, metric, {dataset: instrument})``), ``side_effects`` (``(name, metric, margin)``),
     ``better_if_higher`` and ``chance`` (``{instrument: level}``) default to the shipped grid's; :func:`plan_verdicts`
     passes a plan's. ``setting``: the attack whose curves the relearning claims read (:func:`attack_curves`).
+    ``level``: the intervals' coverage; ``testability_n_boot``: the bootstrap draws of each instrument's testability.
+    ``min_held_out``: the relearning claims read only cells whose attack held out at least this many facts (others
+    are named in the row's note). ``fixed_family``: Holm's family is every row the grid has data for (a plan's
+    claim × dataset × comparator and side effect), a row that could not be tested counting as p = 1
+    (:func:`statistics.holm`'s ``family_size``); False: the rows that got a p-value.
 
     Returns:
         ``{"verdicts", "testability", "excluded", "floor_ceiling", "curves"}``: the claims with ``diff`` (FLU −
@@ -266,9 +288,10 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
     better_if_higher = {**BETTER_IF_HIGHER, **(better_if_higher or {})}
     cells = cells_with_curves(out_dir, setting)
     per_fact_auc = fact_aucs(out_dir, setting)  # the relearning area's fact level, where the cells kept it
-    test = testability_table(baselines(out_dir), margin=margin, chance=chance)
-    excluded = cells[cells["edit_acc"] < completeness][["task", "localization", "seed", "edit_acc", "forget_acc"]]
-    complete = cells[~(cells["edit_acc"] < completeness)]
+    test = testability_table(baselines(out_dir), margin=margin, n_boot=testability_n_boot, chance=chance, level=level)
+    ok = cells["edit_acc"] >= completeness  # an edit whose accuracy was not measured is not known to be complete
+    excluded = cells[~ok][["task", "localization", "seed", "edit_acc", "forget_acc"]]
+    complete = cells[ok]
     curve = statistics.curve_metrics(attack_curves(out_dir, setting))
     fc = statistics.floor_ceiling(curve)
     stuck = {(r.task, metric) for metric, (q, s) in CURVE_METRICS.items()
@@ -287,7 +310,16 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
             tasks = [t for t in dict.fromkeys(in_ds["task"])
                      if metric in in_ds and in_ds.loc[in_ds["task"] == t, metric].notna().any()]
             testable, notes = [], []
+            of_claim = in_ds
+            if metric in CURVE_METRICS and min_held_out:  # an attack's held-out half too small to separate edits
+                few = in_ds["n_relearn_acc"].fillna(0) < min_held_out
+                for t, g in in_ds[few].groupby("task", sort=False):
+                    notes.append(f"{t}: {len(g)} cell(s) held out fewer than {min_held_out} facts in the attack "
+                                 f"({int(g['n_relearn_acc'].fillna(0).min())}), left out")
+                of_claim = in_ds[~few]
             for t in tasks:
+                if not (of_claim["task"] == t).any():
+                    continue
                 if (t, set_, fmt) not in verdict_of.index:
                     notes.append(f"{t}: no unedited baseline for {fmt}")
                     continue
@@ -307,27 +339,32 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                     continue
                 if not testable:
                     rows.append(dict(row, verdict=(statistics.UNTESTABLE if any("untestable" in n for n in notes)
-                                                   else "cannot discriminate (floor/ceiling)")))
+                                                   else "cannot discriminate (floor/ceiling)"
+                                                   if any("cannot discriminate" in n for n in notes)
+                                                   else "no unedited baseline" if any("baseline" in n for n in notes)
+                                                   else f"held-out half below {min_held_out} facts")))
                     continue
-                pairs = _pairs(in_ds[in_ds["task"].isin(testable)], other, metric)
+                pairs = _pairs(of_claim[of_claim["task"].isin(testable)], other, metric)
+                row["pairs_by_task"] = _pairs_by_task(pairs)
                 if len(pairs) < 2:
                     rows.append(dict(row, n_pairs=len(pairs), verdict=f"too few pairs ({len(pairs)})"))
                     continue
                 fact_diffs = (_fact_pairs(per_fact_auc, pairs, other)
                               if metric == "relearn_p_true_auc" and per_fact_auc is not None else None)
-                compared = _compare(pairs, metric, n_boot, rng, fact_diffs)
+                compared = _compare(pairs, metric, n_boot, rng, fact_diffs, level)
                 compared.pop("boot")
                 rows.append(dict(row, **compared, kind="claim"))
         for name, metric, tol in side_effects:
             for other in comparators:
                 pairs = _pairs(in_ds, other, metric)
                 row = dict(dataset=dataset, claim=f"side effects: {name} (equivalent within ±{tol})", metric=metric,
-                           versus=other, instrument="", tasks=", ".join(dict.fromkeys(pairs["task"])), note="")
+                           versus=other, instrument="", tasks=", ".join(dict.fromkeys(pairs["task"])), note="",
+                           pairs_by_task=_pairs_by_task(pairs))
                 if len(pairs) < 2:
                     rows.append(dict(row, n_pairs=len(pairs),
                                      verdict=f"too few pairs ({len(pairs)})" if len(pairs) else "no data"))
                     continue
-                compared = _compare(pairs, metric, n_boot, rng)
+                compared = _compare(pairs, metric, n_boot, rng, level=level)
                 eq = statistics.tost_bootstrap(compared.pop("boot"), tol)
                 compared.update(p_value=eq["p_value"], method=eq["method"], p_signflip=np.nan)
                 rows.append(dict(row, **compared, kind="equivalence"))
@@ -338,8 +375,9 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
     tested = out["p_value"].notna()
     out["p_holm"] = np.nan
     out["verdict_signflip"] = ""
-    out.loc[tested, "p_holm"] = statistics.holm(out.loc[tested, "p_value"])
-    out["family_size"] = int(tested.sum())
+    family = int((out["verdict"] != "no data").sum()) if fixed_family else int(tested.sum())
+    out.loc[tested, "p_holm"] = statistics.holm(out.loc[tested, "p_value"], family_size=family)
+    out["family_size"] = family
     flips = out["p_signflip"].notna()
     out["p_signflip_holm"] = np.nan
     out.loc[flips, "p_signflip_holm"] = statistics.holm(out.loc[flips, "p_signflip"])
@@ -353,7 +391,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
             out.loc[i, "verdict"] = ("supported" if better else "contradicted") if significant else "not distinguishable"
             exact = r["p_signflip_holm"] <= alpha
             out.loc[i, "verdict_signflip"] = ("supported" if better else "contradicted") if exact else "not distinguishable"
-    cols = ["dataset", "claim", "metric", "versus", "instrument", "tasks", "n_pairs", "flu_mean", "other_mean", "diff",
+    cols = ["dataset", "claim", "metric", "versus", "instrument", "tasks", "n_pairs", "pairs_by_task", "flu_mean", "other_mean", "diff",
             "low", "high", "method", "p_value", "p_holm", "family_size", "verdict", "p_signflip", "p_signflip_holm", "verdict_signflip", "note"]
     return dict(verdicts=out.reindex(columns=cols), testability=test, excluded=excluded.reset_index(drop=True),
                 floor_ceiling=fc, curves=curve)
@@ -362,9 +400,12 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
 def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int = 0) -> dict[str, pd.DataFrame]:
     """:func:`verdicts_v2` of a grid against its pre-registered plan (:class:`.plan.Plan`): the plan's claims,
     instruments and chance levels, comparators, side effects and their margins, family-wise ``alpha``, testability
-    margin, completeness rule and bootstrap size. A grid that ran a part of the plan is compared with the plan's
-    comparators it holds (Holm's family is then the tests that part allows). ``setting``: the attack the relearning
-    claims read (default: the plan's first; the plan's ``[attack]`` rule picks the primary one from the calibration).
+    margin, completeness rule, held-out minimum, bootstrap size and level. Holm's family is fixed as the plan fixes
+    it: every claim × dataset × comparator and every side effect the grid has data for, a test that could not be
+    computed (an untestable instrument, too few pairs) counting as p = 1; for the whole plan's grid that is
+    :attr:`.plan.Plan.family_size`. A grid that ran a part of the plan is compared with the plan's comparators it
+    holds (the family is then the tests that part allows). ``setting``: the attack the relearning claims read
+    (default: the plan's first; the plan's ``[attack]`` rule picks the primary one from the calibration).
     """
     claims = tuple((c.statement, c.metric, {d: c.instrument for d in c.datasets}) for c in p.claims)
     present = set(grid.saved_cells(out_dir)["localization"])
@@ -376,7 +417,8 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
                        margin=p.testability_margin, n_boot=p.n_boot, rng=rng, claims=claims,
                        side_effects=tuple((e.id, e.metric, e.margin) for e in p.side_effects),
                        better_if_higher={c.metric: c.higher_is_better for c in p.claims},
-                       chance={c.instrument: c.chance for c in p.claims}, setting=setting or p.attack_settings[0])
+                       chance={c.instrument: c.chance for c in p.claims}, setting=setting or p.attack_settings[0],
+                       level=p.level, testability_n_boot=p.n_boot, min_held_out=p.min_held_out, fixed_family=True)
 
 
 def summary(result: dict, alpha: float = 0.05) -> dict:

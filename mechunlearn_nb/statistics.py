@@ -527,23 +527,33 @@ def shift_null(block_values: np.ndarray, windows: list[list[int]], levels: np.nd
     return dict(rho=float(real), p_shift=float((1 + hits) / (1 + len(null))), n_shifts=len(null))
 
 
-def holm(p_values) -> np.ndarray:
+def holm(p_values, family_size: int | None = None) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error), in the input's order; NaN stays NaN.
 
     Sort the m p-values; the i-th smallest (i = 0…m−1) is multiplied by m − i, the running maximum keeps the order,
     and values are capped at 1. A claim is rejected at level α when its adjusted p-value is ≤ α.
     (statsmodels' ``multipletests(method="holm")`` computes the same; it is not a dependency here.)
+
+    ``family_size``: the family fixed in advance (a plan's every claim × dataset × comparator), when some of its
+    tests could not be computed (an untestable instrument, too few pairs): each of those counts as a test with
+    p = 1, so a test that could not run does not make the others' correction milder. None: the p-values given.
+
+    Raises:
+        ValueError: a p-value outside [0, 1], or a family smaller than the p-values given.
     """
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(~np.isnan(p))
+    if family_size is not None and family_size < len(ok):
+        raise ValueError(f"family_size={family_size} is smaller than the {len(ok)} p-values given. Fix: the family "
+                         f"holds every test it was fixed with, computed or not.")
     if len(ok) == 0:
         return out
     if ((p[ok] < 0) | (p[ok] > 1)).any():
         raise ValueError(f"p-values must lie in [0, 1]; got {p[ok]}. Fix: pass p-values, not statistics.")
     order = ok[np.argsort(p[ok], kind="stable")]
-    m = len(order)
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    m = len(order) if family_size is None else int(family_size)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(len(order))) * p[order]))
     out[order] = adjusted
     return out
 

@@ -51,6 +51,12 @@ def test_holm_matches_a_hand_computed_case():
     assert statistics.holm([0.6, 0.5]).tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="p-values"):
         statistics.holm([2.0])
+    # a family fixed at 6 of which 4 were computed: the 2 others count as p = 1 (0.005·6, 0.01·5, 0.03·4, 0.04·3)
+    fixed = statistics.holm([0.01, 0.04, 0.03, 0.005, np.nan], family_size=6)
+    np.testing.assert_allclose(fixed[:4], [0.05, 0.12, 0.12, 0.03])
+    np.testing.assert_allclose(fixed[:4], statistics.holm([0.01, 0.04, 0.03, 0.005, 1.0, 1.0])[:4])
+    with pytest.raises(ValueError, match="smaller than the 4 p-values"):
+        statistics.holm([0.01, 0.04, 0.03, 0.005], family_size=3)
 
 
 def test_tost_accepts_equal_and_rejects_shifted():
@@ -164,13 +170,20 @@ def test_a_grid_is_judged_against_its_plan(tmp_path):
     assert {c.split(" (")[0] for c in side["claim"]} == {f"side effects: {e.id}" for e in p.side_effects}
     assert all(f"±{e.margin}" in " ".join(side["claim"]) for e in p.side_effects)
     tested = v[v["p_value"].notna()]
-    assert (v["family_size"] == len(tested)).all() and tested["p_holm"].ge(tested["p_value"]).all()
-    # the same metric, comparator and pairs as the re-analysis: the same estimate
-    shipped = pd.read_csv(grid_dir / "reanalysis" / "verdicts_v2.csv")
+    # Holm's family is the plan's: every row the grid has data for (here each of them got a p-value)
+    assert (v["family_size"] == (v["verdict"] != "no data").sum()).all() and tested["p_holm"].ge(tested["p_value"]).all()
+    # the plan's held-out minimum (32): the 16-fact tasks (8 held out) leave the relearning claims, named in the note
+    auc = tested[tested["metric"] == "relearn_p_true_auc"]
+    assert len(auc) == 8 and not auc["tasks"].str.contains("16").any()
+    assert auc["note"].str.contains("held out fewer than 32 facts in the attack \\(8\\)").all()
+    assert auc["n_pairs"].tolist() == [sum(int(part.split(": ")[1]) for part in t.split(", ")) for t in auc["pairs_by_task"]]
+    # the same metric, comparator and pairs as the re-analysis with the same minimum: the same estimate
+    again = reanalysis.verdicts_v2(grid_dir, n_boot=1000, min_held_out=32, claims=[
+        c for c in reanalysis.CLAIMS if c[1] == "relearn_p_true_auc"])["verdicts"]
     key = ["dataset", "metric", "versus"]
-    both = tested[tested["metric"] == "relearn_p_true_auc"].merge(shipped, on=key, suffixes=("", "_shipped"))
-    assert len(both) == 6 and np.allclose(both["diff"], both["diff_shipped"])  # 2 datasets x 3 (non-localized: new)
-    assert (both["n_pairs"] == both["n_pairs_shipped"]).all()
+    both = auc.merge(again[again["p_value"].notna()], on=key, suffixes=("", "_again"))
+    assert len(both) == 6 and np.allclose(both["diff"], both["diff_again"])  # 2 datasets x 3 (non-localized: new)
+    assert (both["n_pairs"] == both["n_pairs_again"]).all() and (both["pairs_by_task"] == both["pairs_by_task_again"]).all()
     alone = tmp_path / "cells"  # a grid of fact lookup alone: nothing to compare it with
     alone.mkdir()
     for cell in sorted((grid_dir / "cells").glob("edit-64-athletes__fact-lookup__*.json")):
@@ -239,3 +252,37 @@ def stats_spearman(a, b):
     from scipy import stats
 
     return stats.spearmanr(a, b).statistic
+
+
+def test_verdicts_count_facts_not_prompts_and_leave_out_an_unmeasured_edit(tmp_path):
+    """CounterFact scores two paraphrases of each fact: the paraphrase proportions' unit is the fact (64), not the
+    prompt (128). An edit whose accuracy is missing is not known to be complete: excluded, with its pair. A claim whose
+    instrument has no unedited baseline says so."""
+    import json
+    from pathlib import Path
+
+    from mechunlearn_nb import reanalysis
+
+    shipped = Path(__file__).resolve().parents[1] / "results" / "09_comparison_full" / "cells"
+    (tmp_path / "cells").mkdir()
+    for path in sorted(shipped.glob("counterfact-64__*.json")):
+        cell = json.loads(path.read_text())
+        if cell["metrics"]["localization"] == "fact lookup" and cell["metrics"]["seed"] == 2:
+            cell["metrics"]["edit_acc"] = None
+        (tmp_path / "cells" / path.name).write_text(json.dumps(cell))
+    base = reanalysis.baselines(tmp_path).set_index(["seed", "set", "format"])
+    assert base.loc[(0, "forget", "cf_paraphrase"), ["n", "n_prompts"]].tolist() == [64, 128]
+    assert base.loc[(0, "maintain", "cf_paraphrase"), "n"] == base.loc[(0, "maintain", "cf_prompt"), "n"] == 256
+    claims = (("paraphrases", "paraphrase_edit_acc", {"counterfact": "cf_paraphrase"}),
+              ("no baseline", "paraphrase_edit_acc", {"counterfact": "cf_nowhere"}))
+    r = reanalysis.verdicts_v2(tmp_path, comparators=("random",), n_boot=500, claims=claims, side_effects=())
+    ex = r["excluded"]
+    assert ex[["localization", "seed"]].values.tolist() == [["fact lookup", 2]] and ex["edit_acc"].isna().all()
+    v = r["verdicts"].set_index("claim")
+    assert v.loc["paraphrases", "n_pairs"] == 2 and v.loc["paraphrases", "pairs_by_task"] == "counterfact 64: 2"
+    assert v.loc["no baseline", "verdict"] == "no unedited baseline" and "cf_nowhere" in v.loc["no baseline", "note"]
+    assert (r["verdicts"]["family_size"] == 1).all()  # the rows that got a p-value (no plan fixed the family)
+    fixed = reanalysis.verdicts_v2(tmp_path, comparators=("random",), n_boot=500, claims=claims, side_effects=(),
+                                   fixed_family=True)["verdicts"].set_index("claim")
+    assert (fixed["family_size"] == 2).all()
+    assert fixed.loc["paraphrases", "p_holm"] == pytest.approx(min(1.0, 2 * fixed.loc["paraphrases", "p_value"]))
