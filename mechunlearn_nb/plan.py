@@ -354,17 +354,8 @@ def read_rates(rates) -> dict | None:
     return {ds: {label: rate(r) for label, r in by.items()} for ds, by in chosen.items()}
 
 
-def attack_setting(p: Plan, calibration=None) -> str:
-    """The attack setting a plan's relearning claims read: the primary one of its calibration
-    (``calibration.json`` of ``scripts/calibrate_attack.py``: the setting whose positive and negative controls
-    separate most, by the plan's ``[attack]`` rule), or the plan's first setting when ``calibration`` is None.
-
-    Refuses a calibration of another plan, one naming a setting the plan does not run, and one in which no setting
-    separated the controls (the attack then cannot tell edits apart on this model, so no relearning claim can be
-    judged with it).
-    """
-    if calibration is None:
-        return p.attack_settings[0]
+def _calibration(p: Plan, calibration) -> tuple[Path, dict]:
+    """A calibration file of plan ``p``, read and checked (see :func:`attack_setting`)."""
     import json
 
     path = Path(calibration)
@@ -376,15 +367,48 @@ def attack_setting(p: Plan, calibration=None) -> str:
         raise PlanError(f"{path} calibrates plan {record.get('plan')!r}, not {p.name!r}. Fix: run "
                         f"scripts/calibrate_attack.py --plan {p.name} and point CALIBRATION at its calibration.json.")
     primary = record.get("primary")
-    if primary is None:
-        raise PlanError(f"{path}: no attack setting separated the positive control from the negative one by "
-                        f"{record.get('min_separation')} ({record.get('settings')}), so the attack cannot tell edits "
-                        f"apart on this model and no relearning claim can be judged with it. Fix: report the relearning "
-                        f"claims as untestable, or set CALIBRATION = None to read the plan's first setting anyway.")
-    if primary not in p.attack_settings:
+    if primary is not None and primary not in p.attack_settings:
         raise PlanError(f"{path} names the setting {primary!r}; plan {p.name!r} runs {list(p.attack_settings)}. Fix: "
                         f"a calibration of this plan.")
-    return primary
+    return path, record
+
+
+def attack_untestable(p: Plan, calibration=None) -> str | None:
+    """Why a plan's relearning claims cannot be judged on this model, or None when they can: the calibration found
+    no attack setting that separates the positive control from the negative one by the plan's ``min_separation``
+    (the plan: such a setting "cannot separate localizations and is reported only"). None without a calibration."""
+    if calibration is None:
+        return None
+    path, record = _calibration(p, calibration)
+    if record.get("primary") is not None:
+        return None
+    return (f"no attack setting separated the calibration's positive control from its negative one by "
+            f"{record.get('min_separation')} ({record.get('settings')}; {path.name})")
+
+
+def attack_setting(p: Plan, calibration=None, unseparated: str = "refuse") -> str:
+    """The attack setting a plan's relearning claims read: the primary one of its calibration
+    (``calibration.json`` of ``scripts/calibrate_attack.py``: the setting whose positive and negative controls
+    separate most, by the plan's ``[attack]`` rule), or the plan's first setting when ``calibration`` is None.
+
+    Refuses a calibration of another plan and one naming a setting the plan does not run. A calibration in which no
+    setting separated the controls (the attack then cannot tell edits apart on this model) is refused with
+    ``unseparated="refuse"``; with ``"first"`` the plan's first setting is returned, for curves that are only
+    reported, and :func:`attack_untestable` says why the relearning claims cannot be judged.
+    """
+    if unseparated not in ("refuse", "first"):
+        raise ValueError(f"unseparated={unseparated!r}: choose 'refuse' or 'first'.")
+    if calibration is None:
+        return p.attack_settings[0]
+    path, record = _calibration(p, calibration)
+    if record["primary"] is None:
+        if unseparated == "first":
+            return p.attack_settings[0]
+        raise PlanError(f"{path}: {attack_untestable(p, path)}, so the attack cannot tell edits apart on this model "
+                        f"and no relearning measure can be judged with it. Fix: leave the relearning measures out "
+                        f"(notebook 09 reports its relearning claims as untestable by itself), or set CALIBRATION = "
+                        f"None to read the plan's first setting uncalibrated.")
+    return record["primary"]
 
 
 def notebook_config(parameters: dict):

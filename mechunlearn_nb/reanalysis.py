@@ -266,7 +266,8 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 margin: float = 0.05, n_boot: int = 10000, rng: int = 0, claims=CLAIMS,
                 side_effects=statistics.SIDE_EFFECTS, better_if_higher: dict | None = None, chance: dict | None = None,
                 setting: str | None = None, level: float = 0.95, testability_n_boot: int = 4000,
-                min_held_out: int = 0, fixed_family: bool = False) -> dict[str, pd.DataFrame]:
+                min_held_out: int = 0, fixed_family: bool = False,
+                attack_untestable: str | None = None) -> dict[str, pd.DataFrame]:
     """The re-analysed verdicts of a saved grid (see the module docstring).
 
     ``claims`` (``(statement, metric, {dataset: instrument})``), ``side_effects`` (``(name, metric, margin)``),
@@ -276,7 +277,9 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
     ``min_held_out``: the relearning claims read only cells whose attack held out at least this many facts (others
     are named in the row's note). ``fixed_family``: Holm's family is every row the grid has data for (a plan's
     claim × dataset × comparator and side effect), a row that could not be tested counting as p = 1
-    (:func:`statistics.holm`'s ``family_size``); False: the rows that got a p-value.
+    (:func:`statistics.holm`'s ``family_size``); False: the rows that got a p-value. ``attack_untestable``: why the
+    attack cannot tell edits apart on this model (:func:`.plan.attack_untestable`); the relearning claims are then
+    "untestable on this model" with that reason, their curves still reported.
 
     Returns:
         ``{"verdicts", "testability", "excluded", "floor_ceiling", "curves"}``: the claims with ``diff`` (FLU −
@@ -310,6 +313,11 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
             tasks = [t for t in dict.fromkeys(in_ds["task"])
                      if metric in in_ds and in_ds.loc[in_ds["task"] == t, metric].notna().any()]
             testable, notes = [], []
+            if metric in CURVE_METRICS and attack_untestable and tasks:
+                for other in comparators:
+                    rows.append(dict(dataset=dataset, claim=claim, metric=metric, versus=other, instrument=fmt, tasks="",
+                                     note=f"the attack: {attack_untestable}", verdict=statistics.UNTESTABLE))
+                continue
             of_claim = in_ds
             if metric in CURVE_METRICS and min_held_out:  # an attack's held-out half too small to separate edits
                 few = in_ds["n_relearn_acc"].fillna(0) < min_held_out
@@ -397,7 +405,8 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 floor_ceiling=fc, curves=curve)
 
 
-def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int = 0) -> dict[str, pd.DataFrame]:
+def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int = 0,
+                  attack_untestable: str | None = None) -> dict[str, pd.DataFrame]:
     """:func:`verdicts_v2` of a grid against its pre-registered plan (:class:`.plan.Plan`): the plan's claims,
     instruments and chance levels, comparators, side effects and their margins, family-wise ``alpha``, testability
     margin, completeness rule, held-out minimum, bootstrap size and level. Holm's family is fixed as the plan fixes
@@ -406,6 +415,7 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
     :attr:`.plan.Plan.family_size`. A grid that ran a part of the plan is compared with the plan's comparators it
     holds (the family is then the tests that part allows). ``setting``: the attack the relearning claims read
     (default: the plan's first; the plan's ``[attack]`` rule picks the primary one from the calibration).
+    ``attack_untestable``: why no attack setting can judge the relearning claims (:func:`.plan.attack_untestable`).
     """
     claims = tuple((c.statement, c.metric, {d: c.instrument for d in c.datasets}) for c in p.claims)
     present = set(grid.saved_cells(out_dir)["localization"])
@@ -414,6 +424,7 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
         raise ValueError(f"{out_dir} holds cells of {sorted(present)}; plan {p.name!r} compares {p.subject!r} with "
                          f"{list(p.comparators)}. Fix: run the subject and at least one comparator.")
     return verdicts_v2(out_dir, comparators=comparators, alpha=p.alpha, completeness=p.edit_completeness,
+                       attack_untestable=attack_untestable,
                        margin=p.testability_margin, n_boot=p.n_boot, rng=rng, claims=claims,
                        side_effects=tuple((e.id, e.metric, e.margin) for e in p.side_effects),
                        better_if_higher={c.metric: c.higher_is_better for c in p.claims},

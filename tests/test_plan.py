@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mechunlearn_nb import plan
@@ -165,3 +166,31 @@ def test_the_relearning_claims_read_the_calibrations_primary_setting_and_refuse_
             plan.attack_setting(p, path)
     with pytest.raises(plan.PlanError, match="no such file"):
         plan.attack_setting(p, tmp_path / "missing.json")
+    # a calibration in which no setting separated: read the first setting's curves, the claims untestable
+    assert plan.attack_untestable(p) is None and plan.attack_untestable(p, shipped) is None
+    path.write_text(json.dumps({"plan": "v3", "primary": None, "min_separation": 0.05, "settings": {"paper": 0.01}}))
+    assert plan.attack_setting(p, path, unseparated="first") == "scaled"
+    assert "no attack setting separated" in plan.attack_untestable(p, path) and "'paper': 0.01" in plan.attack_untestable(p, path)
+    with pytest.raises(ValueError, match="choose 'refuse' or 'first'"):
+        plan.attack_setting(p, path, unseparated="ignore")
+
+
+def test_an_attack_that_separates_nothing_makes_the_relearning_claims_untestable():
+    """plan_verdicts with attack_untestable: every relearning row "untestable on this model", with the reason, still in
+    Holm's family (as p = 1); the other claims as without it."""
+    from dataclasses import replace
+
+    from mechunlearn_nb import reanalysis, statistics
+
+    grid_dir = ROOT / "results" / "09_comparison_full"
+    p = replace(plan.require("v2"), n_boot=500)
+    plain = reanalysis.plan_verdicts(grid_dir, p)["verdicts"]
+    why = "no attack setting separated the controls (test)"
+    v = reanalysis.plan_verdicts(grid_dir, p, attack_untestable=why)["verdicts"]
+    relearning = v["metric"] == "relearn_p_true_auc"
+    assert relearning.sum() == 8 and (v.loc[relearning, "verdict"] == statistics.UNTESTABLE).all()
+    assert v.loc[relearning, "note"].str.contains(why, regex=False).all() and v.loc[relearning, "p_value"].isna().all()
+    assert plain.loc[plain["metric"] == "relearn_p_true_auc", "p_value"].notna().all()
+    assert (v["family_size"] == plain["family_size"]).all()  # the family is the plan's, tested or not
+    others = ~relearning & v["p_value"].notna()
+    assert np.allclose(v.loc[others, "diff"], plain.loc[others, "diff"])
