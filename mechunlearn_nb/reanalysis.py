@@ -435,11 +435,12 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
 def summary(result: dict, alpha: float = 0.05) -> dict:
     """The headline numbers of :func:`verdicts_v2` as plain data (what the re-analysis README quotes)."""
     v, test = result["verdicts"], result["testability"]
-    mcq = test[(test["set"] == "maintain") & test["format"].isin(["mcq", "mcq_nosys", "cf_mcq", "qa"])]
+    mcq = test[(test["set"] == "maintain") & test["format"].isin(["mcq", "mcq_nosys", "cf_mcq", "mcq_debiased", "qa"])]
     tested = v[v["p_value"].notna()]
     claims = tested[tested["verdict"].isin(["supported", "contradicted", "not distinguishable"])]
     return dict(
-        alpha=alpha, family_size=int(len(tested)), n_claim_rows=int(len(v)),
+        alpha=alpha, family_size=int(v["family_size"].iloc[0]) if len(v) else 0, n_tested=int(len(tested)),
+        n_claim_rows=int(len(v)),
         verdict_counts={k: int(n) for k, n in v["verdict"].value_counts().items()},
         held_out_baselines=[dict(task=r.task, format=r.format, accuracy=round(r.accuracy, 3), low=round(r.low, 3),
                                  high=round(r.high, 3), chance=r.chance, verdict=r.verdict) for r in mcq.itertuples()],
