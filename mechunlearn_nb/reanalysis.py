@@ -242,6 +242,18 @@ def _pairs_by_task(pairs: pd.DataFrame) -> str:
     return ", ".join(f"{t}: {n}" for t, n in pairs.groupby("task", sort=False).size().items())
 
 
+def _enough_per_task(pairs: pd.DataFrame, min_pairs: int) -> tuple[pd.DataFrame, str]:
+    """``pairs`` without the tasks that give fewer than ``min_pairs`` of them, and a note naming those tasks: a task
+    resting on one (task, seed) pair has no seed-to-seed spread, and the bootstrap stratified by task would read its
+    one difference as exact."""
+    size = pairs.groupby("task", sort=False).size()
+    few = size[size < min_pairs]
+    if few.empty:
+        return pairs, ""
+    note = "; ".join(f"{t}: {n} pair(s), fewer than {min_pairs}, left out of this comparison" for t, n in few.items())
+    return pairs[~pairs["task"].isin(few.index)].reset_index(drop=True), note
+
+
 def _compare(pairs: pd.DataFrame, metric: str, n_boot: int, rng: int, fact_diffs: pd.DataFrame | None = None,
              level: float = 0.95) -> dict:
     """FLU − comparator on paired cells: the two-level bootstrap (stratified by task) and an exact sign-flip test of
@@ -267,7 +279,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 side_effects=statistics.SIDE_EFFECTS, better_if_higher: dict | None = None, chance: dict | None = None,
                 setting: str | None = None, level: float = 0.95, testability_n_boot: int = 4000,
                 min_held_out: int = 0, fixed_family: bool = False,
-                attack_untestable: str | None = None) -> dict[str, pd.DataFrame]:
+                attack_untestable: str | None = None, min_pairs_per_task: int = 1) -> dict[str, pd.DataFrame]:
     """The re-analysed verdicts of a saved grid (see the module docstring).
 
     ``claims`` (``(statement, metric, {dataset: instrument})``), ``side_effects`` (``(name, metric, margin)``),
@@ -279,7 +291,8 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
     claim × dataset × comparator and side effect), a row that could not be tested counting as p = 1
     (:func:`statistics.holm`'s ``family_size``); False: the rows that got a p-value. ``attack_untestable``: why the
     attack cannot tell edits apart on this model (:func:`.plan.attack_untestable`); the relearning claims are then
-    "untestable on this model" with that reason, their curves still reported.
+    "untestable on this model" with that reason, their curves still reported. ``min_pairs_per_task``: a task
+    giving a comparison fewer (task, seed) pairs than this leaves that comparison, named in its note.
 
     Returns:
         ``{"verdicts", "testability", "excluded", "floor_ceiling", "curves"}``: the claims with ``diff`` (FLU −
@@ -354,6 +367,8 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                     continue
                 pairs = _pairs(of_claim[of_claim["task"].isin(testable)], other, metric)
                 row["pairs_by_task"] = _pairs_by_task(pairs)
+                pairs, few = _enough_per_task(pairs, min_pairs_per_task)
+                row["note"] = "; ".join(filter(None, (row["note"], few)))
                 if len(pairs) < 2:
                     rows.append(dict(row, n_pairs=len(pairs), verdict=f"too few pairs ({len(pairs)})"))
                     continue
@@ -368,9 +383,12 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 row = dict(dataset=dataset, claim=f"side effects: {name} (equivalent within ±{tol})", metric=metric,
                            versus=other, instrument="", tasks=", ".join(dict.fromkeys(pairs["task"])), note="",
                            pairs_by_task=_pairs_by_task(pairs))
+                if len(pairs) == 0:
+                    rows.append(dict(row, n_pairs=0, verdict="no data"))
+                    continue
+                pairs, row["note"] = _enough_per_task(pairs, min_pairs_per_task)
                 if len(pairs) < 2:
-                    rows.append(dict(row, n_pairs=len(pairs),
-                                     verdict=f"too few pairs ({len(pairs)})" if len(pairs) else "no data"))
+                    rows.append(dict(row, n_pairs=len(pairs), verdict=f"too few pairs ({len(pairs)})"))
                     continue
                 compared = _compare(pairs, metric, n_boot, rng, level=level)
                 eq = statistics.tost_bootstrap(compared.pop("boot"), tol)
@@ -415,6 +433,7 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
     :attr:`.plan.Plan.family_size`. A grid that ran a part of the plan is compared with the plan's comparators it
     holds (the family is then the tests that part allows). ``setting``: the attack the relearning claims read
     (default: the plan's first; the plan's ``[attack]`` rule picks the primary one from the calibration).
+    A task enters a comparison with at least 2 (task, seed) pairs (one pair has no seed-to-seed spread).
     ``attack_untestable``: why no attack setting can judge the relearning claims (:func:`.plan.attack_untestable`).
     """
     claims = tuple((c.statement, c.metric, {d: c.instrument for d in c.datasets}) for c in p.claims)
@@ -424,7 +443,7 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
         raise ValueError(f"{out_dir} holds cells of {sorted(present)}; plan {p.name!r} compares {p.subject!r} with "
                          f"{list(p.comparators)}. Fix: run the subject and at least one comparator.")
     return verdicts_v2(out_dir, comparators=comparators, alpha=p.alpha, completeness=p.edit_completeness,
-                       attack_untestable=attack_untestable,
+                       attack_untestable=attack_untestable, min_pairs_per_task=2,
                        margin=p.testability_margin, n_boot=p.n_boot, rng=rng, claims=claims,
                        side_effects=tuple((e.id, e.metric, e.margin) for e in p.side_effects),
                        better_if_higher={c.metric: c.higher_is_better for c in p.claims},

@@ -176,9 +176,13 @@ def test_a_grid_is_judged_against_its_plan(tmp_path):
     auc = tested[tested["metric"] == "relearn_p_true_auc"]
     assert len(auc) == 8 and not auc["tasks"].str.contains("16").any()
     assert auc["note"].str.contains("held out fewer than 32 facts in the attack \\(8\\)").all()
-    assert auc["n_pairs"].tolist() == [sum(int(part.split(": ")[1]) for part in t.split(", ")) for t in auc["pairs_by_task"]]
-    # the same metric, comparator and pairs as the re-analysis with the same minimum: the same estimate
-    again = reanalysis.verdicts_v2(grid_dir, n_boot=1000, min_held_out=32, claims=[
+    # a task enters a comparison with 2 pairs or more: causal-tracing OT kept one complete edit-64 cell
+    assert auc["n_pairs"].tolist() == [sum(n for n in (int(part.split(": ")[1]) for part in t.split(", ")) if n >= 2)
+                                       for t in auc["pairs_by_task"]]
+    ct = auc.set_index(["dataset", "versus"]).loc[("sports", "OT (causal tracing)")]
+    assert ct["n_pairs"] == 3 and "edit 64 athletes: 1 pair(s), fewer than 2, left out" in ct["note"]
+    # the same metric, comparator and pairs as the re-analysis with the same minimums: the same estimate
+    again = reanalysis.verdicts_v2(grid_dir, n_boot=1000, min_held_out=32, min_pairs_per_task=2, claims=[
         c for c in reanalysis.CLAIMS if c[1] == "relearn_p_true_auc"])["verdicts"]
     key = ["dataset", "metric", "versus"]
     both = auc.merge(again[again["p_value"].notna()], on=key, suffixes=("", "_again"))
