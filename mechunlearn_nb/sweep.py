@@ -16,7 +16,9 @@ locating methods point at it) ranks with its *robustness* (how little of the fac
    (``<out>/cells/``, resumable; the unedited model's evaluation once per seed in ``<out>/baselines/``);
 4. :func:`correlations` gives the rank correlation (Spearman) of every evidence column with every robustness
    measure over the windows, what a replication with fresh seeds would give (:func:`statistics.rank_correlation`),
-   and how often the same evidence slid along the layers ranks as well (:func:`statistics.shift_null`).
+   and how often the same evidence slid along the layers ranks as well (:func:`statistics.shift_null`). One row,
+   fixed before the first cell, is the sweep's test (:data:`PRIMARY_EVIDENCE`, :func:`primary_result`); the others
+   describe.
 
 What the numbers cover: the interval, the seeds' noise (which facts, which batches) with the windows fixed; the
 shift null, whether evidence that is as smooth along the layers but points elsewhere would rank as well (15
@@ -50,6 +52,16 @@ REFERENCE = ("depth",)
 #: (``relearn_p_true_auc``: each attack setting's own column, :func:`metric_columns`)
 METRICS = {"edit_acc": False, "qa_forget_acc": True, "mcq_debiased_edit_acc": False, "relearn_p_true_auc": True,
            "relearn_acc": True, "probe_true": True, "maintain_acc": False, "lm_loss_change": True}
+
+
+#: The sweep's one test, fixed before its first cell: does causal tracing's evidence (Hase et al.'s question) rank the
+#: windows by how little of the edit the plan's primary attack brings back (:func:`primary_measure`), with the
+#: window's depth held fixed (``p_partial``, one-sided)? One, because the shift null's smallest p is 1/36 with 18
+#: blocks: a family of two could not reach ``ALPHA`` after any correction. Every other row of
+#: :func:`correlations` describes; none is a test.
+PRIMARY_EVIDENCE = "causal_tracing"
+#: the primary test's level
+ALPHA = 0.05
 
 
 def window_label(start: int, width: int = WIDTH) -> str:
@@ -236,6 +248,28 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
                                           "localization" else c).reset_index(drop=True)
 
 
+def primary_measure(config: grid.GridConfig) -> str:
+    """The primary test's measure: the held-out relearning area (lower: less comes back) of the grid's first attack
+    setting, the calibrated one where :func:`primary_attack` left it alone (``relearn_paper_p_true_auc``)."""
+    return f"relearn_{config.attack_settings[0]}_p_true_auc"
+
+
+def primary_result(table: pd.DataFrame, alpha: float = ALPHA) -> dict:
+    """The primary row of :func:`correlations` (``role == "primary"``) as a verdict: ``"supported"`` (the evidence
+    ranks robustness beyond depth: ``p_partial`` at or below ``alpha``), ``"not shown"``, or ``"not computed"``
+    (no such row, or no partial correlation: the ``reason`` says why), with its numbers."""
+    rows = table[table["role"] == "primary"] if "role" in table else table.iloc[:0]
+    if rows.empty:
+        return dict(verdict="not computed", reason="no primary row (its measure or evidence was not measured)")
+    r = rows.iloc[0]
+    out = dict(metric=r["metric"], evidence=r["evidence"], rho=r["rho"], robust_rho=r["robust_rho"], low=r["low"],
+               high=r["high"], partial_rho=r["partial_rho"], robust_partial_rho=r["robust_partial_rho"],
+               p_partial=r["p_partial"], p_floor=r["p_floor"], n_units=int(r["n_units"]), alpha=alpha)
+    if not np.isfinite(r["p_partial"]):
+        return dict(out, verdict="not computed", reason=r["note"] or "no partial correlation or no shift null")
+    return dict(out, verdict="supported" if r["p_partial"] <= alpha else "not shown", reason="")
+
+
 def metric_columns(cells: pd.DataFrame) -> dict[str, bool]:
     """:data:`METRICS` measured in ``cells``, ``{column: lower_is_more_robust}``; ``relearn_p_true_auc`` becomes
     one column per attack setting the cells ran (``relearn_scaled_p_true_auc``, ``relearn_paper_p_true_auc``)."""
@@ -249,7 +283,7 @@ def metric_columns(cells: pd.DataFrame) -> dict[str, bool]:
 
 def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFrame | None = None,
                  completeness: float | None = None, n_boot: int = 10000, level: float = 0.95,
-                 rng: int = 0) -> pd.DataFrame:
+                 rng: int = 0, primary: tuple[str, str] | None = None) -> pd.DataFrame:
     """The rank correlation of each evidence column with each measure over the windows.
 
     Args:
@@ -257,26 +291,35 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
         evidence: :func:`window_evidence` of the same windows.
         layers: :func:`layer_evidence` behind it, for the shift null (None: no ``p_shift``).
         completeness: cells whose edit accuracy on their trained prompts (``train_acc``) is below it are left out
-            of every measure (an incomplete edit says nothing about robustness); ``complete``, the share of a
-            window's seeds whose edit did complete, is then a measure of its own, over all cells (a window whose
-            edits do not take is not a robust place to edit). None keeps every cell.
+            of every measure (an incomplete edit says nothing about robustness; a missing one is not known to be
+            complete); ``complete``, the share of a window's seeds whose edit did complete, is then a measure of
+            its own, over all cells (a window whose edits do not take is not a robust place to edit). None keeps
+            every cell.
+        primary: ``(measure, evidence)`` of the one test (:data:`PRIMARY_EVIDENCE`, :func:`primary_measure`):
+            its row gets ``role == "primary"``, every other ``"descriptive"``.
 
     Returns:
         One row per (metric, evidence): ``rho`` (Spearman of the windows' levels, seeds fitted out:
         :func:`statistics.rank_correlation`), ``low, high`` (what a replication with fresh seeds would give, given
         these windows), ``p_shift`` (:func:`statistics.shift_null`, one-sided in the premise's direction: how often
-        the evidence slid along the blocks ranks as well; none for the ``depth`` reference) and ``p_shift_holm`` (Holm over the table's evidence rows),
-        ``n_units`` (windows), ``n_seeds``, ``residual_sd``, ``lower_is_more_robust``; ``partial_rho`` (the
+        the evidence slid along the blocks ranks as well; none for the ``depth`` reference), ``p_floor`` (the
+        smallest value the shifts allow, 1 / (shifts + 1)), ``n_units`` (windows), ``n_seeds``, ``residual_sd``,
+        ``lower_is_more_robust``; ``partial_rho`` (the
         rank correlation with the window's depth held fixed, :func:`statistics.partial_spearman`: what the evidence
-        says beyond where the window is; NaN below four windows) with ``p_partial`` (its shift null, one-sided) and
-        ``p_partial_holm``; ``robust_rho`` and ``robust_partial_rho`` are ``rho`` and ``partial_rho`` signed so that
+        says beyond where the window is; NaN below four windows) with ``p_partial`` (its shift null, one-sided);
+        ``role``: ``"primary"`` for the one test, ``"descriptive"`` for every other row (no family correction: with
+        at most 36 shifts no corrected family of these rows could reach 0.05, so they are not tests);
+        ``robust_rho`` and ``robust_partial_rho`` are ``rho`` and ``partial_rho`` signed so that
         positive means *more evidence, better* (more robust; for ``maintain_acc`` and ``lm_loss_change``: less
         damage elsewhere); ``note`` says why a row has no correlation or interval (e.g. fewer than three windows
         with a complete edit, or every window's edit complete alike).
     """
     measures = {}
     use = cells
-    if completeness is not None and "train_acc" in cells:
+    if completeness is not None:
+        if "train_acc" not in cells:
+            raise ValueError("completeness is given but the cells have no 'train_acc' (the edit's accuracy on its "
+                             "trained prompts). Fix: pass the sweep's cells (run_sweep), or completeness=None.")
         use = cells[cells["train_acc"] >= completeness]
         measures["complete"] = (cells.assign(value=(cells["train_acc"] >= completeness).astype(float)), False)
     for metric, lower in metric_columns(use).items():
@@ -290,11 +333,11 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
                 continue
             r = statistics.rank_correlation(values, ev_by[column], n_boot=n_boot, level=level, rng=rng)
             r.pop("p_value")  # the replication draws' side of zero: not a test of the windows (p_shift is)
-            shift = dict(p_shift=np.nan, n_shifts=0, partial_rho=np.nan, p_partial=np.nan)
+            shift = dict(p_shift=np.nan, n_shifts=0, p_floor=np.nan, partial_rho=np.nan, p_partial=np.nan)
             units = [u for u in values.dropna(subset=["value"])["unit"].unique()
                      if u in ev_by.index and pd.notna(ev_by.loc[u, column])]
             if column not in REFERENCE and np.isfinite(r["rho"]):
-                level_of = statistics.unit_levels(values, units)[0].to_numpy()
+                level_of = np.round(statistics.unit_levels(values, units)[0].to_numpy(), 12)  # as rank_correlation
                 depth = ev_by.loc[units, "depth"].to_numpy(float)
                 # what the evidence adds to knowing where the window is (Hase et al.'s question)
                 shift["partial_rho"] = statistics.partial_spearman(ev_by.loc[units, column].to_numpy(float), level_of,
@@ -305,19 +348,18 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
                     series = layers.sort_values("layer")[column].to_numpy(float)
                     direction = -1 if lower else 1  # the premise: more evidence, better
                     null = statistics.shift_null(series, blocks, level_of, direction=direction)
-                    shift.update(p_shift=null["p_shift"], n_shifts=null["n_shifts"])
+                    shift.update(p_shift=null["p_shift"], n_shifts=null["n_shifts"],
+                                 p_floor=1 / (null["n_shifts"] + 1) if null["n_shifts"] else np.nan)
                     if np.isfinite(shift["partial_rho"]):
                         shift["p_partial"] = statistics.shift_null(series, blocks, level_of, direction=direction,
                                                                    control=depth)["p_shift"]
             sign = -1 if lower else 1
-            rows.append(dict(metric=metric, evidence=column, lower_is_more_robust=lower, **r, **shift,
+            role = "primary" if primary is not None and (metric, column) == tuple(primary) else "descriptive"
+            rows.append(dict(metric=metric, evidence=column, role=role, lower_is_more_robust=lower, **r, **shift,
                              robust_rho=sign * r["rho"], robust_partial_rho=sign * shift["partial_rho"]))
-    table = pd.DataFrame(rows)
-    if len(table):
-        table["p_shift_holm"] = statistics.holm(table["p_shift"].to_numpy())
-        table["p_partial_holm"] = statistics.holm(table["p_partial"].to_numpy())
-    return table
+    return pd.DataFrame(rows)
 
 
-__all__ = ["TASK", "WIDTH", "EVIDENCE", "METRICS", "window_label", "windows", "window_config", "primary_attack", "layer_evidence",
+__all__ = ["TASK", "WIDTH", "EVIDENCE", "METRICS", "PRIMARY_EVIDENCE", "ALPHA", "primary_measure", "primary_result",
+           "window_label", "windows", "window_config", "primary_attack", "layer_evidence",
            "window_evidence", "sweep_evidence", "run_sweep", "metric_columns", "correlations"]

@@ -133,7 +133,8 @@ def test_correlations_find_a_planted_trend_and_leave_incomplete_edits_out():
     done = table[table["metric"] == "complete"].set_index("evidence")
     assert done.loc["depth", "rho"] == pytest.approx(-0.436, abs=0.001) and done.loc["depth", "n_units"] == 8
     tested = table.dropna(subset=["p_shift"])
-    assert (tested["p_shift_holm"] >= tested["p_shift"]).all()
+    assert np.allclose(tested["p_floor"], 1 / 18) and (tested["p_shift"] >= tested["p_floor"]).all()
+    assert (table["role"] == "descriptive").all()  # no primary named: every row describes
     few = sweep.correlations(cells[cells["localization"].isin(list(evidence["localization"])[:2])], evidence, n_boot=200)
     assert few["rho"].isna().all() and few["note"].str.contains("2 unit.*needs 3").all()
     # no trend, only noise: the replication interval covers zero
@@ -163,7 +164,41 @@ def test_partial_correlation_given_depth_separates_evidence_from_where_the_windo
     assert depth_only.loc["attribution", "robust_partial_rho"] < 0.5 and depth_only.loc["attribution", "p_partial"] > 0.2
     # evidence that is depth up to rank (causal tracing here) has nothing left once depth is held fixed
     assert np.isnan(depth_only.loc["causal_tracing", "partial_rho"]) and np.isnan(depth_only.loc["depth", "partial_rho"])
-    assert (informative["p_partial_holm"].dropna() >= informative["p_partial"].dropna()).all()
+
+
+def test_the_primary_test_is_one_named_row_and_its_verdict_could_go_either_way():
+    """One (measure, evidence) row is the sweep's test. A planted effect on a symmetric bump of evidence beats every
+    shift but the bump's own reverse (p = 2/18 on 9 blocks): it passes at alpha 0.12, not at 0.05; depth alone does
+    not pass at 0.12; a row that has no partial correlation is "not computed", with the reason."""
+    layers = _layers().assign(attribution=[0, 0.2, 0.6, 1.0, 0.6, 0.2, 0, 0, 0])
+    evidence = sweep.window_evidence(layers, {sweep.window_label(s, 2): SimpleNamespace(components=[f"m{s}", f"m{s + 1}"])
+                                              for s in range(8)})
+    bump = evidence.set_index("localization")["attribution"]
+    wobble = [0.02, -0.03, 0.01, 0.0, -0.02, 0.03, -0.01, 0.02]
+    primary = ("relearn_paper_p_true_auc", "attribution")
+
+    def table_of(metric_of_window):
+        return sweep.correlations(_cells(metric_of_window, noise=0.001), evidence, layers, n_boot=300, primary=primary)
+
+    informative = table_of(lambda s: 0.05 * s - 0.3 * bump[sweep.window_label(s, 2)])
+    assert (informative["role"] == "primary").sum() == 1
+    row = informative[informative["role"] == "primary"].iloc[0]
+    assert (row["metric"], row["evidence"]) == primary
+    assert sweep.primary_result(informative, alpha=0.12)["verdict"] == "supported"
+    strict = sweep.primary_result(informative)
+    assert strict["verdict"] == "not shown" and strict["p_partial"] == pytest.approx(2 / 18)
+    assert strict["p_floor"] == pytest.approx(1 / 18) and strict["robust_partial_rho"] > 0.9
+    assert sweep.primary_result(table_of(lambda s: 0.05 * s + wobble[s]), alpha=0.12)["verdict"] == "not shown"
+    traced = sweep.correlations(_cells(lambda s: 0.05 * s), evidence, layers, n_boot=300,
+                                primary=("relearn_paper_p_true_auc", "causal_tracing"))  # a ramp: depth up to rank
+    assert sweep.primary_result(traced)["verdict"] == "not computed"
+    assert sweep.primary_result(traced.drop(columns="role"))["reason"].startswith("no primary row")
+    from mechunlearn_nb import plan
+
+    config = plan.notebook_config({"PLAN": "v3", "TASKS": [sweep.TASK], "LOCALIZATIONS": ["fact lookup"]})
+    assert sweep.primary_measure(sweep.primary_attack(config, "paper")) == "relearn_paper_p_true_auc"
+    with pytest.raises(ValueError, match="no 'train_acc'.*Fix"):
+        sweep.correlations(_cells(lambda s: 0.1).drop(columns="train_acc"), evidence, layers, completeness=0.95)
 
 
 def test_sweep_evidence_is_located_once_and_refused_for_other_settings(tmp_path, monkeypatch):
