@@ -407,12 +407,40 @@ def plot_window_sweep(cells: pd.DataFrame, evidence: pd.DataFrame, metrics: Sequ
     return fig
 
 
-def plot_claims(verdicts: pd.DataFrame, title: str = "Fact lookup minus comparator, paired by (task, seed)"):
+#: short names of the claims' measures, for figures (a metric not listed keeps its column name)
+MEASURE_NAMES = {"mcq_debiased_edit_acc": "debiased multiple choice", "mcq_edit_acc": "multiple choice, new answer",
+                 "mcq_forget_acc": "multiple choice, old answer", "qa_forget_acc": "question-answer format",
+                 "paraphrase_edit_acc": "paraphrases", "relearn_p_true_auc": "relearning (area)",
+                 "relearn_p_true_max": "relearning (maximum)", "relearn_acc": "relearning (endpoint)",
+                 "probe_true": "probes", "maintain_acc": "side effect: other facts",
+                 "lm_loss_change": "side effect: general text"}
+
+
+def plot_claims(verdicts: pd.DataFrame, title: str | None = None, better_if_higher: dict | None = None):
     """Forest plot of :func:`~mechunlearn_nb.reanalysis.verdicts_v2`: each tested claim's difference with its
     bootstrap interval, one panel per dataset, coloured by verdict; untestable and too-coarse claims are listed in
-    the y labels with no interval."""
+    the y labels with no interval.
+
+    ``better_if_higher`` (``{metric: bool}``, e.g. :func:`~mechunlearn_nb.reanalysis.better_if_higher`): each
+    difference is signed so that **right means fact lookup better** (a lower relearning area, a higher
+    carry-over), every row on one reading; side effects alike (less damage: right). None: the raw differences.
+    """
     data = verdicts.copy()
-    data["row"] = data["metric"] + " vs " + data["versus"].str.replace("OT (", "OT-", regex=False).str.rstrip(")")
+    names = data["metric"].map(lambda m: MEASURE_NAMES.get(m, m))
+    data["row"] = names + " vs " + data["versus"].str.replace("OT (", "OT-", regex=False).str.rstrip(")")
+    if better_if_higher is not None:
+        missing = sorted(set(data.loc[data["diff"].notna(), "metric"]) - set(better_if_higher))
+        if missing:
+            raise ValueError(f"better_if_higher does not say which way is better for {missing}. Fix: add them, or "
+                             f"pass None for the raw differences.")
+        sign = data["metric"].map(lambda m: 1.0 if better_if_higher.get(m, True) else -1.0)
+        low, high = data["low"] * sign, data["high"] * sign
+        data["diff"], data["low"], data["high"] = data["diff"] * sign, np.minimum(low, high), np.maximum(low, high)
+        xlabel = "← comparator better · fact lookup better →  (95% two-level bootstrap)"
+        title = title or "Fact lookup against each comparator, paired by (task, seed)"
+    else:
+        xlabel = "FLU − comparator (95% two-level bootstrap)"
+        title = title or "Fact lookup minus comparator, paired by (task, seed)"
     datasets = list(dict.fromkeys(data["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 0.32 * data.groupby("dataset").size().max() + 1.5),
                              squeeze=False)
@@ -426,10 +454,11 @@ def plot_claims(verdicts: pd.DataFrame, title: str = "Fact lookup minus comparat
                 c = palette.get(r.verdict, "k")
                 ax.errorbar(r.diff, yi, xerr=[[r.diff - r.low], [r.high - r.diff]], fmt="o", color=c, capsize=3)
             else:
-                ax.text(0, yi, r.verdict, va="center", ha="center", fontsize=7, color="dimgray")
-        ax.axvline(0, color="k", lw=0.8)
+                ax.text(0, yi, r.verdict, va="center", ha="center", fontsize=7, color="dimgray",
+                        bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
+        ax.axvline(0, color="k", lw=0.8, zorder=0)
         ax.set_yticks(y, sub["row"], fontsize=7)
-        ax.set(xlabel="FLU − comparator (95% two-level bootstrap)", title=f"{ds}")
+        ax.set(xlabel=xlabel, title=f"{ds}")
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in palette.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(title)

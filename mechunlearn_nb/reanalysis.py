@@ -75,6 +75,13 @@ COUNT_OF = {"mcq_edit_acc": ("forget", {"sports": "mcq", "counterfact": "cf_mcq"
 FACTS_OF = {"cf_paraphrase": "cf_prompt"}
 
 
+def better_if_higher(p=None) -> dict[str, bool]:
+    """For every metric a claim or side effect reads, whether a higher value is better for the edit (the
+    relearning summaries: lower is better), with a plan's claims (:class:`.plan.Plan`) on top: what
+    :func:`.plots.plot_claims` needs to put "fact lookup better" on one side."""
+    return {**BETTER_IF_HIGHER, **({c.metric: c.higher_is_better for c in p.claims} if p is not None else {})}
+
+
 def _records(out_dir: str | Path) -> list[dict]:
     paths = sorted((Path(out_dir) / "cells").glob("*.json"))
     if not paths:

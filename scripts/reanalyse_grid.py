@@ -32,7 +32,8 @@ def main() -> None:
                         ("floor_ceiling", result["floor_ceiling"]), ("curve_summaries", curves)):
         with io.atomic_path(out / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
-    plots.save(plots.plot_claims(v[v["metric"].notna()]), out / "claims.png")
+    plots.save(plots.plot_claims(v[v["metric"].notna()], better_if_higher=reanalysis.better_if_higher()),
+               out / "claims.png")
     io.save_json(reanalysis.summary(result, alpha=args.alpha), out / "summary.json")
     print(v[["dataset", "metric", "versus", "n_pairs", "diff", "low", "high", "p_holm", "p_signflip_holm", "verdict"]]
           .to_string(index=False, float_format=lambda x: f"{x:.4f}"))

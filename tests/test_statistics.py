@@ -290,3 +290,25 @@ def test_verdicts_count_facts_not_prompts_and_leave_out_an_unmeasured_edit(tmp_p
                                    fixed_family=True)["verdicts"].set_index("claim")
     assert (fixed["family_size"] == 2).all()
     assert fixed.loc["paraphrases", "p_holm"] == pytest.approx(min(1.0, 2 * fixed.loc["paraphrases", "p_value"]))
+
+
+def test_the_claims_figure_puts_fact_lookup_better_on_the_right():
+    """Oriented by which way is better, a lower relearning area and a higher carry-over both plot right of zero;
+    raw, the area's difference stays negative; a metric with no direction is refused."""
+    from mechunlearn_nb import plan, plots, reanalysis
+
+    v = pd.DataFrame([dict(dataset="sports", metric="relearn_p_true_auc", versus="random", diff=-0.03, low=-0.05,
+                           high=-0.01, verdict="supported"),
+                      dict(dataset="sports", metric="mcq_debiased_edit_acc", versus="random", diff=0.1, low=0.05,
+                           high=0.15, verdict="supported")])
+
+    def points(fig):
+        return sorted(float(line.get_xdata()[0]) for line in fig.axes[0].lines if line.get_marker() == "o")
+
+    better = reanalysis.better_if_higher(plan.require("v3"))
+    assert better["mcq_debiased_edit_acc"] and not better["relearn_p_true_auc"]
+    oriented = plots.plot_claims(v, better_if_higher=better)
+    assert points(oriented) == pytest.approx([0.03, 0.1]) and "fact lookup better" in oriented.axes[0].get_xlabel()
+    assert points(plots.plot_claims(v)) == pytest.approx([-0.03, 0.1])
+    with pytest.raises(ValueError, match=r"which way is better for \['mcq_debiased_edit_acc'\]"):
+        plots.plot_claims(v, better_if_higher=reanalysis.better_if_higher())
