@@ -401,14 +401,14 @@ def attack_setting(p: Plan, calibration=None, unseparated: str = "refuse") -> st
     if calibration is None:
         return p.attack_settings[0]
     path, record = _calibration(p, calibration)
-    if record["primary"] is None:
+    if record.get("primary") is None:
         if unseparated == "first":
             return p.attack_settings[0]
         raise PlanError(f"{path}: {attack_untestable(p, path)}, so the attack cannot tell edits apart on this model "
                         f"and no relearning measure can be judged with it. Fix: leave the relearning measures out "
                         f"(notebook 09 reports its relearning claims as untestable by itself), or set CALIBRATION = "
                         f"None to read the plan's first setting uncalibrated.")
-    return record["primary"]
+    return record.get("primary")
 
 
 def notebook_config(parameters: dict):

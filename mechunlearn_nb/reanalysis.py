@@ -131,7 +131,10 @@ def baselines(out_dir: str | Path) -> pd.DataFrame:
     facts = frame.set_index(["task", "seed", "set", "format"])["n"]
     for fmt, one in FACTS_OF.items():
         rows_of = frame["format"] == fmt
-        frame.loc[rows_of, "n"] = [facts.get((r.task, r.seed, r.set, one), np.nan) for r in frame[rows_of].itertuples()]
+        counted = pd.Series([facts.get((r.task, r.seed, r.set, one), np.nan) for r in frame[rows_of].itertuples()],
+                            index=frame.index[rows_of], dtype=float)
+        frame.loc[counted.index, "n"] = counted.fillna(frame.loc[counted.index, "n_prompts"])
+        frame.loc[counted.index[counted.isna()], "source"] += f" (no {one} count: n counts prompts)"
     return frame.sort_values(["task", "set", "format", "seed"]).reset_index(drop=True)
 
 
@@ -325,6 +328,15 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
     rows = []
     for dataset in ("sports", "counterfact"):
         in_ds = complete[complete["task"].map(dataset_of) == dataset]
+        all_ds = cells[cells["task"].map(dataset_of) == dataset]  # before the exclusions
+
+        def measured(other: str, metric: str) -> bool:
+            """Did the grid measure ``metric`` for fact lookup and ``other`` on this dataset (before exclusions)? A
+            comparison it never measured is "no data" (outside the family); one whose cells were all excluded is
+            a test that could not run (inside it)."""
+            return metric in all_ds and all(all_ds.loc[all_ds["localization"] == loc, metric].notna().any()
+                                            for loc in (registry.FLU.label, other))
+
         for claim, metric, instruments in claims:
             fmt = instruments.get(dataset)
             if fmt is None:
@@ -333,17 +345,20 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
             tasks = [t for t in dict.fromkeys(in_ds["task"])
                      if metric in in_ds and in_ds.loc[in_ds["task"] == t, metric].notna().any()]
             testable, notes = [], []
-            if metric in CURVE_METRICS and attack_untestable and tasks:
+            if metric in CURVE_METRICS and attack_untestable:
                 for other in comparators:
                     rows.append(dict(dataset=dataset, claim=claim, metric=metric, versus=other, instrument=fmt, tasks="",
-                                     note=f"the attack: {attack_untestable}", verdict=statistics.UNTESTABLE))
+                                     note=f"the attack: {attack_untestable}",
+                                     verdict=statistics.UNTESTABLE if measured(other, metric) else "no data"))
                 continue
             of_claim = in_ds
             if metric in CURVE_METRICS and min_held_out:  # an attack's held-out half too small to separate edits
-                few = in_ds["n_relearn_acc"].fillna(0) < min_held_out
+                held = in_ds["n_relearn_acc"]
+                few = held.isna() | (held < min_held_out)
                 for t, g in in_ds[few].groupby("task", sort=False):
-                    notes.append(f"{t}: {len(g)} cell(s) held out fewer than {min_held_out} facts in the attack "
-                                 f"({int(g['n_relearn_acc'].fillna(0).min())}), left out")
+                    sizes = g["n_relearn_acc"].dropna()
+                    notes.append(f"{t}: {len(g)} cell(s) held out fewer than {min_held_out} facts in the attack ("
+                                 + (f"{int(sizes.min())}" if len(sizes) else "no attack curve") + "), left out")
                 of_claim = in_ds[~few]
             for t in tasks:
                 if not (of_claim["task"] == t).any():
@@ -362,8 +377,12 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
             for other in comparators:
                 row = dict(dataset=dataset, claim=claim, metric=metric, versus=other, instrument=fmt,
                            tasks=", ".join(testable), note="; ".join(notes))
-                if not tasks:
+                if not measured(other, metric):
                     rows.append(dict(row, verdict="no data"))
+                    continue
+                if not tasks:  # measured, but every such cell was excluded as an incomplete edit
+                    rows.append(dict(row, n_pairs=0, verdict="too few pairs (0)",
+                                     note="every cell with this measure was excluded as an incomplete edit"))
                     continue
                 if not testable:
                     rows.append(dict(row, verdict=(statistics.UNTESTABLE if any("untestable" in n for n in notes)
@@ -376,6 +395,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 row["pairs_by_task"] = _pairs_by_task(pairs)
                 pairs, few = _enough_per_task(pairs, min_pairs_per_task)
                 row["note"] = "; ".join(filter(None, (row["note"], few)))
+                row["tasks"] = ", ".join(dict.fromkeys(pairs["task"]))
                 if len(pairs) < 2:
                     rows.append(dict(row, n_pairs=len(pairs), verdict=f"too few pairs ({len(pairs)})"))
                     continue
@@ -390,10 +410,11 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 row = dict(dataset=dataset, claim=f"side effects: {name} (equivalent within ±{tol})", metric=metric,
                            versus=other, instrument="", tasks=", ".join(dict.fromkeys(pairs["task"])), note="",
                            pairs_by_task=_pairs_by_task(pairs))
-                if len(pairs) == 0:
+                if not measured(other, metric):
                     rows.append(dict(row, n_pairs=0, verdict="no data"))
                     continue
                 pairs, row["note"] = _enough_per_task(pairs, min_pairs_per_task)
+                row["tasks"] = ", ".join(dict.fromkeys(pairs["task"]))
                 if len(pairs) < 2:
                     rows.append(dict(row, n_pairs=len(pairs), verdict=f"too few pairs ({len(pairs)})"))
                     continue
@@ -402,18 +423,21 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 compared.update(p_value=eq["p_value"], method=eq["method"], p_signflip=np.nan)
                 rows.append(dict(row, **compared, kind="equivalence"))
     out = pd.DataFrame(rows)
-    for col in ("p_value", "p_signflip", "kind", "diff"):  # (a grid where no claim could be tested has none)
+    for col in ("p_value", "p_signflip", "kind", "diff", "verdict", "instrument"):  # (absent when no row set them)
         if col not in out:
             out[col] = np.nan
+    out["verdict"] = out["verdict"].astype(object)  # filled below for the tested rows
     tested = out["p_value"].notna()
     out["p_holm"] = np.nan
     out["verdict_signflip"] = ""
-    family = int((out["verdict"] != "no data").sum()) if fixed_family else int(tested.sum())
+    in_family = out["verdict"] != "no data"
+    family = int(in_family.sum()) if fixed_family else int(tested.sum())
     out.loc[tested, "p_holm"] = statistics.holm(out.loc[tested, "p_value"], family_size=family)
     out["family_size"] = family
     flips = out["p_signflip"].notna()
     out["p_signflip_holm"] = np.nan
-    out.loc[flips, "p_signflip_holm"] = statistics.holm(out.loc[flips, "p_signflip"])
+    claim_family = int((in_family & (out["instrument"].fillna("") != "")).sum()) if fixed_family else None
+    out.loc[flips, "p_signflip_holm"] = statistics.holm(out.loc[flips, "p_signflip"], family_size=claim_family)
     for i in out.index[tested]:
         r = out.loc[i]
         significant = r["p_holm"] <= alpha

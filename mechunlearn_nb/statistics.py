@@ -534,7 +534,8 @@ def holm(p_values, family_size: int | None = None) -> np.ndarray:
     and values are capped at 1. A claim is rejected at level α when its adjusted p-value is ≤ α.
     (statsmodels' ``multipletests(method="holm")`` computes the same; it is not a dependency here.)
 
-    ``family_size``: the family fixed in advance (a plan's every claim × dataset × comparator), when some of its
+    ``family_size``: the family fixed in advance (a plan's every claim × dataset × comparator and every side
+    effect × dataset × comparator), when some of its
     tests could not be computed (an untestable instrument, too few pairs): each of those counts as a test with
     p = 1, so a test that could not run does not make the others' correction milder. None: the p-values given.
 

@@ -103,9 +103,9 @@ def primary_attack(config: grid.GridConfig, setting: str) -> grid.GridConfig:
     """``config`` running only the relearning attack ``setting`` (e.g. the one a calibration chose,
     :func:`plan.attack_setting`) instead of every setting of the plan.
 
-    A sweep correlates each measure with the evidence and corrects over the table: a second attack setting adds a
-    column of tests (less power to each) and one of its two attacks' time, to measure what the calibration
-    found equivalent on this model. Refuses a setting the grid does not run.
+    The sweep's test reads the primary attack's relearning area (:func:`primary_measure`); a second setting would
+    add a column of descriptive rows and one of its two attacks' time, to measure what the calibration found
+    equivalent on this model. Refuses a setting the grid does not run.
     """
     if setting not in config.attack_settings:
         raise ValueError(f"attack setting {setting!r}: this grid runs only {list(config.attack_settings)} (a FAST "
@@ -264,7 +264,7 @@ def primary_result(table: pd.DataFrame, alpha: float = ALPHA) -> dict:
     r = rows.iloc[0]
     out = dict(metric=r["metric"], evidence=r["evidence"], rho=r["rho"], robust_rho=r["robust_rho"], low=r["low"],
                high=r["high"], partial_rho=r["partial_rho"], robust_partial_rho=r["robust_partial_rho"],
-               p_partial=r["p_partial"], p_floor=r["p_floor"], n_units=int(r["n_units"]), alpha=alpha)
+               p_partial=r["p_partial"], p_floor=r["p_floor_partial"], n_units=int(r["n_units"]), alpha=alpha)
     if not np.isfinite(r["p_partial"]):
         return dict(out, verdict="not computed", reason=r["note"] or "no partial correlation or no shift null")
     return dict(out, verdict="supported" if r["p_partial"] <= alpha else "not shown", reason="")
@@ -303,7 +303,8 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
         :func:`statistics.rank_correlation`), ``low, high`` (what a replication with fresh seeds would give, given
         these windows), ``p_shift`` (:func:`statistics.shift_null`, one-sided in the premise's direction: how often
         the evidence slid along the blocks ranks as well; none for the ``depth`` reference), ``p_floor`` (the
-        smallest value the shifts allow, 1 / (shifts + 1)), ``n_units`` (windows), ``n_seeds``, ``residual_sd``,
+        smallest value the shifts allow, 1 / (shifts + 1); ``p_floor_partial`` the same for ``p_partial``, whose
+        shifts drop any that leave no partial correlation), ``n_units`` (windows), ``n_seeds``, ``residual_sd``,
         ``lower_is_more_robust``; ``partial_rho`` (the
         rank correlation with the window's depth held fixed, :func:`statistics.partial_spearman`: what the evidence
         says beyond where the window is; NaN below four windows) with ``p_partial`` (its shift null, one-sided);
@@ -333,7 +334,8 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
                 continue
             r = statistics.rank_correlation(values, ev_by[column], n_boot=n_boot, level=level, rng=rng)
             r.pop("p_value")  # the replication draws' side of zero: not a test of the windows (p_shift is)
-            shift = dict(p_shift=np.nan, n_shifts=0, p_floor=np.nan, partial_rho=np.nan, p_partial=np.nan)
+            shift = dict(p_shift=np.nan, n_shifts=0, p_floor=np.nan, partial_rho=np.nan, p_partial=np.nan,
+                         p_floor_partial=np.nan)
             units = [u for u in values.dropna(subset=["value"])["unit"].unique()
                      if u in ev_by.index and pd.notna(ev_by.loc[u, column])]
             if column not in REFERENCE and np.isfinite(r["rho"]):
@@ -351,8 +353,9 @@ def correlations(cells: pd.DataFrame, evidence: pd.DataFrame, layers: pd.DataFra
                     shift.update(p_shift=null["p_shift"], n_shifts=null["n_shifts"],
                                  p_floor=1 / (null["n_shifts"] + 1) if null["n_shifts"] else np.nan)
                     if np.isfinite(shift["partial_rho"]):
-                        shift["p_partial"] = statistics.shift_null(series, blocks, level_of, direction=direction,
-                                                                   control=depth)["p_shift"]
+                        partial = statistics.shift_null(series, blocks, level_of, direction=direction, control=depth)
+                        shift.update(p_partial=partial["p_shift"], p_floor_partial=1 / (partial["n_shifts"] + 1)
+                                     if partial["n_shifts"] else np.nan)
             sign = -1 if lower else 1
             role = "primary" if primary is not None and (metric, column) == tuple(primary) else "descriptive"
             rows.append(dict(metric=metric, evidence=column, role=role, lower_is_more_robust=lower, **r, **shift,

@@ -194,3 +194,6 @@ def test_an_attack_that_separates_nothing_makes_the_relearning_claims_untestable
     assert (v["family_size"] == plain["family_size"]).all()  # the family is the plan's, tested or not
     others = ~relearning & v["p_value"].notna()
     assert np.allclose(v.loc[others, "diff"], plain.loc[others, "diff"])
+    # the 8 relearning tests now count as p = 1: every other test's correction is as strict or stricter, never milder
+    assert (v.loc[others, "p_holm"] >= plain.loc[others, "p_holm"] - 1e-12).all()
+    assert np.allclose(v.loc[others, "p_holm"], statistics.holm(v.loc[others, "p_value"], family_size=v["family_size"].iloc[0]))

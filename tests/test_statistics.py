@@ -170,8 +170,9 @@ def test_a_grid_is_judged_against_its_plan(tmp_path):
     assert {c.split(" (")[0] for c in side["claim"]} == {f"side effects: {e.id}" for e in p.side_effects}
     assert all(f"±{e.margin}" in " ".join(side["claim"]) for e in p.side_effects)
     tested = v[v["p_value"].notna()]
-    # Holm's family is the plan's: every row the grid has data for (here each of them got a p-value)
-    assert (v["family_size"] == (v["verdict"] != "no data").sum()).all() and tested["p_holm"].ge(tested["p_value"]).all()
+    # Holm's family is the plan's 44 tests less the 12 this grid never measured (debiased MC and QA: "no data")
+    assert p.family_size == 44 and (v["verdict"] == "no data").sum() == 12 and (v["family_size"] == 32).all()
+    assert tested["p_holm"].ge(tested["p_value"]).all()
     # the plan's held-out minimum (32): the 16-fact tasks (8 held out) leave the relearning claims, named in the note
     auc = tested[tested["metric"] == "relearn_p_true_auc"]
     assert len(auc) == 8 and not auc["tasks"].str.contains("16").any()
@@ -273,6 +274,8 @@ def test_verdicts_count_facts_not_prompts_and_leave_out_an_unmeasured_edit(tmp_p
         cell = json.loads(path.read_text())
         if cell["metrics"]["localization"] == "fact lookup" and cell["metrics"]["seed"] == 2:
             cell["metrics"]["edit_acc"] = None
+        if cell["metrics"]["localization"] == "all MLPs":  # every one incomplete
+            cell["metrics"]["edit_acc"] = 0.5
         (tmp_path / "cells" / path.name).write_text(json.dumps(cell))
     base = reanalysis.baselines(tmp_path).set_index(["seed", "set", "format"])
     assert base.loc[(0, "forget", "cf_paraphrase"), ["n", "n_prompts"]].tolist() == [64, 128]
@@ -281,7 +284,9 @@ def test_verdicts_count_facts_not_prompts_and_leave_out_an_unmeasured_edit(tmp_p
               ("no baseline", "paraphrase_edit_acc", {"counterfact": "cf_nowhere"}))
     r = reanalysis.verdicts_v2(tmp_path, comparators=("random",), n_boot=500, claims=claims, side_effects=())
     ex = r["excluded"]
-    assert ex[["localization", "seed"]].values.tolist() == [["fact lookup", 2]] and ex["edit_acc"].isna().all()
+    assert ex[["localization", "seed"]].values.tolist() == [["all MLPs", 0], ["all MLPs", 1], ["all MLPs", 2],
+                                                            ["fact lookup", 2]]
+    assert ex["edit_acc"].isna().sum() == 1
     v = r["verdicts"].set_index("claim")
     assert v.loc["paraphrases", "n_pairs"] == 2 and v.loc["paraphrases", "pairs_by_task"] == "counterfact 64: 2"
     assert v.loc["no baseline", "verdict"] == "no unedited baseline" and "cf_nowhere" in v.loc["no baseline", "note"]
@@ -290,6 +295,15 @@ def test_verdicts_count_facts_not_prompts_and_leave_out_an_unmeasured_edit(tmp_p
                                    fixed_family=True)["verdicts"].set_index("claim")
     assert (fixed["family_size"] == 2).all()
     assert fixed.loc["paraphrases", "p_holm"] == pytest.approx(min(1.0, 2 * fixed.loc["paraphrases", "p_value"]))
+    # a comparator measured but every cell excluded: a test that could not run (in the family); one never run: no data
+    three = reanalysis.verdicts_v2(tmp_path, comparators=("random", "all MLPs", "OT (nowhere)"), n_boot=500,
+                                   claims=claims[:1], side_effects=(("maintain", "maintain_acc", 0.05),),
+                                   fixed_family=True)["verdicts"].set_index(["dataset", "versus", "metric"])
+    assert three.loc[("counterfact", "all MLPs", "paraphrase_edit_acc"), "verdict"] == "too few pairs (0)"
+    assert three.loc[("counterfact", "all MLPs", "maintain_acc"), "verdict"] == "too few pairs (0)"
+    assert (three.xs("OT (nowhere)", level="versus")["verdict"] == "no data").all()
+    assert (three.xs("sports")["verdict"] == "no data").all()  # no sports cell here
+    assert (three["family_size"] == 4).all()  # random and all MLPs, a claim and a side effect each
 
 
 def test_the_claims_figure_puts_fact_lookup_better_on_the_right():
