@@ -256,8 +256,9 @@ def primary_measure(config: grid.GridConfig) -> str:
 
 def primary_result(table: pd.DataFrame, alpha: float = ALPHA) -> dict:
     """The primary row of :func:`correlations` (``role == "primary"``) as a verdict: ``"supported"`` (the evidence
-    ranks robustness beyond depth: ``p_partial`` at or below ``alpha``), ``"not shown"``, or ``"not computed"``
-    (no such row, or no partial correlation: the ``reason`` says why), with its numbers."""
+    ranks robustness beyond depth: ``p_partial`` at or below ``alpha``), ``"not shown"`` (also when the measure
+    ranks exactly as depth does: nothing is left for the evidence), or ``"not computed"`` (no such row, or no
+    partial correlation for another reason: the ``reason`` says why), with its numbers."""
     rows = table[table["role"] == "primary"] if "role" in table else table.iloc[:0]
     if rows.empty:
         return dict(verdict="not computed", reason="no primary row (its measure or evidence was not measured)")
@@ -266,6 +267,10 @@ def primary_result(table: pd.DataFrame, alpha: float = ALPHA) -> dict:
                high=r["high"], partial_rho=r["partial_rho"], robust_partial_rho=r["robust_partial_rho"],
                p_partial=r["p_partial"], p_floor=r["p_floor_partial"], n_units=int(r["n_units"]), alpha=alpha)
     if not np.isfinite(r["p_partial"]):
+        depth = table[(table["metric"] == r["metric"]) & (table["evidence"] == "depth")]["rho"]
+        if len(depth) and np.isfinite(depth.iloc[0]) and abs(depth.iloc[0]) > 1 - 1e-9:
+            return dict(out, verdict="not shown", reason=f"{r['metric']} ranks the windows exactly as their depth "
+                                                         f"does: nothing is left for the evidence")
         return dict(out, verdict="not computed", reason=r["note"] or "no partial correlation or no shift null")
     return dict(out, verdict="supported" if r["p_partial"] <= alpha else "not shown", reason="")
 
