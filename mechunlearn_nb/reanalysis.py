@@ -344,7 +344,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
             set_ = "forget" if fmt == "probe" else "maintain"
             tasks = [t for t in dict.fromkeys(in_ds["task"])
                      if metric in in_ds and in_ds.loc[in_ds["task"] == t, metric].notna().any()]
-            testable, notes = [], []
+            testable, notes, why = [], [], set()  # why: the verdicts of the tasks left out (the row's, in order)
             if metric in CURVE_METRICS and attack_untestable:
                 for other in comparators:
                     rows.append(dict(dataset=dataset, claim=claim, metric=metric, versus=other, instrument=fmt, tasks="",
@@ -357,6 +357,7 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 few = held.isna() | (held < min_held_out)
                 for t, g in in_ds[few].groupby("task", sort=False):
                     sizes = g["n_relearn_acc"].dropna()
+                    why.add(f"held-out half below {min_held_out} facts")
                     notes.append(f"{t}: {len(g)} cell(s) held out fewer than {min_held_out} facts in the attack ("
                                  + (f"{int(sizes.min())}" if len(sizes) else "no attack curve") + "), left out")
                 of_claim = in_ds[~few]
@@ -364,13 +365,16 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                 if not (of_claim["task"] == t).any():
                     continue
                 if (t, set_, fmt) not in verdict_of.index:
+                    why.add("no unedited baseline")
                     notes.append(f"{t}: no unedited baseline for {fmt}")
                     continue
                 v = verdict_of.loc[(t, set_, fmt)]
                 if v["verdict"] != statistics.TESTABLE:
+                    why.add(statistics.UNTESTABLE)
                     notes.append(f"{t}: untestable, unedited {fmt} {v['accuracy']:.2f} [{v['low']:.2f}, {v['high']:.2f}] "
                                  f"vs chance {v['chance']:.2f}")
                 elif (t, metric) in stuck:
+                    why.add("cannot discriminate (floor/ceiling)")
                     notes.append(f"{t}: cannot discriminate, {fc_status[(t, metric)]} for every localization")
                 else:
                     testable.append(t)
@@ -385,11 +389,9 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                                      note="every cell with this measure was excluded as an incomplete edit"))
                     continue
                 if not testable:
-                    rows.append(dict(row, verdict=(statistics.UNTESTABLE if any("untestable" in n for n in notes)
-                                                   else "cannot discriminate (floor/ceiling)"
-                                                   if any("cannot discriminate" in n for n in notes)
-                                                   else "no unedited baseline" if any("baseline" in n for n in notes)
-                                                   else f"held-out half below {min_held_out} facts")))
+                    order = (statistics.UNTESTABLE, "cannot discriminate (floor/ceiling)", "no unedited baseline",
+                             f"held-out half below {min_held_out} facts")
+                    rows.append(dict(row, verdict=next(w for w in order if w in why)))
                     continue
                 pairs = _pairs(of_claim[of_claim["task"].isin(testable)], other, metric)
                 row["pairs_by_task"] = _pairs_by_task(pairs)
