@@ -93,3 +93,89 @@ def outcome(checks: pd.DataFrame) -> str:
     if len(checks) == 0 or (checks["status"] == NO_REFERENCE).all():
         return NO_REFERENCE
     return "reproduced" if checks["ok"].astype(bool).all() else "not reproduced"
+
+
+#: ranges_from_cells: counts that follow from the plan (kept exact), counts that follow from measurements, the
+#: metrics that are a minimum or mean over every cell (and the cell column behind each), and times (no range)
+EXACT = ("n_cells", "n_verdicts", "family_size", "evaluation_rows")
+MEASURED_COUNTS = ("n_tested", "n_untestable", "n_testable_instruments", "n_excluded")
+OVER_ALL = {"min_edit_acc": "edit_acc", "mean_edit_acc": "edit_acc", "min_maintain_acc": "maintain_acc"}
+NO_RANGE = ("seconds", "grid_seconds", "cell_seconds_mean")
+
+
+def _floor_of(metric: str) -> float:
+    return 0.02 if "loss" in metric else 0.05
+
+
+def _bounded(metric: str) -> bool:
+    """Accuracies and probabilities live in [0, 1]; a loss change does not."""
+    return "loss" not in metric
+
+
+def _round(x: float) -> float:
+    return float(round(x, 3))
+
+
+def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[str, float, float, str]], list[str]]:
+    """Expected ranges of a full-size study's metrics, derived from its cells (``scripts/expected_ranges.py`` prints
+    them as TOML).
+
+    How each range is derived (fixed here, before the study's last cells; the same rule for every metric):
+
+    - counts that follow from the plan (cells, verdicts, Holm's family, evaluation rows): the value itself;
+    - counts that follow from measurements (tests with a p-value, untestable verdicts, testable instruments, excluded
+      edits): the value ± max(1, 10% of it);
+    - a localization's mean of a metric over its cells (``edit_acc__fact-lookup`` ...): the mean ± max(floor, 3 standard
+      errors over those cells); the floor is 0.05 for an accuracy or probability (3 facts of 64), 0.02 for a loss change;
+    - a minimum or mean over every cell (``min_edit_acc`` ...): the value ± max(floor, one standard deviation over the
+      cells);
+    - accuracies and probabilities are clipped to [0, 1]; times (``seconds`` ...) and settings get no range.
+
+    A range that would span all of [0, 1] is not returned but named in ``refused`` (it could not fail): such a metric
+    needs another rule or is left out.
+
+    Args:
+        metrics: the study's ``metrics.json`` (notebook 09 run on its folder).
+        cells: its cells, one row each (``grid.saved_cells``).
+
+    Returns:
+        ``(rows, refused)``: rows ``(metric, low, high, comment)`` in the order of ``metrics``, the comment giving the
+        measured value and the spread behind the range; ``refused`` names the metrics whose range would span all of
+        [0, 1].
+    """
+    from .io import slug
+
+    by_slug = {slug(loc): loc for loc in cells["localization"].unique()}
+    rows, refused = [], []
+    for key, value in metrics.items():
+        if key in NO_RANGE or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and math.isnan(value):
+            continue
+        if key in EXACT:
+            rows.append((key, value, value, f"{value}: follows from the plan"))
+            continue
+        if key in MEASURED_COUNTS:
+            half = max(1, math.ceil(0.1 * value))
+            rows.append((key, max(0, value - half), value + half, f"{value}"))
+            continue
+        metric, _, part = key.partition("__")
+        if key in OVER_ALL:
+            v = cells[OVER_ALL[key]].dropna()
+            half, how = max(_floor_of(key), float(v.std(ddof=1))), f"sd {v.std(ddof=1):.3f} over {len(v)} cells"
+        elif part in by_slug and metric in cells:
+            v = cells.loc[cells["localization"] == by_slug[part], metric].dropna()
+            if len(v) < 2:
+                continue
+            se = float(v.std(ddof=1)) / math.sqrt(len(v))
+            half, how = max(_floor_of(metric), 3 * se), f"{len(v)} cells, se {se:.3f}"
+        else:
+            continue
+        low, high = value - half, value + half
+        if _bounded(key):
+            low, high = max(0.0, low), min(1.0, high)
+            if low <= 0.0 and high >= 1.0:
+                refused.append(key)
+                continue
+        rows.append((key, _round(low), _round(high), f"{value:.3f} ({how})"))
+    return rows, refused

@@ -44,3 +44,28 @@ def test_no_fast_range_spans_every_fraction():
     for sizes in expected.EXPECTED.values():
         for ranges in sizes.values():
             assert all(low <= high and not math.isnan(low) for low, high in ranges.values())
+
+
+def test_ranges_from_cells_follow_their_spread_and_refuse_a_range_that_could_not_fail():
+    """The rule behind a study's full-size ranges: exact plan counts, 3 standard errors around a localization's mean
+    (with a floor), clipping to [0, 1], and no range that spans every fraction."""
+    import pandas as pd
+
+    cells = pd.DataFrame({"localization": ["fact lookup"] * 4 + ["random"] * 4,
+                          "edit_acc": [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0],
+                          "relearn_acc": [0.10, 0.20, 0.30, 0.40, 0.2, 0.2, 0.2, 0.2],
+                          "lm_loss_change": [0.01, 0.02, 0.03, 0.04, 0.0, 0.0, 0.0, 0.0]})
+    metrics = {"n_cells": 8, "seconds": 12.5, "plan": "v3", "n_excluded": 2, "edit_acc__fact-lookup": 1.0,
+               "edit_acc__random": 0.5, "relearn_acc__fact-lookup": 0.25, "lm_loss_change__fact-lookup": 0.025,
+               "min_edit_acc": 0.0, "relearn_acc__nowhere": 0.3}
+    rows, refused = expected.ranges_from_cells(metrics, cells)
+    got = {key: (low, high) for key, low, high, _ in rows}
+    assert got["n_cells"] == (8, 8) and got["n_excluded"] == (1, 3)
+    assert "seconds" not in got and "plan" not in got and "relearn_acc__nowhere" not in got
+    assert got["edit_acc__fact-lookup"] == (0.95, 1.0)  # no spread: the floor, clipped at 1
+    se = pd.Series([0.1, 0.2, 0.3, 0.4]).std() / 2  # 0.0645: 3 se = 0.194
+    assert got["relearn_acc__fact-lookup"] == (round(0.25 - 3 * se, 3), round(0.25 + 3 * se, 3))
+    assert got["lm_loss_change__fact-lookup"] == (0.005, 0.045)  # the loss floor, 0.02, not clipped at 0
+    sd = cells["edit_acc"].std()  # 0.463: a minimum over every cell, one standard deviation either side
+    assert got["min_edit_acc"] == (0.0, round(sd, 3))
+    assert refused == ["edit_acc__random"]  # half its edits failed: 0.5 ± 3 se spans [0, 1], which could not fail
