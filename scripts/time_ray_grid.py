@@ -1,6 +1,6 @@
 """Full-size grid cells on Ray with 1 and 2 workers, and one of them in one process: speed-up and identity.
 
-The cells: ``edit 64 athletes`` × (fact lookup, random of the same size) × seeds (0, 1) at notebook 09's
+The cells: ``edit 64 athletes`` × (fact lookup, random of the same size) × seeds (``--seeds``, default 0 and 1) at notebook 09's
 full sizes (the shipped grid's settings, ``results/09_comparison_full/grid_config.json``, with its located
 components, so nothing is located again; the edit's accuracies measured at its start and end only, as a cell keeps
 only the last). Steps, each into its own folder under ``--out``:
@@ -14,7 +14,7 @@ only the last). Steps, each into its own folder under ``--out``:
 ``summary.json`` holds the wall times, the speed-up (workers1 / workers2), every cell's seconds per phase,
 and whether each cell's metrics are identical across the runs.
 
-    python scripts/time_ray_grid.py --out results/grid_speed [--precision bfloat16-mixed] [--steps 1,2,3]
+    python scripts/time_ray_grid.py --out results/grid_speed [--precision bfloat16-mixed] [--steps 1,2,3] [--seeds 0]
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "results" / "09_comparison_full"
 
 
-def config_for(precision: str) -> grid.GridConfig:
+def config_for(precision: str, seeds: tuple[int, ...] = (0, 1)) -> grid.GridConfig:
     saved = json.loads((SHIPPED / "grid_config.json").read_text())
     base = grid.GridConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()
                               if k in grid.GridConfig.__dataclass_fields__})
     extra = {} if precision == "float32" else {"precision": precision}
     # the edit's accuracies only at its start and end (a cell keeps the last; the shipped grid measured every 10 steps)
-    return replace(base, tasks=("edit 64 athletes",), localizations=("fact lookup", "random"), seeds=(0, 1),
+    return replace(base, tasks=("edit 64 athletes",), localizations=("fact lookup", "random"), seeds=seeds,
                    edit_overrides={**base.edit_overrides, **extra, "eval_every": 0},
                    relearn_overrides={**base.relearn_overrides, **extra})
 
@@ -72,10 +72,11 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--steps", default="1,2,3,4", help="which steps to run (see the docstring)")
+    ap.add_argument("--seeds", default="0,1", help="the cells' seeds (2 cells per seed)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = config_for(args.precision)
+    config = config_for(args.precision, tuple(int(x) for x in args.seeds.split(",") if x))
     summary_path = out / "summary.json"
     summary = {}
 
