@@ -1,7 +1,7 @@
 """Full-size grid cells on Ray with 1 and 2 workers, and one of them in one process: speed-up and identity.
 
-The cells: ``edit 64 athletes`` × (fact lookup, random of the same size) × seeds (``--seeds``, default 0 and 1) at notebook 09's
-full sizes (the shipped grid's settings, ``results/09_comparison_full/grid_config.json``, with its located
+The cells: ``edit 64 athletes`` × (fact lookup, random of the same size) × seeds (``--seeds``, default 0 and 1) at
+notebook 09's full sizes (the shipped grid's settings, ``results/09_comparison_full/grid_config.json``, with its located
 components, so nothing is located again; the edit's accuracies measured at its start and end only, as a cell keeps
 only the last). Steps, each into its own folder under ``--out``:
 
