@@ -125,8 +125,9 @@ def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[st
     - counts that follow from the plan (cells, verdicts, Holm's family, evaluation rows): the value itself;
     - counts that follow from measurements (tests with a p-value, untestable verdicts, testable instruments, excluded
       edits): the value ± max(1, 10% of it);
-    - a localization's mean of a metric over its cells (``edit_acc__fact-lookup`` ...): the mean ± max(floor, 3 standard
-      errors over those cells); the floor is 0.05 for an accuracy or probability (3 facts of 64), 0.02 for a loss change;
+    - a localization's mean of a metric over its cells (``edit_acc__fact-lookup`` ...): the mean ± max(floor,
+      3 standard errors over those cells); the floor is 0.05 for an accuracy or probability (3 facts of 64), 0.02
+      for a loss change;
     - a minimum or mean over every cell (``min_edit_acc`` ...): the value ± max(floor, one standard deviation over the
       cells);
     - accuracies and probabilities are clipped to [0, 1]; times (``seconds`` ...) and settings get no range.
