@@ -112,10 +112,6 @@ def _bounded(metric: str) -> bool:
     return "loss" not in metric
 
 
-def _round(x: float) -> float:
-    return float(round(x, 3))
-
-
 def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[str, float, float, str]], list[str]]:
     """Expected ranges of a full-size study's metrics, derived from its cells (``scripts/expected_ranges.py`` prints
     them as TOML).
@@ -132,6 +128,7 @@ def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[st
       cells);
     - accuracies and probabilities are clipped to [0, 1]; times (``seconds`` ...) and settings get no range.
 
+    A localization's mean that differs from its cells' mean raises ValueError (metrics written from other cells).
     A range that would span all of [0, 1] is not returned but named in ``refused`` (it could not fail): such a metric
     needs another rule or is left out.
 
@@ -168,6 +165,9 @@ def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[st
             v = cells.loc[cells["localization"] == by_slug[part], metric].dropna()
             if len(v) < 2:
                 continue
+            if not math.isclose(value, float(v.mean()), rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(f"{key} = {value} in metrics.json, but its cells' mean is {float(v.mean())}: the metrics "
+                                 f"were written from other cells. Fix: rerun notebook 09 on this folder first.")
             se = float(v.std(ddof=1)) / math.sqrt(len(v))
             half, how = max(_floor_of(metric), 3 * se), f"{len(v)} cells, se {se:.3f}"
         else:
@@ -178,5 +178,5 @@ def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[st
             if low <= 0.0 and high >= 1.0:
                 refused.append(key)
                 continue
-        rows.append((key, _round(low), _round(high), f"{value:.3f} ({how})"))
+        rows.append((key, round(float(low), 3), round(float(high), 3), f"{value:.3f} ({how})"))
     return rows, refused

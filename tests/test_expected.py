@@ -69,3 +69,5 @@ def test_ranges_from_cells_follow_their_spread_and_refuse_a_range_that_could_not
     sd = cells["edit_acc"].std()  # 0.463: a minimum over every cell, one standard deviation either side
     assert got["min_edit_acc"] == (0.0, round(sd, 3))
     assert refused == ["edit_acc__random"]  # half its edits failed: 0.5 ± 3 se spans [0, 1], which could not fail
+    with pytest.raises(ValueError, match="rerun notebook 09"):  # metrics.json written from other cells
+        expected.ranges_from_cells({**metrics, "relearn_acc__fact-lookup": 0.3}, cells)
