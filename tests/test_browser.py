@@ -37,7 +37,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+# one JupyterLab server for the module: its tests stay on one test process (pytest-xdist, --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = REPO / "results" / "09_comparison_full"

@@ -18,6 +18,9 @@ import pytest
 
 from mechunlearn_nb import cluster, grid, models
 
+# one local Ray instance for the module: its tests stay on one test process (pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("ray")
+
 EDIT = dict(steps=2, batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16, eval_facts=4, eval_every=0)
 SMALL = dict(n_known=120, known_threshold=0.0, max_maintain=8, n_unrelated=0, probes=False, relearn_steps=(0, 1),
              edit_overrides=EDIT, relearn_overrides=dict(batch_size=4, maintain_batch_size=4, lm_tokens=16, lm_window=16),
