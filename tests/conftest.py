@@ -19,10 +19,15 @@ def _cores() -> int:
 
 
 def _available_bytes() -> int | None:
+    """Memory available to new processes (Linux's MemAvailable, which counts the page cache as free)."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def pytest_xdist_auto_num_workers(config):
