@@ -467,10 +467,19 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
     holds (the family is then the tests that part allows). ``setting``: the attack the relearning claims read
     (default: the plan's first; the plan's ``[attack]`` rule picks the primary one from the calibration).
     A task enters a comparison with at least 2 (task, seed) pairs (one pair has no seed-to-seed spread).
+    A folder holding a cell of a seed that is not one of the plan's test seeds (the tuning seed above all) is
+    refused with the cells named, not read.
     ``attack_untestable``: why no attack setting can judge the relearning claims (:func:`.plan.attack_untestable`).
     """
     claims = tuple((c.statement, c.metric, {d: c.instrument for d in c.datasets}) for c in p.claims)
-    present = set(grid.saved_cells(out_dir)["localization"])
+    cells = grid.saved_cells(out_dir)
+    foreign = cells[~cells["seed"].isin(p.test_seeds)]
+    if len(foreign):  # the tuning seed (or any other) would enter the verdicts unseen: refuse, naming the cells
+        named = ", ".join(f"{r.task} / {r.localization} / seed {r.seed}" for r in foreign.head(5).itertuples())
+        raise ValueError(f"{out_dir} holds {len(foreign)} cell(s) of seeds outside plan {p.name!r}'s test seeds "
+                         f"{list(p.test_seeds)} ({named}{', ...' if len(foreign) > 5 else ''}); the tuning seed "
+                         f"{p.tuning_seed} never enters a verdict. Fix: move those cells out of {Path(out_dir) / 'cells'}.")
+    present = set(cells["localization"])
     comparators = tuple(c for c in p.comparators if c in present)
     if p.subject not in present or not comparators:
         raise ValueError(f"{out_dir} holds cells of {sorted(present)}; plan {p.name!r} compares {p.subject!r} with "

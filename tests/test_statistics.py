@@ -156,7 +156,10 @@ def test_a_grid_is_judged_against_its_plan(tmp_path):
     from dataclasses import replace
     from pathlib import Path
 
-    from mechunlearn_nb import plan, reanalysis
+    import json
+
+    from mechunlearn_nb import grid, plan, reanalysis
+    from mechunlearn_nb.io import save_json
 
     grid_dir = Path(__file__).resolve().parents[1] / "results" / "09_comparison_full"
     p = replace(plan.require("v2"), n_boot=1000)
@@ -194,6 +197,13 @@ def test_a_grid_is_judged_against_its_plan(tmp_path):
     for cell in sorted((grid_dir / "cells").glob("edit-64-athletes__fact-lookup__*.json")):
         (alone / cell.name).write_text(cell.read_text())
     with pytest.raises(ValueError, match="run the subject and at least one comparator"):
+        reanalysis.plan_verdicts(tmp_path, p)
+    # a cell of the tuning seed among the test seeds' is refused, named, before any verdict reads it
+    tuned = json.loads((grid_dir / "cells" / "edit-64-athletes__random__0.json").read_text())
+    tuned["metrics"]["seed"] = p.tuning_seed
+    save_json(tuned, grid.cell_path(tmp_path, "edit 64 athletes", "random", p.tuning_seed))
+    with pytest.raises(ValueError, match=r"1 cell\(s\) of seeds outside plan 'v2'.*edit 64 athletes / random / seed 100"
+                                         r".*Fix: move those cells out"):
         reanalysis.plan_verdicts(tmp_path, p)
 
 
