@@ -1,5 +1,4 @@
 import os
-import sys
 
 import pytest
 
@@ -46,8 +45,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     _threads = str(max(1, _cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, _threads)
-    if "torch" in sys.modules:  # imported before this file: set it directly
-        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 #: the longest tests first, so that the processes end together instead of one waiting on a late notebook

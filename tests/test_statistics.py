@@ -153,10 +153,9 @@ def test_a_grid_is_judged_against_its_plan(tmp_path):
     grid (run before the plan): the plan's debiased multiple choice and QA-format metrics were never measured there
     ("no data"), its relearning claim reads the curve's area, and its numbers equal the re-analysis' for the same
     metric and comparator; a grid without the plan's subject or any comparator is refused."""
+    import json
     from dataclasses import replace
     from pathlib import Path
-
-    import json
 
     from mechunlearn_nb import grid, plan, reanalysis
     from mechunlearn_nb.io import save_json
