@@ -7,10 +7,11 @@ claim and task by task, first whether the claim *could* have been tested, then w
 1. **testability**: each instrument's unedited accuracy on held-out known facts (the "before" rows of every cell's
    evaluation table, or its ``base_*`` metrics) against the instrument's chance level
    (:func:`.statistics.testability`); a claim read through an untestable instrument gets "untestable on this model";
-2. **exclusions**: an edit that did not reach ``completeness`` (edit accuracy on its trained prompts) is reported and
-   left out of every claim, with its pair;
-3. **floor / ceiling**: a relearning metric at the floor or the ceiling for every localization on a task cannot rank
-   them (:func:`.statistics.floor_ceiling`); that task is left out of that claim;
+2. **exclusions**: an edit that did not reach ``completeness`` (edit accuracy on its trained prompts: the training's
+   final ``train_acc``, as the rates were tuned, or the evaluation's ``edit_acc`` in cells without it) is reported
+   and left out of every claim, with its pair;
+3. **floor / ceiling**: a relearning metric at the floor or the ceiling for every localization on a task (their
+   complete edits) cannot rank them (:func:`.statistics.floor_ceiling`); that task is left out of that claim;
 4. **paired comparison**: fact lookup minus a comparator on the same (task, seed), the two-level parametric
    bootstrap stratified by task (:func:`.statistics.parametric_bootstrap`), for the output-tracing variants *and*
    a random localization of the same budget; the area under the relearning curve, where every cell kept its
@@ -309,17 +310,27 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
         comparator) ``[low, high]``, ``p_value``, ``p_holm`` and ``verdict`` (bootstrap), and ``p_signflip``,
         ``p_signflip_holm``, ``verdict_signflip`` (the exact sign-flip test, Holm-corrected over the same claims);
         the instruments' testability; the cells left out as incomplete edits; the relearning summaries'
-        floor/ceiling status; per-cell curve summaries.
+        floor/ceiling status (judged on complete edits only); per-cell curve summaries (``complete``: whether the
+        cell's edit was complete and enters the claims).
     """
     better_if_higher = {**BETTER_IF_HIGHER, **(better_if_higher or {})}
     cells = cells_with_curves(out_dir, setting)
     per_fact_auc = fact_aucs(out_dir, setting)  # the relearning area's fact level, where the cells kept it
     test = testability_table(baselines(out_dir), margin=margin, n_boot=testability_n_boot, chance=chance, level=level)
-    ok = cells["edit_acc"] >= completeness  # an edit whose accuracy was not measured is not known to be complete
-    excluded = cells[~ok][["task", "localization", "seed", "edit_acc", "forget_acc"]]
+    # an edit is complete when its accuracy on its own trained prompts reaches ``completeness``: ``train_acc`` (the
+    # training's final accuracy, what the rates were tuned on), or the evaluation's ``edit_acc`` in cells that did
+    # not keep it (grids before the plans); an edit whose accuracy was not measured is not known to be complete
+    reached = cells["train_acc"] if "train_acc" in cells else cells["edit_acc"]
+    ok = reached >= completeness
+    excluded = cells[~ok][["task", "localization", "seed", "edit_acc", "forget_acc"]
+                          + (["train_acc"] if "train_acc" in cells else [])]
     complete = cells[ok]
     curve = statistics.curve_metrics(attack_curves(out_dir, setting))
-    fc = statistics.floor_ceiling(curve)
+    kept = pd.MultiIndex.from_frame(complete[["task", "localization", "seed"]].astype({"seed": int}))
+    curve["complete"] = pd.MultiIndex.from_frame(curve[["task", "localization", "seed"]].astype({"seed": int})).isin(kept)
+    # floor and ceiling are judged on the complete edits, as every claim is: an incomplete edit's curve would move a
+    # localization's mean off the floor or the ceiling that its complete edits sit at
+    fc = statistics.floor_ceiling(curve[curve["complete"]])
     stuck = {(r.task, metric) for metric, (q, s) in CURVE_METRICS.items()
              for r in fc[(fc["quantity"] == q) & (fc["metric"] == s) & (fc["status"] != "discriminates")].itertuples()}
     fc_status = {(r.task, metric): f"{r.status} ({r.lowest:.2f}–{r.highest:.2f})" for metric, (q, s) in CURVE_METRICS.items()
@@ -468,7 +479,8 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
     (default: the plan's first; the plan's ``[attack]`` rule picks the primary one from the calibration).
     A task enters a comparison with at least 2 (task, seed) pairs (one pair has no seed-to-seed spread).
     A folder holding a cell of a seed that is not one of the plan's test seeds (the tuning seed above all) is
-    refused with the cells named, not read.
+    refused with the cells named, not read; a folder holding every cell of the plan whose tests do not make the
+    plan's whole family (a measure missing from the cells) is refused after reading.
     ``attack_untestable``: why no attack setting can judge the relearning claims (:func:`.plan.attack_untestable`).
     """
     claims = tuple((c.statement, c.metric, {d: c.instrument for d in c.datasets}) for c in p.claims)
@@ -484,13 +496,24 @@ def plan_verdicts(out_dir: str | Path, p, setting: str | None = None, rng: int =
     if p.subject not in present or not comparators:
         raise ValueError(f"{out_dir} holds cells of {sorted(present)}; plan {p.name!r} compares {p.subject!r} with "
                          f"{list(p.comparators)}. Fix: run the subject and at least one comparator.")
-    return verdicts_v2(out_dir, comparators=comparators, alpha=p.alpha, completeness=p.edit_completeness,
+    result = verdicts_v2(out_dir, comparators=comparators, alpha=p.alpha, completeness=p.edit_completeness,
                        attack_untestable=attack_untestable, min_pairs_per_task=2,
                        margin=p.testability_margin, n_boot=p.n_boot, rng=rng, claims=claims,
                        side_effects=tuple((e.id, e.metric, e.margin) for e in p.side_effects),
                        better_if_higher={c.metric: c.higher_is_better for c in p.claims},
                        chance={c.instrument: c.chance for c in p.claims}, setting=setting or p.attack_settings[0],
                        level=p.level, testability_n_boot=p.n_boot, min_held_out=p.min_held_out, fixed_family=True)
+    design = {(t, loc, s) for t in p.tasks for loc in (p.subject, *p.comparators) for s in p.test_seeds}
+    v = result["verdicts"]
+    if design <= set(zip(cells["task"], cells["localization"], cells["seed"].astype(int))) and len(v) and \
+            int(v["family_size"].iloc[0]) != p.family_size:  # the whole plan ran: a test without data is an error
+        missing = v[v["verdict"] == "no data"]
+        named = "; ".join(f"{r.dataset} / {r.metric} / {r.versus}" for r in missing.head(5).itertuples())
+        raise ValueError(f"{out_dir} holds every cell of plan {p.name!r}, but {len(missing)} of its tests have no "
+                         f"data ({named}): Holm's family would be {int(v['family_size'].iloc[0])} instead of the plan's "
+                         f"{p.family_size}. Fix: the cells lack a measure the plan reads; recompute them with this "
+                         f"version of the package (delete their files in {Path(out_dir) / 'cells'} and run again).")
+    return result
 
 
 def summary(result: dict, alpha: float = 0.05) -> dict:

@@ -204,6 +204,12 @@ def test_a_grid_is_judged_against_its_plan(tmp_path):
     with pytest.raises(ValueError, match=r"1 cell\(s\) of seeds outside plan 'v2'.*edit 64 athletes / random / seed 100"
                                          r".*Fix: move those cells out"):
         reanalysis.plan_verdicts(tmp_path, p)
+    # a grid holding every cell of a plan must make the plan's whole family: here the first grid lacks the debiased
+    # multiple choice and the QA format (12 tests without data), which a plan of its own tasks and seeds refuses
+    own = replace(p, tasks=("edit 64 athletes", "counterfact 64"), test_seeds=(0, 1, 2))
+    with pytest.raises(ValueError, match=r"every cell of plan 'v2', but 12 of its tests have no data.*family would be "
+                                         r"32 instead of the plan's 44"):
+        reanalysis.plan_verdicts(grid_dir, own)
 
 
 def test_rank_correlation_ignores_seed_shifts_and_says_when_it_cannot_be_computed():
@@ -335,3 +341,44 @@ def test_the_claims_figure_puts_fact_lookup_better_on_the_right():
     assert points(plots.plot_claims(v)) == pytest.approx([-0.03, 0.1])
     with pytest.raises(ValueError, match=r"which way is better for \['mcq_debiased_edit_acc'\]"):
         plots.plot_claims(v, better_if_higher=reanalysis.better_if_higher())
+
+
+def test_completeness_reads_the_trained_prompts_accuracy_and_floor_ceiling_only_complete_edits(tmp_path):
+    """An edit is complete by its training's final accuracy on its own prompts (``train_acc``, what the rates were
+    tuned on) where the cell kept it, whatever the evaluation's ``edit_acc`` says. Floor and ceiling are judged on the
+    complete edits: every complete edit at the ceiling is "ceiling" however low an excluded one sits (reading the
+    excluded one too, fact lookup's mean would fall to 2/3 and the task would "discriminate")."""
+    import json
+    from pathlib import Path
+
+    from mechunlearn_nb import reanalysis
+
+    shipped = Path(__file__).resolve().parents[1] / "results" / "09_comparison_full" / "cells"
+    (tmp_path / "cells").mkdir()
+    for path in sorted(shipped.glob("edit-64-athletes__*.json")):
+        cell = json.loads(path.read_text())
+        m = cell["metrics"]
+        if m["localization"] not in ("fact lookup", "random"):
+            continue
+        incomplete = m["localization"] == "fact lookup" and m["seed"] == 0
+        m["edit_acc"], m["train_acc"] = 1.0, 0.5 if incomplete else 1.0
+        for row in cell["curve"]:
+            if row["half"].startswith("B"):
+                row["accuracy"] = row["p_true"] = 0.0 if incomplete else 1.0
+        (tmp_path / "cells" / path.name).write_text(json.dumps(cell))
+    claims = (("relearning", "relearn_p_true_auc", {"sports": "fact"}),)
+    r = reanalysis.verdicts_v2(tmp_path, comparators=("random",), n_boot=200, claims=claims, side_effects=())
+    ex = r["excluded"]
+    assert ex[["localization", "seed", "train_acc", "edit_acc"]].values.tolist() == [["fact lookup", 0, 0.5, 1.0]]
+    fc = r["floor_ceiling"].set_index(["task", "quantity", "metric"])["status"]
+    assert fc["edit 64 athletes", "p_true", "auc"] == fc["edit 64 athletes", "accuracy", "final"] == "ceiling"
+    curves = r["curves"].set_index(["localization", "seed"])
+    assert not curves.loc[("fact lookup", 0), "complete"].any() and curves.loc[("random", 0), "complete"].all()
+    assert "cannot discriminate" in r["verdicts"].iloc[0]["verdict"]
+    # without train_acc (cells of grids before the plans) the evaluation's edit accuracy decides, as before
+    for path in (tmp_path / "cells").glob("*.json"):
+        cell = json.loads(path.read_text())
+        del cell["metrics"]["train_acc"]
+        path.write_text(json.dumps(cell))
+    assert reanalysis.verdicts_v2(tmp_path, comparators=("random",), n_boot=200, claims=claims,
+                                  side_effects=())["excluded"].empty
