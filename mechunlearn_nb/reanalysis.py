@@ -326,8 +326,8 @@ def verdicts_v2(out_dir: str | Path, comparators=COMPARATORS, alpha: float = 0.0
                           + (["train_acc"] if "train_acc" in cells else [])]
     complete = cells[ok]
     curve = statistics.curve_metrics(attack_curves(out_dir, setting))
-    kept = pd.MultiIndex.from_frame(complete[["task", "localization", "seed"]].astype({"seed": int}))
-    curve["complete"] = pd.MultiIndex.from_frame(curve[["task", "localization", "seed"]].astype({"seed": int})).isin(kept)
+    keys = ["task", "localization", "seed"]
+    curve["complete"] = pd.MultiIndex.from_frame(curve[keys]).isin(pd.MultiIndex.from_frame(complete[keys]))
     # floor and ceiling are judged on the complete edits, as every claim is: an incomplete edit's curve would move a
     # localization's mean off the floor or the ceiling that its complete edits sit at
     fc = statistics.floor_ceiling(curve[curve["complete"]])
