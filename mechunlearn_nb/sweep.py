@@ -58,7 +58,9 @@ METRICS = {"edit_acc": False, "qa_forget_acc": True, "mcq_debiased_edit_acc": Fa
 #: windows by how little of the edit the plan's primary attack brings back (:func:`primary_measure`), with the
 #: window's depth held fixed (``p_partial``, one-sided)? One, because the shift null's smallest p is 1/36 with 18
 #: blocks: a family of two could not reach ``ALPHA`` after any correction. Every other row of
-#: :func:`correlations` describes; none is a test.
+#: :func:`correlations` describes; none is a test. 1/36 is the smallest p, not the test's false-positive rate: the
+#: shifts are not exchangeable with the real evidence, so how often noise reaches ``p_partial <= ALPHA`` is
+#: measured, not derived (tests/test_sweep.py simulates it on the shipped evidence).
 PRIMARY_EVIDENCE = "causal_tracing"
 #: the primary test's level
 ALPHA = 0.05
@@ -246,6 +248,15 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
     order = {label: i for i, label in enumerate(locs)}
     return pd.DataFrame(rows).sort_values(["localization", "seed"], key=lambda c: c.map(order) if c.name ==
                                           "localization" else c).reset_index(drop=True)
+
+
+def missing_cells(out_dir: str | Path, locs, seeds, task: str = TASK) -> list[tuple[str, int]]:
+    """The ``(window, seed)`` cells of a sweep not yet saved in ``out_dir``, windows in ``locs``' order.
+
+    A process that computed a share of the windows (:func:`run_sweep`'s ``starts``) reads here how much of the whole
+    sweep (``locs``: :func:`windows` without ``starts``) the folder holds; the analysis waits for none missing.
+    """
+    return [(label, seed) for label in locs for seed in seeds if not grid.cell_path(out_dir, task, label, seed).exists()]
 
 
 def primary_measure(config: grid.GridConfig) -> str:

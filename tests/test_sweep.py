@@ -227,6 +227,11 @@ def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, m
     assert (cells["lr"] == 3e-4).all() and cells["components"].tolist() == [["m0"], ["m0"], ["m1"], ["m1"]]
     assert len(list((tmp_path / "cells").glob("*.json"))) == 4 and len(list((tmp_path / "baselines").glob("*"))) == 2
     assert json.loads((tmp_path / "sweep.json").read_text()) == {"task": "edit 4 athletes", "width": 1, "seeds": [0, 1]}
+    whole = sweep.windows(tiny, 1)
+    assert sweep.missing_cells(tmp_path, whole, [0, 1], "edit 4 athletes") == []
+    share = tmp_path / "share"  # a share of the windows: the rest of the sweep is still missing
+    sweep.run_sweep(tiny, SMALL, share, width=1, starts=[1], task="edit 4 athletes", progress=False)
+    assert sweep.missing_cells(share, whole, [0, 1], "edit 4 athletes") == [("MLPs m0-m0", 0), ("MLPs m0-m0", 1)]
 
     def never(*args, **kwargs):
         raise AssertionError("a saved cell was computed again")
@@ -244,6 +249,8 @@ def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, m
         (fresh / name).write_text((tmp_path / name).read_text())
     with pytest.raises(ValueError, match="other settings"):
         sweep.run_sweep(tiny, faster, fresh, width=1, starts=[1], task="edit 4 athletes", progress=False)
+    assert sweep.missing_cells(fresh, whole, [0, 1], "edit 4 athletes") == [("MLPs m0-m0", 0), ("MLPs m0-m0", 1),
+                                                                         ("MLPs m1-m1", 0), ("MLPs m1-m1", 1)]
     # a saved cell edited at another rate than the folder's settings is refused when read back
     path = grid.cell_path(tmp_path, "edit 4 athletes", "MLPs m0-m0", 0)
     cell = json.loads(path.read_text())
@@ -263,7 +270,9 @@ def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, m
 def test_the_primary_test_on_the_shipped_evidence_can_find_an_effect_and_keeps_its_error_rate():
     """On the sweep's own per-block evidence (18 blocks, 15 windows, 3 seeds): robustness that follows causal
     tracing's evidence (on top of a depth trend) is found in most runs; robustness that follows depth alone, or a
-    bump where the evidence is not, is rarely called supported (the one-sided shift null's level is 1/36)."""
+    bump where the evidence is not, is rarely called supported; noise alone, independent across windows, is called
+    supported about as often as the test's level says (its smallest p, 1/36, is not its false-positive rate: the
+    shifts of one evidence series are not exchangeable with it, so the rate is measured here)."""
     root = Path(__file__).resolve().parents[1] / "results" / "10_localization_sweep"
     layers = pd.read_csv(root / "layer_evidence.csv")
     locs = {sweep.window_label(s, 4): SimpleNamespace(components=[f"m{b}" for b in range(s, s + 4)]) for s in range(15)}
@@ -286,3 +295,26 @@ def test_the_primary_test_on_the_shipped_evidence_can_find_an_effect_and_keeps_i
     depth = verdicts(lambda w: 0.5 + 0.005 * by.loc[w, "start"], 30)
     elsewhere = verdicts(lambda w: 0.5 - 0.05 * np.exp(-((by.loc[w, "start"] - 10) / 2.0) ** 2), 15)
     assert (depth == "supported").mean() <= 0.15 and (elsewhere == "supported").mean() <= 0.1
+    noise = verdicts(lambda w: 0.5, 200)  # no effect at all: the false-positive rate (0.05 is the level)
+    assert (noise == "supported").mean() <= 0.1
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_a_share_of_the_windows_computes_its_cells_and_draws_nothing(tmp_path):
+    """Notebook 10 run with a share of the windows (one process of several on the same folder) saves its cells and
+    writes none of the analysis: no cells.csv, correlations.csv, figure or metrics.json from a part of the sweep."""
+    import nbformat
+
+    from mechunlearn_nb import runner
+
+    nb_path = Path(__file__).resolve().parents[1] / "notebooks" / "10_localization_sweep.ipynb"
+    metrics = runner.run_notebook(nb_path, tmp_path, {"FAST": True, "MODEL_NAME": None, "STARTS": [14]}, timeout=1800)
+    out = tmp_path / nb_path.stem
+    assert metrics == {}
+    assert sorted(p.name for p in (out / "cells").glob("*.json")) == [
+        "edit-8-athletes__mlps-m14-m17__0.json", "edit-8-athletes__mlps-m14-m17__1.json"]
+    assert not any((out / name).exists() for name in ("cells.csv", "correlations.csv", "window_sweep.png", "metrics.json"))
+    printed = "".join(o.get("text", "") for c in nbformat.read(tmp_path / nb_path.name, as_version=4).cells
+                      if c.cell_type == "code" for o in c.outputs)
+    assert "a share of the sweep: the folder holds 2 of its 6 cells" in printed and "primary test" not in printed
