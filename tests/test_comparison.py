@@ -405,3 +405,40 @@ def test_the_v2_study_cells_follow_their_plan():
     for dataset in ("sports", "counterfact"):
         drawn = [c for (d, _), c in random_components.items() if d == dataset]
         assert len(set(drawn)) == len(drawn)
+
+
+def test_the_shipped_v2_study_is_complete_and_its_verdicts_and_tables_follow_from_its_cells():
+    """results/09_comparison_v2 holds every cell of plan v3; its metrics sit in expected.toml's full-size ranges and
+    its verdicts, intervals, exclusions and aggregate are what the plan's analysis reads from the cells again."""
+    import json
+
+    from mechunlearn_nb import expected, plan, reanalysis
+
+    root = Path(__file__).resolve().parents[1] / "results" / "09_comparison_v2"
+    p = plan.load("v3")
+    cells = grid.saved_cells(root)
+    assert len(cells) == len(p.tasks) * len(p.localizations) * len(p.test_seeds) == 75
+    assert grid.grid_progress(root, p.tasks, p.localizations, p.test_seeds)["left"].sum() == 0
+    metrics = json.loads((root / "metrics.json").read_text())
+    checked = expected.check("09_comparison", metrics, size="full")
+    assert len(checked) > 40 and checked["ok"].all(), checked[~checked["ok"]]
+    calibration = root.parent / "attack_calibration" / "v3" / "calibration.json"
+    setting = plan.attack_setting(p, calibration, unseparated="first")
+    assert setting == metrics["attack_setting"] == "paper"
+    again = reanalysis.plan_verdicts(root, p, setting=setting, attack_untestable=plan.attack_untestable(p, calibration))
+    shipped = pd.read_csv(root / "verdicts.csv")
+    v = again["verdicts"]
+    assert len(v) == p.family_size == 44 and (v["family_size"] == 44).all()
+    cols = ["dataset", "claim", "versus", "verdict"]
+    assert v[cols].values.tolist() == shipped[cols].values.tolist()
+    for col in ("diff", "low", "high", "p_holm"):
+        assert np.allclose(v[col], shipped[col], equal_nan=True), col
+    excluded = pd.read_csv(root / "excluded_cells.csv")
+    assert again["excluded"][["task", "localization", "seed"]].values.tolist() == \
+        excluded[["task", "localization", "seed"]].values.tolist()
+    assert (excluded["train_acc"] < p.edit_completeness).all() and len(excluded) == metrics["n_excluded"]
+    # every task's attack can rank the localizations (none at the floor or ceiling), unlike the first grid's
+    assert (again["floor_ceiling"]["status"] == "discriminates").all()
+    agg = statistics.aggregate(pd.concat([cells, statistics.unedited(cells)], ignore_index=True))
+    both = agg.merge(pd.read_csv(root / "aggregate.csv"), on=["task", "localization", "metric"], suffixes=("", "_shipped"))
+    assert len(both) == len(agg) and np.allclose(both["mean"], both["mean_shipped"], equal_nan=True)
