@@ -318,3 +318,28 @@ def test_a_share_of_the_windows_computes_its_cells_and_draws_nothing(tmp_path):
     printed = "".join(o.get("text", "") for c in nbformat.read(tmp_path / nb_path.name, as_version=4).cells
                       if c.cell_type == "code" for o in c.outputs)
     assert "a share of the sweep: the folder holds 2 of its 6 cells" in printed and "primary test" not in printed
+
+
+def test_the_shipped_sweep_cells_follow_its_settings():
+    """results/10_localization_sweep fills over sessions: every cell saved so far is a window of 4 MLPs of
+    edit 64 athletes at fact lookup's tuned sports rate and steps, seeds 0-2, attacked only in the calibrated setting
+    at the plan's steps, in the plan's precision; the folder's settings are the sweep's."""
+    from mechunlearn_nb import plan
+
+    root = Path(__file__).resolve().parents[1] / "results" / "10_localization_sweep"
+    p = plan.load("v3")
+    rate = json.loads((root.parent / "tuning" / "v3" / "rates.json").read_text())["rates"]["sports"]["fact lookup"]
+    assert json.loads((root / "sweep.json").read_text()) == {"task": sweep.TASK, "width": 4, "seeds": [0, 1, 2]}
+    config = json.loads((root / "grid_config.json").read_text())
+    assert config["attack_settings"] == ["paper"] and config["relearn_steps"] == list(p.relearn_steps)
+    paths = sorted((root / "cells").glob("*.json"))
+    assert paths, "the sweep has saved no cell"
+    labels = {sweep.window_label(s, 4): [f"m{b}" for b in range(s, s + 4)] for s in range(15)}
+    for path in paths:
+        cell = json.loads(path.read_text())
+        m = cell["metrics"]
+        assert path == grid.cell_path(root, m["task"], m["localization"], m["seed"])
+        assert m["task"] == sweep.TASK and m["seed"] in (0, 1, 2) and m["components"] == labels[m["localization"]]
+        assert m["lr"] == rate["lr"] and cell["edit_config"]["steps"] == rate["steps"], path.name
+        assert cell["edit_config"]["precision"] == p.precision
+        assert {(r["setting"], r["step"]) for r in cell["curve"]} == {("paper", k) for k in p.relearn_steps}
