@@ -5,7 +5,7 @@
       (minutes); --full at the paper's sizes (about a day on two cores). It prints its estimate first.
       --workers N computes notebook 09's grid on N Ray workers (a local Ray, or the cluster at ADDR).
   python -m mechunlearn_nb grid-status FOLDER [--tasks ...] [--seeds 0,1]
-      how far a comparison grid has got
+      how far a comparison grid (notebook 09) or a window sweep (notebook 10's folder) has got
   python -m mechunlearn_nb grid-plan CONFIG
       a grid config's cells, the resources each needs and the time it would take (no model loaded)
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -65,7 +66,8 @@ def _main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the notebooks of the series")
     sub.add_parser("prepare", help="build the embedded model's cache folder (first load) and report the time")
     status = sub.add_parser("grid-status", help="how far a comparison grid (notebook 09; by default its plan's whole "
-                                                "grid) has got, and the time left; reads its saved cells only")
+                                                "grid) or a window sweep (notebook 10's folder: its windows and "
+                                                "seeds) has got, and the time left; reads its saved cells only")
     status.add_argument("folder", help="the grid's output folder (a run's 09_comparison/, or notebook 09's OUTPUT_DIR)")
     status.add_argument("--workers", type=int, default=1, help="processes that will share the cells left (default 1)")
     status.add_argument("--plan", default=None,
@@ -176,6 +178,8 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     plan_name = plan.CURRENT if plan_name is None else plan_name
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}. Fix: --workers 1 (or more).")
+    if (Path(folder) / "sweep.json").exists():  # notebook 10's window sweep: its windows and seeds, not a plan's grid
+        return _sweep_status(folder, workers)
 
     def items(text):
         return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -208,6 +212,23 @@ def _grid_status(folder: str, workers: int, tasks: str | None = None, localizati
     if differ:
         print(f"Note: the cells in {folder} were computed with other settings than plan {fixed.name!r}'s full size "
               f"({', '.join(differ)} differ): they are counted here by name, but they are not that plan's cells.")
+    return 0
+
+
+def _sweep_status(folder: str, workers: int) -> int:
+    from . import sweep
+
+    try:
+        table = sweep.sweep_progress(folder)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))
+          .to_string(index=False))
+    left = table["seconds_left"].sum() / workers
+    pace = "" if table["done"].sum() else " (no cell saved yet: no pace to estimate from)"
+    print(f"window sweep: {table['done'].sum()} of {table['planned'].sum()} cells saved; about {left / 3600:.1f} h "
+          f"left with {workers} process(es) at the cells' measured pace{pace}. The correlations wait for all of them "
+          f"(notebook 10 with STARTS = None).")
     return 0
 
 

@@ -259,6 +259,34 @@ def missing_cells(out_dir: str | Path, locs, seeds, task: str = TASK) -> list[tu
     return [(label, seed) for label in locs for seed in seeds if not grid.cell_path(out_dir, task, label, seed).exists()]
 
 
+def sweep_progress(out_dir: str | Path) -> pd.DataFrame:
+    """How far a sweep saved in ``out_dir`` has got: one row per window, ``planned, done, left`` cells (its seeds),
+    ``cell_seconds`` (mean wall time of the sweep's saved cells) and ``seconds_left`` (``left × cell_seconds``, one
+    process).
+
+    The windows are every run of ``width`` consecutive blocks of the model the evidence was located on (the rows of
+    ``layer_evidence.csv``), the seeds and task ``sweep.json``'s. Reads only: safe beside running processes.
+    ``FileNotFoundError`` (naming the fix) when the folder holds no sweep.
+    """
+    out_dir = Path(out_dir)
+    record = out_dir / "sweep.json"
+    if not record.exists() or not evidence_path(out_dir).exists():
+        raise FileNotFoundError(f"{out_dir} holds no window sweep (no sweep.json and layer_evidence.csv). Fix: give "
+                                f"the OUTPUT_DIR of a notebook-10 run, which writes both before its first cell.")
+    made = json.loads(record.read_text())
+    n_blocks = len(pd.read_csv(evidence_path(out_dir)))
+    labels = [window_label(s, made["width"]) for s in range(n_blocks - made["width"] + 1)]
+    missing = set(missing_cells(out_dir, labels, made["seeds"], made["task"]))
+    paces = grid.timings(out_dir).groupby(["localization", "seed"])["seconds"].sum()
+    pace = float(paces.mean()) if len(paces) else np.nan
+    rows = []
+    for label in labels:
+        left = sum((label, s) in missing for s in made["seeds"])
+        rows.append(dict(window=label, planned=len(made["seeds"]), done=len(made["seeds"]) - left, left=left,
+                         cell_seconds=pace, seconds_left=left * pace if left else 0.0))
+    return pd.DataFrame(rows)
+
+
 def primary_measure(config: grid.GridConfig) -> str:
     """The primary test's measure: the held-out relearning area (lower: less comes back) of the grid's first attack
     setting, the calibrated one where :func:`primary_attack` left it alone (``relearn_paper_p_true_auc``)."""
