@@ -361,7 +361,7 @@ def test_registry_entries_say_how_each_localization_is_built(tiny):
 
 
 def test_the_v2_study_cells_follow_their_plan():
-    """results/09_comparison_v2 fills over sessions: every cell saved so far is one of plan v3's, edited at its tuned
+    """results/09_comparison_v2 (filled over sessions): every saved cell is one of plan v3's, edited at its tuned
     rate through the components the study fixed (random: fact lookup's budget, drawn per seed), measured at the
     plan's relearning steps in both attack settings (and its 32 held-out facts one by one), and trained in the
     plan's precision."""
