@@ -97,10 +97,13 @@ def outcome(checks: pd.DataFrame) -> str:
 
 #: ranges_from_cells: counts that follow from the plan (kept exact), counts that follow from measurements, the
 #: metrics that are a minimum or mean over every cell (and the cell column behind each), and times (no range)
-EXACT = ("n_cells", "n_verdicts", "family_size", "evaluation_rows")
-MEASURED_COUNTS = ("n_tested", "n_untestable", "n_testable_instruments", "n_excluded")
+EXACT = ("n_cells", "n_verdicts", "family_size", "evaluation_rows", "n_windows", "width", "n_primary", "n_correlations")
+MEASURED_COUNTS = ("n_tested", "n_untestable", "n_testable_instruments", "n_excluded", "n_incomplete",
+                   "n_correlations_with_rho")
 OVER_ALL = {"min_edit_acc": "edit_acc", "mean_edit_acc": "edit_acc", "min_maintain_acc": "maintain_acc"}
-NO_RANGE = ("seconds", "grid_seconds", "cell_seconds_mean")
+NO_RANGE = ("seconds", "grid_seconds", "cell_seconds_mean", "sweep_seconds")
+#: ranges_from_cells: the share of a localization's cells whose edit completed (notebook 10's ``complete__<window>``)
+SHARE_OF_CELLS = "complete"
 
 
 def _floor_of(metric: str) -> float:
@@ -112,7 +115,8 @@ def _bounded(metric: str) -> bool:
     return "loss" not in metric
 
 
-def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[str, float, float, str]], list[str]]:
+def ranges_from_cells(metrics: dict, cells: pd.DataFrame, completeness: float | None = None
+                      ) -> tuple[list[tuple[str, float, float, str]], list[str]]:
     """Expected ranges of a full-size study's metrics, derived from its cells (``scripts/expected_ranges.py`` prints
     them as TOML).
 
@@ -126,6 +130,8 @@ def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[st
       for a loss change;
     - a minimum or mean over every cell (``min_edit_acc`` ...): the value ± max(floor, one standard deviation over the
       cells);
+    - the share of a localization's cells whose edit completed (``complete__<window>``, the window sweep's): the share
+      ± one cell's worth (1 / its cells);
     - accuracies and probabilities are clipped to [0, 1]; times (``seconds`` ...) and settings get no range.
 
     A localization's mean that differs from its cells' mean raises ValueError (metrics written from other cells).
@@ -135,6 +141,10 @@ def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[st
     Args:
         metrics: the study's ``metrics.json`` (notebook 09 run on its folder).
         cells: its cells, one row each (``grid.saved_cells``).
+        completeness: where the study's means read complete edits only (the window sweep's: notebook 10 leaves out
+            cells whose ``train_acc`` is below the plan's ``edit_completeness``), that threshold: a localization's
+            means and their spread are then taken over those cells, its ``complete__`` share over all of them.
+            None: every cell (notebook 09's).
 
     Returns:
         ``(rows, refused)``: rows ``(metric, low, high, comment)`` in the order of ``metrics``, the comment giving the
@@ -144,6 +154,10 @@ def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[st
     from .io import slug
 
     by_slug = {slug(loc): loc for loc in cells["localization"].unique()}
+    if completeness is not None and "train_acc" not in cells:
+        raise ValueError("completeness is given but the cells have no 'train_acc'. Fix: pass the sweep's saved cells "
+                         "(grid.saved_cells of its folder), or completeness=None.")
+    kept = cells if completeness is None else cells[cells["train_acc"] >= completeness]
     rows, refused = [], []
     for key, value in metrics.items():
         if key in NO_RANGE or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -161,13 +175,20 @@ def ranges_from_cells(metrics: dict, cells: pd.DataFrame) -> tuple[list[tuple[st
         if key in OVER_ALL:
             v = cells[OVER_ALL[key]].dropna()
             half, how = max(_floor_of(key), float(v.std(ddof=1))), f"sd {v.std(ddof=1):.3f} over {len(v)} cells"
+        elif metric == SHARE_OF_CELLS and completeness is not None and part in by_slug:
+            n = int((cells["localization"] == by_slug[part]).sum())
+            share = float((cells.loc[cells["localization"] == by_slug[part], "train_acc"] >= completeness).mean())
+            if not math.isclose(value, share, abs_tol=1e-9):
+                raise ValueError(f"{key} = {value} in metrics.json, but {share} of its {n} cells completed: the metrics "
+                                 f"were written from other cells. Fix: rerun the notebook on this folder first.")
+            half, how = 1 / n, f"{n} cells"
         elif part in by_slug and metric in cells:
-            v = cells.loc[cells["localization"] == by_slug[part], metric].dropna()
+            v = kept.loc[kept["localization"] == by_slug[part], metric].dropna()
             if len(v) < 2:
                 continue
             if not math.isclose(value, float(v.mean()), rel_tol=1e-9, abs_tol=1e-12):
                 raise ValueError(f"{key} = {value} in metrics.json, but its cells' mean is {float(v.mean())}: the metrics "
-                                 f"were written from other cells. Fix: rerun notebook 09 on this folder first.")
+                                 f"were written from other cells. Fix: rerun the notebook (09, or 10 for a sweep) on this folder first.")
             se = float(v.std(ddof=1)) / math.sqrt(len(v))
             half, how = max(_floor_of(metric), 3 * se), f"{len(v)} cells, se {se:.3f}"
         else:

@@ -9,6 +9,10 @@ a localization's mean ± max(floor, 3 standard errors over its cells); a minimum
 one standard deviation); accuracies clipped to [0, 1]; a range that would span all of [0, 1] is refused, not printed.
 
     python scripts/expected_ranges.py --grid results/09_comparison_v2 [--section 09_comparison.full]
+    python scripts/expected_ranges.py --grid results/10_localization_sweep --section 10_localization_sweep.full
+
+A window sweep's folder (notebook 10's: its metrics.json has ``n_windows``) is read as notebook 10 writes it: the
+window means over complete edits (the plan's ``edit_completeness``), the ``complete__`` shares over every cell.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from mechunlearn_nb import expected, grid
+from mechunlearn_nb import expected, grid, plan
 
 
 def main() -> int:
@@ -31,7 +35,9 @@ def main() -> int:
         print(f"No {path}. Fix: run notebook 09 on the study first (papermill ... -p OUTPUT_DIR {args.grid} with the "
               f"study's RATES and CALIBRATION), which writes it.", file=sys.stderr)
         return 2
-    rows, refused = expected.ranges_from_cells(json.loads(path.read_text()), grid.saved_cells(args.grid))
+    metrics = json.loads(path.read_text())
+    completeness = plan.require(metrics["plan"]).edit_completeness if "n_windows" in metrics else None
+    rows, refused = expected.ranges_from_cells(metrics, grid.saved_cells(args.grid), completeness=completeness)
     print(f"[{args.section}]")
     for key, low, high, comment in rows:
         print(f"{key} = [{low}, {high}]  # {comment}")

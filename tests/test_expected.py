@@ -69,5 +69,30 @@ def test_ranges_from_cells_follow_their_spread_and_refuse_a_range_that_could_not
     sd = cells["edit_acc"].std()  # 0.463: a minimum over every cell, one standard deviation either side
     assert got["min_edit_acc"] == (0.0, round(sd, 3))
     assert refused == ["edit_acc__random"]  # half its edits failed: 0.5 ± 3 se spans [0, 1], which could not fail
-    with pytest.raises(ValueError, match="rerun notebook 09"):  # metrics.json written from other cells
+    with pytest.raises(ValueError, match="rerun the notebook"):  # metrics.json written from other cells
         expected.ranges_from_cells({**metrics, "relearn_acc__fact-lookup": 0.3}, cells)
+
+
+def test_a_sweeps_ranges_read_its_complete_edits_and_the_share_that_completed():
+    """Notebook 10's window means are over complete edits (train_acc at or above the plan's completeness) and its
+    complete__ share over every cell: the ranges follow the same cells, and a share written from other cells is
+    refused."""
+    import pandas as pd
+
+    cells = pd.DataFrame({"localization": ["MLPs m0-m3"] * 3 + ["MLPs m1-m4"] * 3,
+                          "train_acc": [1.0, 1.0, 0.5, 1.0, 1.0, 1.0],
+                          "relearn_acc": [0.10, 0.20, 0.90, 0.2, 0.3, 0.4]})
+    metrics = {"n_windows": 2, "width": 4, "n_incomplete": 1, "sweep_seconds": 99.0,
+               "complete__mlps-m0-m3": 2 / 3, "complete__mlps-m1-m4": 1.0,
+               "relearn_acc__mlps-m0-m3": 0.15, "relearn_acc__mlps-m1-m4": 0.3}
+    rows, refused = expected.ranges_from_cells(metrics, cells, completeness=0.95)
+    got = {key: (low, high) for key, low, high, _ in rows}
+    assert got["n_windows"] == (2, 2) and got["width"] == (4, 4) and got["n_incomplete"] == (0, 2)
+    assert "sweep_seconds" not in got and not refused
+    assert got["complete__mlps-m0-m3"] == (0.333, 1.0) and got["complete__mlps-m1-m4"] == (0.667, 1.0)
+    se = pd.Series([0.1, 0.2]).std() / 2 ** 0.5  # the incomplete edit's 0.9 is not in the window's mean
+    assert got["relearn_acc__mlps-m0-m3"] == (round(0.15 - 3 * se, 3), round(0.15 + 3 * se, 3))
+    with pytest.raises(ValueError, match="completed"):
+        expected.ranges_from_cells({**metrics, "complete__mlps-m0-m3": 1.0}, cells, completeness=0.95)
+    with pytest.raises(ValueError, match="rerun the notebook"):  # every cell's mean is not what notebook 10 wrote
+        expected.ranges_from_cells(metrics, cells)
