@@ -227,7 +227,7 @@ def _sweep_status(folder: str, workers: int) -> int:
     left = table["seconds_left"].sum() / workers
     pace = "" if table["done"].sum() else " (no cell saved yet: no pace to estimate from)"
     print(f"window sweep: {table['done'].sum()} of {table['planned'].sum()} cells saved; about {left / 3600:.1f} h "
-          f"left with {workers} process(es) at the cells' measured pace{pace}. The correlations wait for all of them "
+          f"left with {workers} process(es) at the saved cells' median pace{pace}. The correlations wait for all of them "
           f"(notebook 10 with STARTS = None).")
     return 0
 

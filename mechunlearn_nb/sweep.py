@@ -261,8 +261,8 @@ def missing_cells(out_dir: str | Path, locs, seeds, task: str = TASK) -> list[tu
 
 def sweep_progress(out_dir: str | Path) -> pd.DataFrame:
     """How far a sweep saved in ``out_dir`` has got: one row per window, ``planned, done, left`` cells (its seeds),
-    ``cell_seconds`` (mean wall time of the sweep's saved cells) and ``seconds_left`` (``left × cell_seconds``, one
-    process).
+    ``cell_seconds`` (median wall time of the sweep's saved cells: a few slow ones, computed beside other work, do
+    not set the pace) and ``seconds_left`` (``left × cell_seconds``, one process).
 
     The windows are every run of ``width`` consecutive blocks of the model the evidence was located on (the rows of
     ``layer_evidence.csv``), the seeds and task ``sweep.json``'s. Reads only: safe beside running processes.
@@ -278,7 +278,7 @@ def sweep_progress(out_dir: str | Path) -> pd.DataFrame:
     labels = [window_label(s, made["width"]) for s in range(n_blocks - made["width"] + 1)]
     missing = set(missing_cells(out_dir, labels, made["seeds"], made["task"]))
     paces = grid.timings(out_dir).groupby(["localization", "seed"])["seconds"].sum()
-    pace = float(paces.mean()) if len(paces) else np.nan
+    pace = float(paces.median()) if len(paces) else np.nan
     rows = []
     for label in labels:
         left = sum((label, s) in missing for s in made["seeds"])

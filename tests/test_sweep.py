@@ -354,17 +354,18 @@ def test_grid_status_reads_a_sweep_folder_by_its_windows_and_seeds(tmp_path, cap
     layers.to_csv(tmp_path / "layer_evidence.csv", index=False)
     (tmp_path / "sweep.json").write_text(json.dumps({"task": "edit 4 athletes", "width": 4, "seeds": [0, 1]}))
     (tmp_path / "cells").mkdir()
-    for label, seed, seconds in (("MLPs m0-m3", 0, 100.0), ("MLPs m2-m5", 1, 300.0)):
+    for label, seed, seconds in (("MLPs m0-m3", 0, 100.0), ("MLPs m2-m5", 1, 300.0), ("MLPs m2-m5", 0, 2000.0)):
         metrics = dict(task="edit 4 athletes", localization=label, seed=seed)
         grid.cell_path(tmp_path, "edit 4 athletes", label, seed).write_text(
             json.dumps(dict(metrics=metrics, seconds=dict(edit=seconds / 2, relearn=seconds / 2))))
     table = sweep.sweep_progress(tmp_path)
     assert table["window"].tolist() == ["MLPs m0-m3", "MLPs m1-m4", "MLPs m2-m5"]
-    assert table["done"].tolist() == [1, 0, 1] and table["left"].tolist() == [1, 2, 1]
-    assert table["seconds_left"].tolist() == [200.0, 400.0, 200.0]  # at the mean pace of the saved cells
+    assert table["done"].tolist() == [1, 0, 2] and table["left"].tolist() == [1, 2, 0]
+    # at the median pace of the saved cells (300 s): the one computed beside other work (2,000 s) does not set it
+    assert table["seconds_left"].tolist() == [300.0, 600.0, 0.0]
     assert main(["grid-status", str(tmp_path), "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert "window sweep: 2 of 6 cells saved; about 0.1 h left with 2 process(es)" in out and "m1-m4" in out
+    assert "window sweep: 3 of 6 cells saved; about 0.1 h left with 2 process(es)" in out and "m1-m4" in out
     (tmp_path / "layer_evidence.csv").unlink()
     with pytest.raises(FileNotFoundError, match="no window sweep.*Fix"):
         sweep.sweep_progress(tmp_path)
