@@ -371,3 +371,37 @@ def test_grid_status_reads_a_sweep_folder_by_its_windows_and_seeds(tmp_path, cap
         sweep.sweep_progress(tmp_path)
     assert main(["grid-status", str(tmp_path)]) == 2  # one line naming the fix, no traceback
     assert "no window sweep" in capsys.readouterr().err
+
+
+def test_the_shipped_sweep_is_complete_and_its_correlations_follow_from_its_cells():
+    """results/10_localization_sweep holds all 45 cells (15 windows × seeds 0-2), and its correlations.csv, primary
+    verdict and metrics.json follow from them: recomputed here from the cells and layer_evidence.csv with the
+    notebook's settings (completeness, primary row, bootstrap seed), they agree to the last digit; the shipped
+    metrics pass the [10_localization_sweep.full] ranges."""
+    from mechunlearn_nb import expected, plan
+
+    root = Path(__file__).resolve().parents[1] / "results" / "10_localization_sweep"
+    p = plan.load("v3")
+    labels = [sweep.window_label(s, 4) for s in range(15)]
+    assert not sweep.missing_cells(root, labels, [0, 1, 2]), "the sweep is not complete"
+    cells = pd.DataFrame([json.loads(path.read_text())["metrics"] for path in sorted((root / "cells").glob("*.json"))])
+    assert len(cells) == 45
+    order = {label: i for i, label in enumerate(labels)}  # as run_sweep returns them: windows in layer order, then seeds
+    cells = cells.sort_values(["localization", "seed"], key=lambda c: c.map(order) if c.name == "localization" else c
+                              ).reset_index(drop=True)
+    layers = pd.read_csv(root / "layer_evidence.csv")
+    locs = {label: SimpleNamespace(components=[f"m{b}" for b in range(s, s + 4)]) for s, label in enumerate(labels)}
+    ev = sweep.window_evidence(layers, locs)
+    table = sweep.correlations(cells, ev, layers, completeness=p.edit_completeness,
+                               primary=("relearn_paper_p_true_auc", sweep.PRIMARY_EVIDENCE))
+    shipped = pd.read_csv(root / "correlations.csv")
+    assert shipped[["metric", "evidence", "role"]].values.tolist() == table[["metric", "evidence", "role"]].values.tolist()
+    for column in ("rho", "robust_rho", "low", "high", "p_shift", "partial_rho", "p_partial", "n_units"):
+        np.testing.assert_allclose(shipped[column].to_numpy(float), table[column].to_numpy(float), rtol=1e-9,
+                                   atol=1e-12, err_msg=column)
+    metrics = json.loads((root / "metrics.json").read_text())
+    verdict = sweep.primary_result(table)
+    assert metrics["primary"]["verdict"] == verdict["verdict"] and metrics["n_cells"] == 45
+    assert metrics["n_incomplete"] == int((~(cells["train_acc"] >= p.edit_completeness)).sum())
+    checked = expected.check("10_localization_sweep", metrics, size="full")
+    assert len(checked) > 20 and checked["ok"].all(), checked[~checked["ok"].astype(bool)]
