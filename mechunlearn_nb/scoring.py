@@ -16,6 +16,17 @@ How it stays right and fast:
   runs through the bridge's modules (hooks still fire) and only the gathered
   last positions go through the unembedding.
 - **Length-sorted batches**, so little compute is spent on padding.
+- **A shared prefix is computed once.** The prompts of a batch usually begin
+  with the same tokens (a format's instruction or example: the QA format's
+  first 41 of 48 tokens). :func:`hidden_states` runs that prefix for one row,
+  hands its keys and values to every row through a KV cache, and runs only the
+  rest of each prompt (:func:`shared_prefix_length`). The numbers equal a full
+  forward pass's to float rounding (the tests check 1e-4), gradients flow
+  through the prefix as through the rest, and it falls back to the full pass
+  whenever the result could differ: a hook on a hook point (patching, probes),
+  a soft prompt, a prompt longer than a sliding attention window, or a model
+  whose cache the first check finds not to reproduce the full pass.
+  :func:`full_forward` turns it off in a block (to compare).
 
 Multi-token answers. ``mode="first"`` (the default, and what the paper does
 for Sports Facts) scores the *first token* of each candidate: candidates whose
@@ -30,6 +41,8 @@ over the candidates (the paper's "normalised probability").
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -131,18 +144,99 @@ def device_of(model) -> torch.device:
     return next(hf_model(model).parameters()).device
 
 
+#: the fewest tokens a batch's rows must share before :func:`hidden_states` computes them once
+MIN_SHARED_PREFIX = 4
+_SHARE_PREFIX = [True]
+
+
+@contextlib.contextmanager
+def full_forward():
+    """Within the block every batch runs in full, its shared prefix computed once per row (as before the
+    prefix cache; to compare the two or to rule it out)."""
+    _SHARE_PREFIX.append(False)
+    try:
+        yield
+    finally:
+        _SHARE_PREFIX.pop()
+
+
+def shared_prefix_length(input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"]) -> int:
+    """How many leading tokens every row has in common (all real tokens), at most ``pos - 1``."""
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
+    return min(int(same.long().cumprod(0).sum()), input_ids.shape[1] - 1)
+
+
+def _hooks_active(hf) -> bool:
+    """Whether a hook is on any of the bridge's hook points (``model.hooks(...)``, ``run_with_cache``: patching,
+    probes, tracing), where a hook must see every row at every position. (Other modules carry hooks of their own
+    that only capture outputs once a caller asks for them; they do not change a result.)"""
+    from transformer_lens.hook_points import HookPoint
+
+    return any((m._forward_hooks or m._forward_pre_hooks) for m in hf.modules() if isinstance(m, HookPoint))
+
+
+def _shared_forward(hf, input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int) -> torch.Tensor:
+    """The last hidden states of a batch whose first ``p`` tokens are the same in every row: the prefix once,
+    its keys and values repeated for every row, then the rest of each row on top of them."""
+    from transformers import DynamicCache
+
+    b = input_ids.shape[0]
+    cache = DynamicCache(config=hf.config)
+    # the bridge's attention reads the cache as ``layer_past``; transformers' layers pass it as ``cache``
+    head = hf.model(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], cache=cache,
+                    layer_past=cache, use_cache=True).last_hidden_state
+    cache.batch_repeat_interleave(b)
+    rest = hf.model(input_ids=input_ids[:, p:], attention_mask=attention_mask, cache=cache, layer_past=cache,
+                    use_cache=True).last_hidden_state
+    return torch.cat([head.expand(b, -1, -1), rest], dim=1)
+
+
+def _prefix_cache_works(hf, input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int) -> bool:
+    """Checked once per model, on its first shareable batch (two rows): does the cached prefix give the full
+    pass's numbers? A model or library version whose cache does not reach the attention fails it."""
+    ok = getattr(hf, "_mechunlearn_prefix_cache_ok", None)
+    if ok is None:
+        ids, mask = input_ids[:2], attention_mask[:2]
+        with torch.no_grad(), torch.autocast(device_type=ids.device.type, enabled=False):  # (in float32 even when
+            # the caller trains in mixed precision, so that rounding is not mistaken for a cache that fails)
+            full = hf.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            try:
+                shared = _shared_forward(hf, ids, mask, p)
+                real = mask.bool()
+                gap = (full[real] - shared[real]).float().norm() / full[real].float().norm()
+                # a cache that does not reach the attention is off by the values' own size (gap near 1); float
+                # rounding is 1e-6 in float32, about 1e-2 in a 16-bit model
+                ok = bool(gap <= (1e-3 if full.dtype in (torch.float32, torch.float64) else 5e-2))
+            except (TypeError, ValueError, RuntimeError, AttributeError):
+                ok = False
+        if not ok:
+            warnings.warn("This model's KV cache does not reproduce its full forward pass, so batches run in "
+                          "full (slower, same numbers).", stacklevel=3)
+        hf._mechunlearn_prefix_cache_ok = ok
+    return ok
+
+
 def hidden_states(model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
                   inputs_embeds: Float[torch.Tensor, "batch pos d_model"] | None = None) -> Float[torch.Tensor, "batch pos d_model"]:
-    """Final (normed) residual stream at every position, through the bridge's hooked modules."""
+    """Final (normed) residual stream at every position, through the bridge's hooked modules.
+
+    A prefix that every row shares (at least :data:`MIN_SHARED_PREFIX` tokens) is computed once (see the
+    module's notes), unless a hook is registered, embeddings are given, or :func:`full_forward` is on.
+    """
     hf = hf_model(model)
     dev = device_of(model)
     if attention_mask is not None:
         attention_mask = attention_mask.to(dev)
     if inputs_embeds is not None:
-        out = hf.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-    else:
-        out = hf.model(input_ids=input_ids.to(dev), attention_mask=attention_mask)
-    return out.last_hidden_state
+        return hf.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+    input_ids = input_ids.to(dev)
+    window = getattr(hf.config, "sliding_window", None)
+    if (_SHARE_PREFIX[-1] and attention_mask is not None and input_ids.shape[0] > 1
+            and (not window or input_ids.shape[1] <= window) and not _hooks_active(hf)):
+        p = shared_prefix_length(input_ids, attention_mask)
+        if p >= MIN_SHARED_PREFIX and _prefix_cache_works(hf, input_ids, attention_mask, p):
+            return _shared_forward(hf, input_ids, attention_mask, p)
+    return hf.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 def unembed(model, resid: Float[torch.Tensor, "... d_model"], token_ids: Sequence[int] | None = None

@@ -1,5 +1,6 @@
 """Models, data, prompts and scoring: unit tests on a tiny model, plus checks on the real one."""
 
+import contextlib
 import gzip
 import json
 
@@ -142,6 +143,71 @@ def test_batched_scoring_equals_one_at_a_time(tiny):
         np.testing.assert_allclose(batch["probs"][i], one["probs"][0], atol=1e-4, rtol=0)
     for norm in batch["probs_norm"]:
         assert norm.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def _fact_batch(model, n=8):
+    facts = data.load_sports().head(n)
+    ps = prompts.sports_prompts(facts, "fact")
+    seqs = [model.tokenizer(p)["input_ids"] for p in ps.prompts]
+    return scoring.pad_right(seqs, model.tokenizer.pad_token_id)
+
+
+def test_a_shared_prefix_computed_once_gives_the_full_pass_numbers_and_gradients(tiny):
+    ids, mask, last = _fact_batch(tiny)
+    assert len(set(mask.sum(1).tolist())) > 1  # rows of different lengths: padding inside the batch
+    p = scoring.shared_prefix_length(ids, mask)
+    assert scoring.MIN_SHARED_PREFIX <= p < ids.shape[1]
+    assert (ids[:, :p] == ids[:1, :p]).all() and not (ids[:, p] == ids[0, p]).all()
+    hf = models.hf_model(tiny)
+    weight = models.named_parameters(tiny)["model.layers.0.mlp.down_proj.weight"]
+    rows = torch.arange(len(ids))
+    results = []
+    for share in (True, False):
+        with models.only_trainable(tiny, {"w": weight}):
+            with (contextlib.nullcontext() if share else scoring.full_forward()):
+                h = scoring.hidden_states(tiny, ids, mask)
+            logp = torch.log_softmax(scoring.unembed(tiny, h[rows, last]), -1)
+            logp[:, 100].sum().backward()
+            results.append((h.detach(), logp.detach(), weight.grad.clone()))
+            weight.grad = None
+    assert hf._mechunlearn_prefix_cache_ok is True  # the shared path ran (its check passed)
+    (h1, lp1, g1), (h2, lp2, g2) = results
+    real = mask.bool()
+    torch.testing.assert_close(h1[real], h2[real], atol=1e-4, rtol=0)
+    torch.testing.assert_close(lp1, lp2, atol=1e-4, rtol=0)
+    assert (g1 - g2).norm() <= 1e-4 * g2.norm()
+
+
+def test_the_prefix_is_not_shared_while_a_hook_runs_or_when_the_cache_is_wrong(tiny, monkeypatch):
+    ids, mask, _ = _fact_batch(tiny)
+    hf = models.hf_model(tiny)
+    batches = []
+
+    def see(value, hook):
+        batches.append(tuple(value.shape[:2]))
+
+    with tiny.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", see)]):
+        scoring.hidden_states(tiny, ids, mask)
+    assert batches == [tuple(ids.shape)]  # one full pass: a hook sees every row at every position
+    assert scoring._hooks_active(hf) is False
+    scoring.hidden_states(tiny, ids, mask)  # (the model's one check of its cache, if not done yet)
+    rows = []
+    handle = hf.model.norm.register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    try:
+        scoring.hidden_states(tiny, ids, mask)  # no hook point in use: the prefix once, then the rest of every row
+    finally:
+        handle.remove()
+    assert rows == [1, len(ids)]
+    # a model whose cache does not reproduce the full pass: a warning, then full passes with the right numbers
+    other = models.tiny_model(seed=1)
+    monkeypatch.setattr(scoring, "_shared_forward", lambda hf, i, m, p: hf.model(input_ids=i, attention_mask=m
+                                                                                 ).last_hidden_state + 1.0)
+    with pytest.warns(UserWarning, match="does not reproduce its full forward pass"):
+        h = scoring.hidden_states(other, ids, mask)
+    assert models.hf_model(other)._mechunlearn_prefix_cache_ok is False
+    with scoring.full_forward():
+        ref = scoring.hidden_states(other, ids, mask)
+    torch.testing.assert_close(h, ref)
 
 
 def test_scoring_matches_bridge_forward(tiny):
