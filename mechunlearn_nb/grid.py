@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -635,11 +635,14 @@ class CellComputer:
         window = self.config.probe_window or probe_window_for(self.model, locs[registry.FLU.label])
         return self.compute_localization(task_name, loc, seed, probe_window=window)
 
-    def compute_localization(self, task_name: str, loc, seed: int, probe_window: tuple[int, int] | None = None) -> dict:
+    def compute_localization(self, task_name: str, loc, seed: int, probe_window: tuple[int, int] | None = None,
+                             edit_overrides: dict | None = None) -> dict:
         """The cell of a given :class:`~mechunlearn_nb.localization.Localization` (one outside the named ones, e.g.
-        a window of :mod:`.sweep`); ``probe_window``: default ``config.probe_window`` (None: the last layers)."""
+        a window of :mod:`.sweep`); ``probe_window``: default ``config.probe_window`` (None: the last layers);
+        ``edit_overrides``: this cell's edit settings in place of ``config.edit_overrides`` (a window's own rate)."""
         task, base, unrelated, base_probe = self._prepared(task_name, seed)
-        return run_cell(self.model, task, loc, seed, self.config, baseline=base, unrelated=unrelated,
+        config = self.config if edit_overrides is None else replace(self.config, edit_overrides=dict(edit_overrides))
+        return run_cell(self.model, task, loc, seed, config, baseline=base, unrelated=unrelated,
                         probe_window=probe_window or self.config.probe_window, base_probe=base_probe)
 
 

@@ -9,7 +9,8 @@ the size of fact lookup's four MLPs), several seeds each, and ask whether a wind
 locating methods point at it) ranks with its *robustness* (how little of the fact comes back).
 
 1. :func:`windows` builds the localizations; every window is the same kind and size, so every one edits at fact
-   lookup's tuned rate (:func:`window_config`);
+   lookup's tuned rate (:func:`window_config`), or at its own rate, tuned by the grid's rule on the tuning seed
+   (:func:`tune_windows`), so that a window far from fact lookup's layers completes its edit too;
 2. :func:`layer_evidence` turns one locating run (:func:`registry.locate`'s evidence: probes, attribution
    patching, causal tracing) into one row per block, :func:`window_evidence` into one row per window;
 3. :func:`run_sweep` computes each (window, seed) cell with :func:`grid.run_cell` and saves it as the grid does
@@ -36,8 +37,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import editing, grid, localization, registry, statistics
-from .io import atomic_path, save_json
+from . import editing, grid, localization, registry, statistics, tuning
+from .io import atomic_path, save_json, slug
 from .localization import Localization
 
 #: the task of the sweep (the plan's first athlete-editing task: 64 facts, 32 held out in the attack)
@@ -90,15 +91,87 @@ def windows(model, width: int = WIDTH, starts=None) -> dict[str, Localization]:
         meta=dict(method="window", start=s, width=width)) for s in sorted(set(starts))}
 
 
-def window_config(config: grid.GridConfig) -> grid.GridConfig:
-    """The grid settings of a sweep: ``config`` with fact lookup's tuned rate (and steps) for every window.
+def window_config(config: grid.GridConfig, rates: dict[str, dict] | None = None) -> grid.GridConfig:
+    """The grid settings of a sweep: ``config`` with fact lookup's tuned rate (and steps) for every window, or with
+    each window's own rate.
 
     A window is fact lookup's kind and size, so it edits at fact lookup's rate; where ``config.rates`` has none
     for sports, every window keeps the localized kind's default rate (as fact lookup would).
+
+    Args:
+        rates: ``{window label: {"lr", "steps"}}`` (:func:`tune_windows`' choice): each window edits at its own
+            rate and steps instead, as the grid gives each localization its own (``config.rates``).
     """
+    if rates is not None:  # each cell's own rate: window_edit_overrides
+        return replace(config, rates=None)
     rate = (config.rates or {}).get("sports", {}).get(registry.FLU.label)
     tuned = {} if rate is None else dict(rate) if isinstance(rate, dict) else {"lr": float(rate)}
     return replace(config, rates=None, edit_overrides={**config.edit_overrides, **tuned})
+
+
+def window_edit_overrides(cfg: grid.GridConfig, label: str, rates: dict[str, dict] | None = None) -> dict:
+    """The edit settings of window ``label`` under the sweep's settings ``cfg`` (:func:`window_config`'s): with
+    ``rates``, the window's own rate and steps on top."""
+    own = {} if rates is None else {k: rates[label][k] for k in ("lr", "steps") if rates[label].get(k) is not None}
+    return {**cfg.edit_overrides, **own}
+
+
+def window_trials_path(out_dir: str | Path, label: str) -> Path:
+    """Where :func:`tune_windows` keeps one window's trials: ``out_dir/window_tuning/<label>.csv``."""
+    return Path(out_dir) / "window_tuning" / f"{slug(label)}.csv"
+
+
+def window_rates_path(out_dir: str | Path) -> Path:
+    """Where :func:`tune_windows` keeps the windows' chosen rates once every window is tuned."""
+    return Path(out_dir) / "window_rates.json"
+
+
+def tune_windows(model, config: grid.GridConfig, out_dir: str | Path, completeness: float, tuning_seed: int,
+                 factors=tuning.FACTORS, fallback_steps: int | None = None, width: int = WIDTH, starts=None,
+                 task: str = TASK, known: pd.DataFrame | None = None, progress: bool = True) -> tuple[dict, pd.DataFrame]:
+    """Each window's own learning rate, by the rule the grid tunes its localizations with (:mod:`.tuning`).
+
+    At fact lookup's rate most windows far from fact lookup's layers may never complete their edit, and a window
+    whose edit did not take hold says nothing about robustness. So each window is tuned as a localization of the
+    plan is: the localized kind's default rate times each of ``factors``, on ``task`` drawn with ``tuning_seed``
+    (never a test seed), ``fallback_steps`` for a window with no complete edit, and the rule of
+    :func:`tuning.choose_rate` with ``completeness``. Each trial is saved as it finishes
+    (:func:`window_trials_path`, one file per window, so processes that split the windows by ``starts`` share
+    ``out_dir``) and a rerun reads them back; once every window of the sweep is tuned, the choice is saved in
+    :func:`window_rates_path` for :func:`run_sweep`'s ``rates``.
+
+    Returns:
+        ``({window label: {"lr", "steps", "complete", "reason"}}, trials)`` for the windows of ``starts``.
+    """
+    out_dir = Path(out_dir)
+    locs = windows(model, width, starts)
+    edit_overrides = {k: v for k, v in config.edit_overrides.items() if k != "lr"}
+    known = grid.known_facts(model, "sports", config) if known is None else known
+    tuning_task = grid.build_task(model, task, tuning_seed, config.max_forget, config.max_maintain, known=known)
+    chosen, tables = {}, []
+    for label, loc in tqdm(locs.items(), desc="window rates", disable=not progress):
+        path = window_trials_path(out_dir, label)
+        previous = pd.read_csv(path) if path.exists() else None
+        done = [] if previous is None else previous.to_dict("records")
+
+        def save(row, path=path, done=done):
+            done.append(row)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                pd.DataFrame(done, columns=tuning.COLUMNS).to_csv(tmp, index=False)
+
+        rate, trials = tuning.tune_rates(model, tuning_task, {label: loc}, completeness, factors=factors,
+                                         seed=tuning_seed, edit_overrides=edit_overrides,
+                                         eval_overrides=config.eval_overrides, progress=False, on_trial=save,
+                                         fallback_steps=fallback_steps, previous=previous)
+        chosen.update(rate)
+        tables.append(trials)
+    whole = windows(model, width)
+    if all(window_trials_path(out_dir, label).exists() for label in whole) and set(chosen) == set(whole):
+        save_json({"task": task, "width": width, "tuning_seed": tuning_seed, "completeness": completeness,
+                   "factors": list(factors), "fallback_steps": fallback_steps, "rates": chosen},
+                  window_rates_path(out_dir))
+    return chosen, pd.concat(tables, ignore_index=True)
 
 
 def primary_attack(config: grid.GridConfig, setting: str) -> grid.GridConfig:
@@ -191,8 +264,28 @@ def sweep_evidence(model, out_dir: str | Path, n_locate: int = 64, n_probe: int 
     return table
 
 
+def read_window_rates(path: str | Path, locs: dict[str, Localization]) -> dict[str, dict]:
+    """The windows' own rates from a :func:`window_rates_path` file (or its folder), checked to cover ``locs``.
+
+    Raises:
+        ValueError: no such file, or a window of ``locs`` without a rate (its tuning not finished).
+    """
+    path = Path(path)
+    path = window_rates_path(path) if path.is_dir() else path
+    if not path.exists():
+        raise ValueError(f"No window rates at {path}. Fix: tune the windows first (python scripts/tune_windows.py "
+                         f"--out {path.parent}), or WINDOW_RATES = None for fact lookup's rate everywhere.")
+    rates = json.loads(path.read_text()).get("rates", {})
+    missing = [label for label in locs if label not in rates or not rates[label].get("lr")]
+    if missing:
+        raise ValueError(f"{path} has no rate for {missing}. Fix: finish their tuning (scripts/tune_windows.py), "
+                         f"or use the window width it was tuned for.")
+    return {label: rates[label] for label in locs}
+
+
 def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = WIDTH, starts=None,
-              task: str = TASK, known: pd.DataFrame | None = None, progress: bool = True) -> pd.DataFrame:
+              task: str = TASK, known: pd.DataFrame | None = None, progress: bool = True,
+              rates: dict[str, dict] | None = None) -> pd.DataFrame:
     """Edit ``task`` through every window (:func:`windows`) with each of ``config.seeds``; save each cell.
 
     ``config``: a grid's settings (e.g. :func:`plan.notebook_config`'s), whose sports rate of fact lookup every
@@ -203,6 +296,7 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
     the seeds. Processes that share ``out_dir`` may split the windows (``starts``) between them: each saves only
     its own cells.
     ``known``: the sports facts the model knows, already scored (default: scored here as the grid does).
+    ``rates``: each window's own rate and steps (:func:`tune_windows`; default: fact lookup's for every window).
 
     Returns:
         One row per cell (``task, localization, seed`` and the grid's metrics), windows in layer order.
@@ -212,8 +306,14 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
                          f"{TASK!r}.")
     out_dir = Path(out_dir)
     locs = windows(model, width, starts)
-    cfg = window_config(config)
+    if rates is not None and (missing := [label for label in locs if label not in rates]):
+        raise ValueError(f"rates has no rate for {missing}. Fix: tune every window first (sweep.tune_windows), or "
+                         f"pass rates=None for fact lookup's rate everywhere.")
+    cfg = window_config(config, rates)
     record = dict(task=task, width=width, seeds=list(cfg.seeds))
+    if rates is not None:  # a folder of tuned windows is another sweep than one at fact lookup's rate
+        record["rates"] = {label: {k: rates[label].get(k) for k in ("lr", "steps")} for label in windows(model, width)
+                           if label in rates}
     saved = out_dir / "sweep.json"
     if saved.exists() and (old := json.loads(saved.read_text())) != record:
         raise ValueError(f"{out_dir} holds a sweep of {old}, not {record}. Fix: use a new OUTPUT_DIR for this one.")
@@ -234,7 +334,7 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
         path = grid.cell_path(out_dir, task, label, seed)
         if path.exists():
             cell = json.loads(path.read_text())
-            want = editing.EditConfig.for_localization(locs[label], **cfg.edit_overrides)
+            want = editing.EditConfig.for_localization(locs[label], **window_edit_overrides(cfg, label, rates))
             got = cell.get("edit_config", {})
             if abs(got.get("lr", want.lr) - want.lr) > 1e-12 * want.lr or got.get("steps", want.steps) != want.steps:
                 raise ValueError(f"{path} was edited at lr {got.get('lr')} for {got.get('steps')} steps, not lr "
@@ -242,7 +342,8 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
             rows.append(cell["metrics"])
             continue
         bar.set_postfix_str(f"{label} · seed {seed}")
-        cell = computer.compute_localization(task, locs[label], seed)
+        cell = computer.compute_localization(task, locs[label], seed,
+                                             edit_overrides=window_edit_overrides(cfg, label, rates))
         grid.save_cell(cell, out_dir)
         rows.append(cell["metrics"])
     order = {label: i for i, label in enumerate(locs)}

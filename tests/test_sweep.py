@@ -267,6 +267,56 @@ def test_run_sweep_saves_each_cell_and_a_rerun_reads_them_back(tiny, tmp_path, m
         sweep.run_sweep(tiny, SMALL, tmp_path / "cf", width=1, task="counterfact 4", progress=False)
 
 
+def _partial_rates(folder, chosen):
+    """A window_rates.json holding one window's rate only."""
+    path = sweep.window_rates_path(folder)
+    path.write_text(json.dumps({"rates": {"MLPs m1-m1": chosen["MLPs m1-m1"]}}))
+    return path
+
+
+def test_each_window_is_tuned_to_its_own_rate_and_the_sweep_edits_at_it(tiny, tmp_path, monkeypatch):
+    from mechunlearn_nb import editing
+
+    untuned = grid.GridConfig(**{**SMALL.__dict__, "rates": None})
+    args = dict(completeness=0.0, tuning_seed=100, factors=(0.5, 2.0), width=1, task="edit 4 athletes", progress=False)
+    share = tmp_path / "share"  # one process's share of the windows: no choice for the whole sweep yet
+    part, _ = sweep.tune_windows(tiny, untuned, share, starts=[1], **args)
+    assert list(part) == ["MLPs m1-m1"] and not sweep.window_rates_path(share).exists()
+    chosen, trials = sweep.tune_windows(tiny, untuned, tmp_path, **args)
+    default = editing.EditConfig.for_localization(sweep.windows(tiny, 1)["MLPs m0-m0"]).lr
+    assert trials.groupby("localization")["lr"].apply(sorted).to_dict() == {
+        "MLPs m0-m0": [0.5 * default, 2 * default], "MLPs m1-m1": [0.5 * default, 2 * default]}
+    assert (trials["steps"] == 2).all() and trials["complete"].all()  # completeness 0: every trial is complete
+    for label, rate in chosen.items():  # the rule: the most held-out maintain facts kept among complete edits
+        mine = trials[trials["localization"] == label]
+        assert rate["lr"] in mine["lr"].tolist() and rate["complete"] and rate["steps"] == 2
+        assert mine.loc[mine["lr"] == rate["lr"], "heldout_maintain_acc"].iloc[0] == mine["heldout_maintain_acc"].max()
+    saved = json.loads(sweep.window_rates_path(tmp_path).read_text())
+    assert saved["rates"] == chosen and saved["tuning_seed"] == 100 and saved["factors"] == [0.5, 2.0]
+    assert sorted(p.name for p in (tmp_path / "window_tuning").glob("*.csv")) == ["mlps-m0-m0.csv", "mlps-m1-m1.csv"]
+
+    def never(*a, **k):
+        raise AssertionError("a saved trial was run again")
+
+    monkeypatch.setattr(editing, "edit", never)
+    again, _ = sweep.tune_windows(tiny, untuned, tmp_path, **args)
+    assert again == chosen
+    monkeypatch.undo()
+    assert sweep.read_window_rates(tmp_path, sweep.windows(tiny, 1)) == chosen
+    with pytest.raises(ValueError, match=r"has no rate for \['MLPs m0-m0'\].*Fix: finish their tuning"):
+        sweep.read_window_rates(_partial_rates(share, chosen), sweep.windows(tiny, 1))
+    with pytest.raises(ValueError, match=r"No window rates at .*Fix: tune the windows first"):
+        sweep.read_window_rates(tmp_path / "nowhere", sweep.windows(tiny, 1))
+    cells = sweep.run_sweep(tiny, untuned, tmp_path / "sweep", width=1, task="edit 4 athletes", progress=False,
+                            rates=saved["rates"])
+    assert cells.groupby("localization")["lr"].first().to_dict() == {k: v["lr"] for k, v in chosen.items()}
+    with pytest.raises(ValueError, match=r"rates has no rate for \['MLPs m1-m1'\].*Fix"):
+        sweep.run_sweep(tiny, untuned, tmp_path / "other", width=1, task="edit 4 athletes", progress=False,
+                        rates={"MLPs m0-m0": chosen["MLPs m0-m0"]})
+    with pytest.raises(ValueError, match=r"holds a sweep of .*'rates'.*Fix"):  # fact lookup's rate into tuned windows
+        sweep.run_sweep(tiny, untuned, tmp_path / "sweep", width=1, task="edit 4 athletes", progress=False)
+
+
 def test_the_primary_test_on_the_shipped_evidence_can_find_an_effect_and_keeps_its_error_rate():
     """On the sweep's own per-block evidence (18 blocks, 15 windows, 3 seeds): robustness that follows causal
     tracing's evidence (on top of a depth trend) is found in most runs; robustness that follows depth alone, or a
