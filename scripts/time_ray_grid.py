@@ -8,6 +8,7 @@ only the last). Steps, each into its own folder under ``--out``:
 1. ``workers2``: the 4 cells on 2 Ray workers (one CPU each);
 2. ``workers1``: the same 4 cells on 1 Ray worker;
 3. ``one_process``: the first cell in this process with one torch thread (as a worker computes);
+5. ``one_process_all``: every cell in this process with one torch thread, one after another (a median on one core);
 4. Ray's start-up: ``ray.init`` of a local instance, and a worker's start with its model load, each timed
    apart from any cell.
 
@@ -101,10 +102,16 @@ def main() -> None:
         t0 = time.perf_counter()
         grid.run_grid(models.load_model(), one, out / "one_process", progress=True)
         save(one_process=dict(wall_s=round(time.perf_counter() - t0, 1), cells=1))
+    if 5 in steps:
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        grid.run_grid(models.load_model(), config, out / "one_process_all", progress=True)
+        save(one_process_all=dict(wall_s=round(time.perf_counter() - t0, 1), cells=len(grid.planned_cells(config))))
     if 4 in steps:
         save(startup=ray_startup())
     # what the runs agree on
-    runs = {name: cells_of(out / name) for name in ("workers2", "workers1", "one_process") if (out / name).exists()}
+    runs = {name: cells_of(out / name) for name in ("workers2", "workers1", "one_process", "one_process_all")
+            if (out / name).exists()}
     seconds, same = {}, {}
     for name, cells in runs.items():
         for key, cell in cells.items():
