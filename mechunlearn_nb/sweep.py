@@ -148,30 +148,29 @@ def tune_windows(model, config: grid.GridConfig, out_dir: str | Path, completene
     edit_overrides = {k: v for k, v in config.edit_overrides.items() if k != "lr"}
     known = grid.known_facts(model, "sports", config) if known is None else known
     tuning_task = grid.build_task(model, task, tuning_seed, config.max_forget, config.max_maintain, known=known)
-    chosen, tables = {}, []
-    for label, loc in tqdm(locs.items(), desc="window rates", disable=not progress):
-        path = window_trials_path(out_dir, label)
-        previous = pd.read_csv(path) if path.exists() else None
-        done = [] if previous is None else previous.to_dict("records")
+    paths = {label: window_trials_path(out_dir, label) for label in locs}
+    saved = [pd.read_csv(p) for p in paths.values() if p.exists()]
+    done = {label: (pd.read_csv(p).to_dict("records") if p.exists() else []) for label, p in paths.items()}
 
-        def save(row, path=path, done=done):
-            done.append(row)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                pd.DataFrame(done, columns=tuning.COLUMNS).to_csv(tmp, index=False)
+    def save(row):  # into its window's own file (processes splitting the windows never write one file)
+        rows = done[row["localization"]]
+        rows.append(row)
+        path = paths[row["localization"]]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            pd.DataFrame(rows, columns=tuning.COLUMNS).to_csv(tmp, index=False)
 
-        rate, trials = tuning.tune_rates(model, tuning_task, {label: loc}, completeness, factors=factors,
-                                         seed=tuning_seed, edit_overrides=edit_overrides,
-                                         eval_overrides=config.eval_overrides, progress=False, on_trial=save,
-                                         fallback_steps=fallback_steps, previous=previous)
-        chosen.update(rate)
-        tables.append(trials)
+    # one call: the unedited model's scores on the tuning task once for every window
+    chosen, trials = tuning.tune_rates(model, tuning_task, locs, completeness, factors=factors, seed=tuning_seed,
+                                       edit_overrides=edit_overrides, eval_overrides=config.eval_overrides,
+                                       progress=progress, on_trial=save, fallback_steps=fallback_steps,
+                                       previous=pd.concat(saved, ignore_index=True) if saved else None)
     whole = windows(model, width)
     if all(window_trials_path(out_dir, label).exists() for label in whole) and set(chosen) == set(whole):
         save_json({"task": task, "width": width, "tuning_seed": tuning_seed, "completeness": completeness,
                    "factors": list(factors), "fallback_steps": fallback_steps, "rates": chosen},
                   window_rates_path(out_dir))
-    return chosen, pd.concat(tables, ignore_index=True)
+    return chosen, trials
 
 
 def primary_attack(config: grid.GridConfig, setting: str) -> grid.GridConfig:
