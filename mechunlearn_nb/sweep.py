@@ -345,9 +345,16 @@ def run_sweep(model, config: grid.GridConfig, out_dir: str | Path, width: int = 
                                              edit_overrides=window_edit_overrides(cfg, label, rates))
         grid.save_cell(cell, out_dir)
         rows.append(cell["metrics"])
-    order = {label: i for i, label in enumerate(locs)}
-    return pd.DataFrame(rows).sort_values(["localization", "seed"], key=lambda c: c.map(order) if c.name ==
-                                          "localization" else c).reset_index(drop=True)
+    return in_window_order(pd.DataFrame(rows), locs)
+
+
+def in_window_order(cells: pd.DataFrame, labels) -> pd.DataFrame:
+    """Cells (one row each: ``localization, seed, ...``) sorted as :func:`run_sweep` returns them: windows in the
+    order of ``labels`` (layer order, :func:`windows`), then seeds; the index renumbered. Read the cells of a folder
+    in this order to recompute a sweep's correlations exactly (the bootstrap draws rows by position)."""
+    order = {label: i for i, label in enumerate(labels)}
+    return cells.sort_values(["localization", "seed"], key=lambda c: c.map(order) if c.name == "localization" else c
+                             ).reset_index(drop=True)
 
 
 def missing_cells(out_dir: str | Path, locs, seeds, task: str = TASK) -> list[tuple[str, int]]:

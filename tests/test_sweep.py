@@ -436,9 +436,7 @@ def test_the_shipped_sweep_is_complete_and_its_correlations_follow_from_its_cell
     assert not sweep.missing_cells(root, labels, [0, 1, 2]), "the sweep is not complete"
     cells = pd.DataFrame([json.loads(path.read_text())["metrics"] for path in sorted((root / "cells").glob("*.json"))])
     assert len(cells) == 45
-    order = {label: i for i, label in enumerate(labels)}  # as run_sweep returns them: windows in layer order, then seeds
-    cells = cells.sort_values(["localization", "seed"], key=lambda c: c.map(order) if c.name == "localization" else c
-                              ).reset_index(drop=True)
+    cells = sweep.in_window_order(cells, labels)  # as run_sweep returns them: windows in layer order, then seeds
     layers = pd.read_csv(root / "layer_evidence.csv")
     locs = {label: SimpleNamespace(components=[f"m{b}" for b in range(s, s + 4)]) for s, label in enumerate(labels)}
     ev = sweep.window_evidence(layers, locs)
