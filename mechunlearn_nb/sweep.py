@@ -46,9 +46,10 @@ TASK = "edit 64 athletes"
 #: fact lookup's four MLPs on the embedded model: the sweep's window width
 WIDTH = 4
 #: the evidence columns of :func:`window_evidence`, each the mean over the window's blocks
-EVIDENCE = ("flu_selected", "probe_gain", "attribution", "causal_tracing", "depth")
-#: evidence columns that are not evidence of localization, only a reference (no shift null: see correlations)
-REFERENCE = ("depth",)
+EVIDENCE = ("flu_selected", "probe_gain", "attribution", "causal_tracing", "depth", "edit_budget")
+#: evidence columns that are not evidence of localization, only a reference (no shift null: see correlations):
+#: the window's depth, and, when each window is tuned to its own rate, its ``edit_budget`` (learning rate × steps)
+REFERENCE = ("depth", "edit_budget")
 #: the robustness and cost metrics the sweep correlates with the evidence, and whether lower is more robust
 #: (``relearn_p_true_auc``: each attack setting's own column, :func:`metric_columns`)
 METRICS = {"edit_acc": False, "qa_forget_acc": True, "mcq_debiased_edit_acc": False, "relearn_p_true_auc": True,
@@ -213,15 +214,26 @@ def layer_evidence(model, evidence: dict, rule: localization.FactLookupRule | No
     return out
 
 
-def window_evidence(layers: pd.DataFrame, locs: dict[str, Localization]) -> pd.DataFrame:
+def window_evidence(layers: pd.DataFrame, locs: dict[str, Localization], rates: dict[str, dict] | None = None
+                    ) -> pd.DataFrame:
     """One row per window of ``locs``: ``localization, start, width`` and each :data:`EVIDENCE` column, the mean of
-    :func:`layer_evidence` over the window's blocks."""
+    :func:`layer_evidence` over the window's blocks.
+
+    ``rates``: each window's own rate (:func:`read_window_rates`); its ``edit_budget`` column is then the window's
+    learning rate × steps (a reference like ``depth``: a window tuned to edit harder is one more thing that varies
+    along the layers). None: ``edit_budget`` is NaN (every window edits alike) and :func:`correlations` skips it."""
     rows = []
     for label, loc in locs.items():
         blocks = [int(c[1:]) for c in loc.components]
         part = layers[layers["layer"].isin(blocks)]
-        rows.append(dict(localization=label, start=min(blocks), width=len(blocks),
-                         **{c: float(part[c].mean()) if c in part else np.nan for c in EVIDENCE}))
+        row = dict(localization=label, start=min(blocks), width=len(blocks),
+                   **{c: float(part[c].mean()) if c in part else np.nan for c in EVIDENCE})
+        if rates is not None:
+            if label not in rates:
+                raise ValueError(f"rates has no rate for {label!r}. Fix: pass the sweep's window rates "
+                                 f"(sweep.read_window_rates) or rates=None.")
+            row["edit_budget"] = float(rates[label]["lr"]) * int(rates[label]["steps"])
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

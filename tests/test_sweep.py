@@ -143,6 +143,26 @@ def test_correlations_find_a_planted_trend_and_leave_incomplete_edits_out():
     assert row["low"] < 0 < row["high"]
 
 
+def test_a_windows_own_rate_is_a_reference_row_beside_depth():
+    """With each window tuned to its own rate, its learning rate x steps (``edit_budget``) is ranked against each
+    measure like depth (a reference: no shift null, no partial correlation); without rates there is no such row."""
+    layers = _layers()
+    locs = {sweep.window_label(s, 2): SimpleNamespace(components=[f"m{s}", f"m{s + 1}"]) for s in range(8)}
+    # late windows edit harder (more steps), and more comes back from them: the budget ranks with the measure
+    rates = {label: dict(lr=1e-4 if s < 4 else 2e-4, steps=40 if s < 6 else 80) for s, label in enumerate(locs)}
+    evidence = sweep.window_evidence(layers, locs, rates)
+    assert evidence["edit_budget"].tolist() == pytest.approx([4e-3] * 4 + [8e-3] * 2 + [1.6e-2] * 2)
+    cells = _cells(lambda s: 0.1 + 0.05 * s)
+    auc = sweep.correlations(cells, evidence, layers, n_boot=500).set_index(["metric", "evidence"])
+    row = auc.loc[("relearn_paper_p_true_auc", "edit_budget")]
+    assert row["rho"] > 0.8 and np.isnan(row["p_shift"]) and np.isnan(row["partial_rho"])
+    assert np.isfinite(auc.loc[("relearn_paper_p_true_auc", "attribution"), "p_shift"])  # the evidence keeps its null
+    untuned = sweep.correlations(cells, sweep.window_evidence(layers, locs), layers, n_boot=500)
+    assert "edit_budget" not in set(untuned["evidence"])
+    with pytest.raises(ValueError, match="no rate for 'MLPs m7-m8'.*Fix"):
+        sweep.window_evidence(layers, locs, {k: v for k, v in rates.items() if k != "MLPs m7-m8"})
+
+
 def test_partial_correlation_given_depth_separates_evidence_from_where_the_window_is():
     layers = _layers().assign(attribution=[0, 0.2, 0.6, 1.0, 0.6, 0.2, 0, 0, 0])  # evidence peaked mid-model
     evidence = sweep.window_evidence(layers, {sweep.window_label(s, 2): SimpleNamespace(components=[f"m{s}", f"m{s + 1}"])
