@@ -415,6 +415,49 @@ def test_the_shipped_sweep_cells_follow_its_settings():
         assert {(r["setting"], r["step"]) for r in cell["curve"]} == {("paper", k) for k in p.relearn_steps}
 
 
+def test_the_tuned_sweeps_trials_follow_the_plans_rule():
+    """results/10_localization_sweep_tuned fills over sessions: each window's saved trials are plan v3's candidates
+    (the localized default rate x its factors at the sweep's steps, then the same at the fallback steps only where
+    none completed), ``complete`` is the plan's completeness; once every window is tuned, window_rates.json holds
+    the rule's choice from those trials and the plan's settings."""
+    from mechunlearn_nb import editing, plan, tuning
+
+    root = Path(__file__).resolve().parents[1] / "results" / "10_localization_sweep_tuned"
+    p = plan.load("v3")
+    config = plan.notebook_config({"PLAN": "v3", "TASKS": [sweep.TASK], "LOCALIZATIONS": ["fact lookup"],
+                                   "SEEDS": list(p.test_seeds[:3])})
+    base = editing.EditConfig.for_localization("localized", **{k: v for k, v in config.edit_overrides.items()
+                                                                if k != "lr"})
+    rates = [base.lr * f for f in p.tuning_factors]
+    labels = [sweep.window_label(s, 4) for s in range(15)]
+    files = {label: sweep.window_trials_path(root, label) for label in labels}
+    saved = {label: pd.read_csv(path) for label, path in files.items() if path.exists()}
+    assert len(saved) >= 9, "fewer windows tried than were committed"
+    for label, trials in saved.items():
+        assert (trials["localization"] == label).all() and list(trials.columns) == tuning.COLUMNS
+        assert (trials["complete"] == (trials["train_acc"] >= p.edit_completeness)).all(), label
+        first = trials[trials["steps"] == base.steps]
+        assert first["lr"].tolist() == pytest.approx(rates[: len(first)]), label  # the candidates, in order
+        later = trials[trials["steps"] != base.steps]
+        if len(later):  # the fallback: only after every candidate ran short of complete
+            assert len(first) == len(rates) and not first["complete"].any(), label
+            assert set(later["steps"]) == {p.tuning_fallback_steps}, label
+            assert later["lr"].tolist() == pytest.approx(rates[: len(later)]), label
+    path = sweep.window_rates_path(root)
+    if not path.exists():  # the tuning is not finished: no window may be chosen yet
+        assert len(saved) < len(labels) or any(len(t) < len(rates) for t in saved.values())
+        return
+    record = json.loads(path.read_text())
+    assert (record["tuning_seed"], record["completeness"], record["fallback_steps"], tuple(record["factors"])) == (
+        p.tuning_seed, p.edit_completeness, p.tuning_fallback_steps, p.tuning_factors)
+    assert set(record["rates"]) == set(labels) == set(saved)
+    for label in labels:
+        want = tuning.choose_rate(saved[label], p.edit_completeness)
+        got = record["rates"][label]
+        assert (got["lr"], got["steps"], got["complete"]) == (pytest.approx(want["lr"]), want["steps"],
+                                                               want["complete"]), label
+
+
 def test_grid_status_reads_a_sweep_folder_by_its_windows_and_seeds(tmp_path, capsys):
     """A sweep's folder (sweep.json) is counted as windows × seeds of the model its evidence came from, not as a
     plan's grid; a folder with neither is refused with the fix."""
