@@ -458,6 +458,34 @@ def test_the_tuned_sweeps_trials_follow_the_plans_rule():
                                                                want["complete"]), label
 
 
+def test_the_tuned_sweep_cells_follow_its_window_rates():
+    """results/10_localization_sweep_tuned fills over sessions: every cell saved so far is a window of 4 MLPs of
+    edit 64 athletes edited at that window's own rate and steps (window_rates.json), seeds 0-2, attacked only in
+    the calibrated setting at the plan's steps, in the plan's precision; sweep.json records the same rates."""
+    from mechunlearn_nb import plan
+
+    root = Path(__file__).resolve().parents[1] / "results" / "10_localization_sweep_tuned"
+    p = plan.load("v3")
+    path = sweep.window_rates_path(root)
+    assert path.exists(), "the tuned sweep has no window_rates.json"
+    labels = {sweep.window_label(s, 4): [f"m{b}" for b in range(s, s + 4)] for s in range(15)}
+    rates = sweep.read_window_rates(path, {label: None for label in labels})
+    record = json.loads((root / "sweep.json").read_text())
+    assert record["rates"] == {label: {"lr": rates[label]["lr"], "steps": rates[label]["steps"]} for label in labels}
+    assert (record["task"], record["width"], record["seeds"]) == (sweep.TASK, 4, [0, 1, 2])
+    config = json.loads((root / "grid_config.json").read_text())
+    assert config["attack_settings"] == ["paper"] and config["relearn_steps"] == list(p.relearn_steps)
+    for cell_path in sorted((root / "cells").glob("*.json")):
+        cell = json.loads(cell_path.read_text())
+        m = cell["metrics"]
+        assert cell_path == grid.cell_path(root, m["task"], m["localization"], m["seed"])
+        assert m["task"] == sweep.TASK and m["seed"] in (0, 1, 2) and m["components"] == labels[m["localization"]]
+        own = rates[m["localization"]]
+        assert m["lr"] == own["lr"] and cell["edit_config"]["steps"] == own["steps"], cell_path.name
+        assert cell["edit_config"]["precision"] == p.precision
+        assert {(r["setting"], r["step"]) for r in cell["curve"]} == {("paper", k) for k in p.relearn_steps}
+
+
 def test_grid_status_reads_a_sweep_folder_by_its_windows_and_seeds(tmp_path, capsys):
     """A sweep's folder (sweep.json) is counted as windows × seeds of the model its evidence came from, not as a
     plan's grid; a folder with neither is refused with the fix."""
