@@ -225,7 +225,8 @@ def _sweep_status(folder: str, workers: int) -> int:
     print(table.assign(cell_seconds=table["cell_seconds"].round(0), seconds_left=table["seconds_left"].round(0))
           .to_string(index=False))
     left = table["seconds_left"].sum() / workers
-    pace = "" if table["done"].sum() else " (no cell saved yet: no pace to estimate from)"
+    pace = (" (no cell saved yet: no pace to estimate from)" if not table["done"].sum() else
+             " (each window's edit time scaled to its own steps)" if table["cell_seconds"].nunique() > 1 else "")
     print(f"window sweep: {table['done'].sum()} of {table['planned'].sum()} cells saved; about {left / 3600:.1f} h "
           f"left with {workers} process(es) at the saved cells' median pace{pace}. The correlations wait for all of them "
           f"(notebook 10 with STARTS = None).")

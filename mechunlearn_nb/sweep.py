@@ -381,7 +381,9 @@ def missing_cells(out_dir: str | Path, locs, seeds, task: str = TASK) -> list[tu
 def sweep_progress(out_dir: str | Path) -> pd.DataFrame:
     """How far a sweep saved in ``out_dir`` has got: one row per window, ``planned, done, left`` cells (its seeds),
     ``cell_seconds`` (median wall time of the sweep's saved cells: a few slow ones, computed beside other work, do
-    not set the pace) and ``seconds_left`` (``left × cell_seconds``, one process).
+    not set the pace; where each window has its own edit steps (``sweep.json``'s ``rates``), the median of the
+    cells' other phases plus the median edit time per step times the window's steps) and ``seconds_left``
+    (``left × cell_seconds``, one process).
 
     The windows are every run of ``width`` consecutive blocks of the model the evidence was located on (the rows of
     ``layer_evidence.csv``), the seeds and task ``sweep.json``'s. Reads only: safe beside running processes.
@@ -396,13 +398,23 @@ def sweep_progress(out_dir: str | Path) -> pd.DataFrame:
     n_blocks = len(pd.read_csv(evidence_path(out_dir)))
     labels = [window_label(s, made["width"]) for s in range(n_blocks - made["width"] + 1)]
     missing = set(missing_cells(out_dir, labels, made["seeds"], made["task"]))
-    paces = grid.timings(out_dir).groupby(["localization", "seed"])["seconds"].sum()
+    times = grid.timings(out_dir)
+    paces = times.groupby(["localization", "seed"])["seconds"].sum()
     pace = float(paces.median()) if len(paces) else np.nan
+    steps = {label: (made.get("rates") or {}).get(label, {}).get("steps") for label in labels}
+    per_step = rest = np.nan
+    if all(steps.values()) and len(paces):  # windows tuned to their own steps: the edit's time scales with them
+        by_cell = times.pivot_table(index=["localization", "seed"], columns="step", values="seconds", aggfunc="sum")
+        if "edit" in by_cell:
+            edit_steps = by_cell.index.get_level_values("localization").map(steps).to_numpy(float)
+            per_step = float(np.median(by_cell["edit"].to_numpy(float) / edit_steps))
+            rest = float(by_cell.drop(columns="edit").sum(axis=1).median())
     rows = []
     for label in labels:
         left = sum((label, s) in missing for s in made["seeds"])
+        cell = rest + per_step * steps[label] if np.isfinite(per_step) else pace
         rows.append(dict(window=label, planned=len(made["seeds"]), done=len(made["seeds"]) - left, left=left,
-                         cell_seconds=pace, seconds_left=left * pace if left else 0.0))
+                         cell_seconds=cell, seconds_left=left * cell if left else 0.0))
     return pd.DataFrame(rows)
 
 

@@ -507,6 +507,20 @@ def test_grid_status_reads_a_sweep_folder_by_its_windows_and_seeds(tmp_path, cap
     assert main(["grid-status", str(tmp_path), "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "window sweep: 3 of 6 cells saved; about 0.1 h left with 2 process(es)" in out and "m1-m4" in out
+    # windows tuned to their own steps: a cell's time is the other phases' median plus the edit's time per step
+    # (here 1 s, from cells of 100 and 50 steps) times the window's steps
+    rates = {"MLPs m0-m3": dict(lr=1e-4, steps=100), "MLPs m1-m4": dict(lr=1e-4, steps=80),
+             "MLPs m2-m5": dict(lr=2e-4, steps=50)}
+    (tmp_path / "sweep.json").write_text(json.dumps({"task": "edit 4 athletes", "width": 4, "seeds": [0, 1],
+                                                     "rates": rates}))
+    for label, seed, edit, rest in (("MLPs m0-m3", 0, 100.0, 30.0), ("MLPs m2-m5", 1, 50.0, 40.0),
+                                    ("MLPs m2-m5", 0, 50.0, 50.0)):
+        metrics = dict(task="edit 4 athletes", localization=label, seed=seed)
+        grid.cell_path(tmp_path, "edit 4 athletes", label, seed).write_text(
+            json.dumps(dict(metrics=metrics, seconds=dict(edit=edit, relearn=rest))))
+    tuned = sweep.sweep_progress(tmp_path).set_index("window")
+    assert tuned["cell_seconds"].tolist() == [140.0, 120.0, 90.0]
+    assert tuned.loc["MLPs m1-m4", "seconds_left"] == 240.0 and tuned.loc["MLPs m0-m3", "seconds_left"] == 140.0
     (tmp_path / "layer_evidence.csv").unlink()
     with pytest.raises(FileNotFoundError, match="no window sweep.*Fix"):
         sweep.sweep_progress(tmp_path)
