@@ -150,8 +150,8 @@ def tune_windows(model, config: grid.GridConfig, out_dir: str | Path, completene
     known = grid.known_facts(model, "sports", config) if known is None else known
     tuning_task = grid.build_task(model, task, tuning_seed, config.max_forget, config.max_maintain, known=known)
     paths = {label: window_trials_path(out_dir, label) for label in locs}
-    saved = [pd.read_csv(p) for p in paths.values() if p.exists()]
     done = {label: (pd.read_csv(p).to_dict("records") if p.exists() else []) for label, p in paths.items()}
+    previous = [row for rows in done.values() for row in rows]  # read once, before any trial of this call
 
     def save(row):  # into its window's own file (processes splitting the windows never write one file)
         rows = done[row["localization"]]
@@ -165,7 +165,7 @@ def tune_windows(model, config: grid.GridConfig, out_dir: str | Path, completene
     chosen, trials = tuning.tune_rates(model, tuning_task, locs, completeness, factors=factors, seed=tuning_seed,
                                        edit_overrides=edit_overrides, eval_overrides=config.eval_overrides,
                                        progress=progress, on_trial=save, fallback_steps=fallback_steps,
-                                       previous=pd.concat(saved, ignore_index=True) if saved else None)
+                                       previous=pd.DataFrame(previous, columns=tuning.COLUMNS) if previous else None)
     whole = windows(model, width)
     if all(window_trials_path(out_dir, label).exists() for label in whole) and set(chosen) == set(whole):
         save_json({"task": task, "width": width, "tuning_seed": tuning_seed, "completeness": completeness,

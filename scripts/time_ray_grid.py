@@ -8,9 +8,9 @@ only the last). Steps, each into its own folder under ``--out``:
 1. ``workers2``: the 4 cells on 2 Ray workers (one CPU each);
 2. ``workers1``: the same 4 cells on 1 Ray worker;
 3. ``one_process``: the first cell in this process with one torch thread (as a worker computes);
-5. ``one_process_all``: every cell in this process with one torch thread, one after another (a median on one core);
 4. Ray's start-up: ``ray.init`` of a local instance, and a worker's start with its model load, each timed
    apart from any cell.
+5. ``one_process_all``: every cell in this process with one torch thread, one after another (a median on one core);
 
 ``summary.json`` holds the wall times, the speed-up (workers1 / workers2), every cell's seconds per phase,
 and whether each cell's metrics are identical across the runs.

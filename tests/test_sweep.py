@@ -432,7 +432,7 @@ def test_the_tuned_sweeps_trials_follow_the_plans_rule():
     labels = [sweep.window_label(s, 4) for s in range(15)]
     files = {label: sweep.window_trials_path(root, label) for label in labels}
     saved = {label: pd.read_csv(path) for label, path in files.items() if path.exists()}
-    assert len(saved) >= 9, "fewer windows tried than were committed"
+    assert set(saved) == set(labels), "a window of the sweep has no saved trials"
     for label, trials in saved.items():
         assert (trials["localization"] == label).all() and list(trials.columns) == tuning.COLUMNS
         assert (trials["complete"] == (trials["train_acc"] >= p.edit_completeness)).all(), label
@@ -444,9 +444,7 @@ def test_the_tuned_sweeps_trials_follow_the_plans_rule():
             assert set(later["steps"]) == {p.tuning_fallback_steps}, label
             assert later["lr"].tolist() == pytest.approx(rates[: len(later)]), label
     path = sweep.window_rates_path(root)
-    if not path.exists():  # the tuning is not finished: no window may be chosen yet
-        assert len(saved) < len(labels) or any(len(t) < len(rates) for t in saved.values())
-        return
+    assert path.exists(), "every window is tried but no window_rates.json was written"
     record = json.loads(path.read_text())
     assert (record["tuning_seed"], record["completeness"], record["fallback_steps"], tuple(record["factors"])) == (
         p.tuning_seed, p.edit_completeness, p.tuning_fallback_steps, p.tuning_factors)
