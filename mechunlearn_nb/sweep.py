@@ -226,14 +226,13 @@ def window_evidence(layers: pd.DataFrame, locs: dict[str, Localization], rates: 
     for label, loc in locs.items():
         blocks = [int(c[1:]) for c in loc.components]
         part = layers[layers["layer"].isin(blocks)]
-        row = dict(localization=label, start=min(blocks), width=len(blocks),
-                   **{c: float(part[c].mean()) if c in part else np.nan for c in EVIDENCE})
-        if rates is not None:
-            if label not in rates:
-                raise ValueError(f"rates has no rate for {label!r}. Fix: pass the sweep's window rates "
-                                 f"(sweep.read_window_rates) or rates=None.")
-            row["edit_budget"] = float(rates[label]["lr"]) * int(rates[label]["steps"])
-        rows.append(row)
+        if rates is not None and label not in rates:
+            raise ValueError(f"rates has no rate for {label!r}. Fix: pass the sweep's window rates "
+                             f"(sweep.read_window_rates) or rates=None.")
+        budget = np.nan if rates is None else float(rates[label]["lr"]) * int(rates[label]["steps"])
+        rows.append(dict(localization=label, start=min(blocks), width=len(blocks),
+                         **{c: float(part[c].mean()) if c in part else np.nan for c in EVIDENCE if c != "edit_budget"},
+                         edit_budget=budget))
     return pd.DataFrame(rows)
 
 
