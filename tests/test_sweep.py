@@ -526,25 +526,30 @@ def test_grid_status_reads_a_sweep_folder_by_its_windows_and_seeds(tmp_path, cap
     assert "no window sweep" in capsys.readouterr().err
 
 
-def test_the_shipped_sweep_is_complete_and_its_correlations_follow_from_its_cells():
-    """results/10_localization_sweep holds all 45 cells (15 windows × seeds 0-2), and its correlations.csv, primary
-    verdict and metrics.json follow from them: recomputed here from the cells and layer_evidence.csv with the
-    notebook's settings (completeness, primary row, bootstrap seed), they agree to the last digit; the shipped
-    metrics pass the [10_localization_sweep.full] ranges."""
+@pytest.mark.parametrize("folder", ["10_localization_sweep", "10_localization_sweep_tuned"])
+def test_a_shipped_sweep_is_complete_and_its_correlations_follow_from_its_cells(folder):
+    """Each shipped sweep (at fact lookup's rate; each window at its own rate) holds all 45 cells (15 windows ×
+    seeds 0-2), and its correlations.csv, primary verdict and metrics.json follow from them: recomputed here from
+    the cells, layer_evidence.csv and (tuned) window_rates.json with the notebook's settings (completeness, primary
+    row, bootstrap seed), they agree to the last digit; the shipped metrics pass the folder's [.full] ranges."""
     from mechunlearn_nb import expected, plan
 
-    root = Path(__file__).resolve().parents[1] / "results" / "10_localization_sweep"
+    root = Path(__file__).resolve().parents[1] / "results" / folder
     p = plan.load("v3")
     labels = [sweep.window_label(s, 4) for s in range(15)]
+    path = sweep.window_rates_path(root)
+    rates = sweep.read_window_rates(path, {label: None for label in labels}) if path.exists() else None
+    assert (rates is None) == (folder == "10_localization_sweep")
     assert not sweep.missing_cells(root, labels, [0, 1, 2]), "the sweep is not complete"
     cells = pd.DataFrame([json.loads(path.read_text())["metrics"] for path in sorted((root / "cells").glob("*.json"))])
     assert len(cells) == 45
     cells = sweep.in_window_order(cells, labels)  # as run_sweep returns them: windows in layer order, then seeds
     layers = pd.read_csv(root / "layer_evidence.csv")
     locs = {label: SimpleNamespace(components=[f"m{b}" for b in range(s, s + 4)]) for s, label in enumerate(labels)}
-    ev = sweep.window_evidence(layers, locs)
+    ev = sweep.window_evidence(layers, locs, rates)
     table = sweep.correlations(cells, ev, layers, completeness=p.edit_completeness,
                                primary=("relearn_paper_p_true_auc", sweep.PRIMARY_EVIDENCE))
+    assert ("edit_budget" in set(table["evidence"])) == (rates is not None)
     shipped = pd.read_csv(root / "correlations.csv")
     assert shipped[["metric", "evidence", "role"]].values.tolist() == table[["metric", "evidence", "role"]].values.tolist()
     for column in ("rho", "robust_rho", "low", "high", "p_shift", "partial_rho", "p_partial", "n_units"):
@@ -554,5 +559,5 @@ def test_the_shipped_sweep_is_complete_and_its_correlations_follow_from_its_cell
     verdict = sweep.primary_result(table)
     assert metrics["primary"]["verdict"] == verdict["verdict"] and metrics["n_cells"] == 45
     assert metrics["n_incomplete"] == int((~(cells["train_acc"] >= p.edit_completeness)).sum())
-    checked = expected.check("10_localization_sweep", metrics, size="full")
+    checked = expected.check(folder, metrics, size="full")
     assert len(checked) > 20 and checked["ok"].all(), checked[~checked["ok"].astype(bool)]
