@@ -226,7 +226,7 @@ def _sweep_status(folder: str, workers: int) -> int:
           .to_string(index=False))
     left = table["seconds_left"].sum() / workers
     pace = (" (no cell saved yet: no pace to estimate from)" if not table["done"].sum() else
-             " (each window's edit time scaled to its own steps)" if table["cell_seconds"].nunique() > 1 else "")
+             " (each window's edit time scaled to its own steps)" if table["edit_steps"].notna().all() else "")
     print(f"window sweep: {table['done'].sum()} of {table['planned'].sum()} cells saved; about {left / 3600:.1f} h "
           f"left with {workers} process(es) at the saved cells' median pace{pace}. The correlations wait for all of them "
           f"(notebook 10 with STARTS = None).")

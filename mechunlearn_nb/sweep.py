@@ -231,8 +231,8 @@ def window_evidence(layers: pd.DataFrame, locs: dict[str, Localization], rates: 
                              f"(sweep.read_window_rates) or rates=None.")
         budget = np.nan if rates is None else float(rates[label]["lr"]) * int(rates[label]["steps"])
         rows.append(dict(localization=label, start=min(blocks), width=len(blocks),
-                         **{c: float(part[c].mean()) if c in part else np.nan for c in EVIDENCE if c != "edit_budget"},
-                         edit_budget=budget))
+                         **{c: budget if c == "edit_budget" else float(part[c].mean()) if c in part else np.nan
+                            for c in EVIDENCE}))
     return pd.DataFrame(rows)
 
 
@@ -379,7 +379,7 @@ def missing_cells(out_dir: str | Path, locs, seeds, task: str = TASK) -> list[tu
 
 def sweep_progress(out_dir: str | Path) -> pd.DataFrame:
     """How far a sweep saved in ``out_dir`` has got: one row per window, ``planned, done, left`` cells (its seeds),
-    ``cell_seconds`` (median wall time of the sweep's saved cells: a few slow ones, computed beside other work, do
+    ``edit_steps`` (the window's own steps where its edit time is scaled to them, else NaN), ``cell_seconds`` (median wall time of the sweep's saved cells: a few slow ones, computed beside other work, do
     not set the pace; where each window has its own edit steps (``sweep.json``'s ``rates``), the median of the
     cells' other phases plus the median edit time per step times the window's steps) and ``seconds_left``
     (``left × cell_seconds``, one process).
@@ -413,7 +413,8 @@ def sweep_progress(out_dir: str | Path) -> pd.DataFrame:
         left = sum((label, s) in missing for s in made["seeds"])
         cell = rest + per_step * steps[label] if np.isfinite(per_step) else pace
         rows.append(dict(window=label, planned=len(made["seeds"]), done=len(made["seeds"]) - left, left=left,
-                         cell_seconds=cell, seconds_left=left * cell if left else 0.0))
+                         edit_steps=steps[label] if np.isfinite(per_step) else np.nan, cell_seconds=cell,
+                         seconds_left=left * cell if left else 0.0))
     return pd.DataFrame(rows)
 
 

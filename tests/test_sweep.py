@@ -505,6 +505,7 @@ def test_grid_status_reads_a_sweep_folder_by_its_windows_and_seeds(tmp_path, cap
     assert main(["grid-status", str(tmp_path), "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "window sweep: 3 of 6 cells saved; about 0.1 h left with 2 process(es)" in out and "m1-m4" in out
+    assert "scaled to its own steps" not in out  # every window edits alike: one pace
     # windows tuned to their own steps: a cell's time is the other phases' median plus the edit's time per step
     # (here 1 s, from cells of 100 and 50 steps) times the window's steps
     rates = {"MLPs m0-m3": dict(lr=1e-4, steps=100), "MLPs m1-m4": dict(lr=1e-4, steps=80),
@@ -517,8 +518,9 @@ def test_grid_status_reads_a_sweep_folder_by_its_windows_and_seeds(tmp_path, cap
         grid.cell_path(tmp_path, "edit 4 athletes", label, seed).write_text(
             json.dumps(dict(metrics=metrics, seconds=dict(edit=edit, relearn=rest))))
     tuned = sweep.sweep_progress(tmp_path).set_index("window")
-    assert tuned["cell_seconds"].tolist() == [140.0, 120.0, 90.0]
+    assert tuned["cell_seconds"].tolist() == [140.0, 120.0, 90.0] and tuned["edit_steps"].tolist() == [100, 80, 50]
     assert tuned.loc["MLPs m1-m4", "seconds_left"] == 240.0 and tuned.loc["MLPs m0-m3", "seconds_left"] == 140.0
+    assert main(["grid-status", str(tmp_path)]) == 0 and "scaled to its own steps" in capsys.readouterr().out
     (tmp_path / "layer_evidence.csv").unlink()
     with pytest.raises(FileNotFoundError, match="no window sweep.*Fix"):
         sweep.sweep_progress(tmp_path)
@@ -537,8 +539,8 @@ def test_a_shipped_sweep_is_complete_and_its_correlations_follow_from_its_cells(
     root = Path(__file__).resolve().parents[1] / "results" / folder
     p = plan.load("v3")
     labels = [sweep.window_label(s, 4) for s in range(15)]
-    path = sweep.window_rates_path(root)
-    rates = sweep.read_window_rates(path, {label: None for label in labels}) if path.exists() else None
+    rates_path = sweep.window_rates_path(root)
+    rates = sweep.read_window_rates(rates_path, {label: None for label in labels}) if rates_path.exists() else None
     assert (rates is None) == (folder == "10_localization_sweep")
     assert not sweep.missing_cells(root, labels, [0, 1, 2]), "the sweep is not complete"
     cells = pd.DataFrame([json.loads(path.read_text())["metrics"] for path in sorted((root / "cells").glob("*.json"))])
